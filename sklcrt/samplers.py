@@ -1,0 +1,464 @@
+"""Samplers of synthetic treatment vectors (layer 3).
+
+Every sampler follows one protocol (:class:`BaseSampler`): ``fit(x_obs, strata=None, p_hat=None)``
+learns what to preserve from the observed 0/1 treatment, then ``sample(n_resamples, random_state)``
+returns the resamples as a ``scipy.sparse.csr_matrix`` of shape ``(n_resamples, n_cells)`` with
+float64 ones at the treated cells and sorted column indices in every row. Nothing builds a dense
+``n_resamples x n_cells`` array: the work is proportional to the number of treated cells drawn,
+``O(B * m)``, not ``O(B * N)``.
+
+- :class:`StratifiedPermutationSampler` permutes within strata: every resample has exactly the
+  observed treated count ``m_s`` in every stratum ``s``.
+- :class:`PermutationSampler` permutes over all cells (one stratum; classic permutation test).
+- :class:`BernoulliSampler` draws ``x*_i ~ Bernoulli(p_hat_i)`` independently (classic CRT).
+
+How the draws are made, without a loop over cells or resamples:
+
+- A stratum with ``m_s <= n_s / 4`` ("sparse") draws ``B * m_s`` cells with replacement, then
+  redraws the duplicates within each (resample, stratum) in a few vectorised rounds until all are
+  distinct. The redraw rule does not depend on the cells' labels, so the resulting set is a uniform
+  ``m_s``-subset. All sparse strata are drawn together; each round touches only the duplicates.
+- A stratum with ``m_s > n_s / 4`` ("dense") takes the ``m_s`` smallest of ``n_s`` uniform keys
+  per resample (``argpartition``), which costs ``O(B * n_s) = O(B * m_s)`` there.
+- The Bernoulli sampler groups cells into buckets ``p in (2**-((k+1)/4), 2**-(k/4)]``. In a
+  sparse bucket (largest p ``q <= 1/4``) it draws ``K ~ Binomial(n_b, q)`` distinct candidates
+  per resample (a uniform ``K``-subset, i.e. iid ``Bernoulli(q)`` inclusions) and keeps candidate
+  ``i`` with probability ``p_i / q`` (thinning), which gives exact iid ``Bernoulli(p_i)`` draws;
+  dense buckets compare uniforms directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from sklcrt._random import as_generator
+from sklcrt._validation import (
+    check_1d_numeric,
+    check_binary_treatment,
+    check_int,
+    check_same_length,
+)
+from sklcrt.strata import factorize_batch
+
+__all__ = [
+    "BaseSampler",
+    "BernoulliSampler",
+    "PermutationSampler",
+    "StratifiedPermutationSampler",
+]
+
+# Above this treated fraction a stratum (or a Bernoulli bucket's max p) is drawn densely.
+_DENSE_RATIO = 0.25
+# Bernoulli buckets span a factor 2 ** (1 / _BUCKETS_PER_OCTAVE) in p: acceptance >= 0.84.
+_BUCKETS_PER_OCTAVE = 4
+# Dense draws are made in row blocks of about this many random numbers (bounded memory).
+_BLOCK_ELEMENTS = 1 << 22
+
+
+class BaseSampler(BaseEstimator, metaclass=ABCMeta):
+    """Base class of sklcrt samplers: ``fit`` then ``sample``.
+
+    Subclasses implement ``_fit(x, strata, p_hat)`` (``x`` a boolean array, ``strata`` and
+    ``p_hat`` as given, already length-checked) and ``_sample_keys(n_resamples, rng)`` returning the
+    sorted, unique flat positions ``row * n_cells + cell`` of the treated entries, and
+    :meth:`inclusion_probabilities`.
+
+    The recommended high-MOI resampling (not a default) is :class:`StratifiedPermutationSampler`
+    on strata from ``StratumEncoder(n_bins=20, n_burden_bins=8, burden_bin_method="quantile",
+    stratify_by_batch=True)`` with burden ``log1p_non_ntc_guides_per_cell`` (or
+    ``log1p_grna_n_nonzero_assign``).
+
+    Attributes
+    ----------
+    n_cells_ : int
+        Number of cells ``N`` seen in :meth:`fit`.
+    n_treated_ : int
+        Number of observed treated cells ``m``.
+    """
+
+    def fit(self, x_obs, strata=None, p_hat=None) -> BaseSampler:
+        """Learn what the resamples must preserve.
+
+        Parameters
+        ----------
+        x_obs : array-like of shape (n_cells,)
+            Observed binary (0/1 or bool) treatment.
+        strata : array-like of shape (n_cells,), default=None
+            Stratum label of every cell (e.g. from :class:`sklcrt.strata.StratumEncoder`); used by
+            :class:`StratifiedPermutationSampler`, ignored by the others.
+        p_hat : array-like of shape (n_cells,), default=None
+            Propensities in ``[0, 1]``; used by :class:`BernoulliSampler`, ignored by the others.
+
+        Returns
+        -------
+        self : BaseSampler
+            The fitted sampler.
+        """
+        x = check_binary_treatment(x_obs, "x_obs")
+        check_same_length(x_obs=x, strata=strata, p_hat=p_hat)
+        if x.size == 0:
+            raise ValueError("x_obs is empty; a sampler needs at least one cell.")
+        self.n_cells_ = int(x.size)
+        self.n_treated_ = int(np.count_nonzero(x))
+        self._fit(x, strata, p_hat)
+        return self
+
+    def sample(self, n_resamples: int, random_state=None) -> sp.csr_matrix:
+        """Draw ``n_resamples`` synthetic treatment vectors.
+
+        Parameters
+        ----------
+        n_resamples : int
+            Number of resamples ``B >= 1``.
+        random_state : None, int, numpy SeedSequence or Generator, default=None
+            Seed of the draws (see :func:`sklcrt._random.as_generator`); the same seed gives the
+            same resamples. A Generator is used as is and advances.
+
+        Returns
+        -------
+        resamples : scipy.sparse.csr_matrix of shape (n_resamples, n_cells), dtype float64
+            Row ``b`` holds ones at the cells treated in resample ``b``; column indices are sorted
+            within each row (canonical format).
+        """
+        check_is_fitted(self)
+        n_resamples = check_int(n_resamples, "n_resamples", min_value=1)
+        n_cells = self.n_cells_
+        if n_resamples * n_cells >= 2**62:
+            raise ValueError(
+                f"n_resamples * n_cells = {n_resamples * n_cells} is too large; draw the "
+                "resamples in smaller batches."
+            )
+        rng = as_generator(random_state)
+        keys = self._sample_keys(n_resamples, rng)
+        return _keys_to_csr(keys, n_resamples, n_cells)
+
+    @abstractmethod
+    def inclusion_probabilities(self) -> np.ndarray:
+        """Probability that each cell is treated in one resample, shape (n_cells,)."""
+
+    @abstractmethod
+    def _fit(self, x: np.ndarray, strata, p_hat) -> None:
+        """Sampler-specific part of :meth:`fit`."""
+
+    @abstractmethod
+    def _sample_keys(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+        """Sorted unique int64 keys ``row * n_cells + cell`` of the treated entries."""
+
+
+class _Groups:
+    """Cells grouped by a code: ``members[starts[g]:starts[g] + sizes[g]]`` are group ``g``'s cells
+    (increasing); ``group_of_cell[i]`` is the group of cell ``i`` (-1: in no group)."""
+
+    def __init__(self, codes: np.ndarray, n_groups: int):
+        n_cells = codes.size
+        inside = codes >= 0
+        self.members = np.flatnonzero(inside)[np.argsort(codes[inside], kind="stable")]
+        self.sizes = np.bincount(codes[inside], minlength=n_groups).astype(np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
+        self.group_of_cell = np.full(n_cells, -1, dtype=np.int64)
+        self.group_of_cell[inside] = codes[inside]
+
+    def cells(self, g: int) -> np.ndarray:
+        return self.members[self.starts[g] : self.starts[g] + self.sizes[g]]
+
+    def draw(self, rng: np.random.Generator, groups: np.ndarray) -> np.ndarray:
+        """One uniform cell of each listed group (with replacement)."""
+        return self.members[self.starts[groups] + rng.integers(0, self.sizes[groups])]
+
+
+def _draw_distinct(
+    rng: np.random.Generator, rows: np.ndarray, groups: np.ndarray, n_cells: int, grp: _Groups
+) -> np.ndarray:
+    """For each slot ``(rows[j], groups[j])`` a uniform cell of the group, distinct per row.
+
+    Returns the sorted unique keys ``row * n_cells + cell``. Within every (row, group) the cells
+    form a uniform subset of the slot count: duplicates are redrawn uniformly from the group until
+    none is left, a rule that ignores the labels of the cells. Needs ``slots <= size`` per
+    (row, group); it is fast when slots are at most a fraction of the group.
+    """
+    keys = rows * n_cells + grp.draw(rng, groups)
+    keys.sort()
+    dup = keys[1:] == keys[:-1]
+    if not dup.any():
+        return keys
+    pending = keys[1:][dup]
+    kept = keys[np.concatenate(([True], ~dup))]
+    while pending.size:
+        prow = pending // n_cells
+        new = prow * n_cells + grp.draw(rng, grp.group_of_cell[pending - prow * n_cells])
+        new.sort()
+        first = np.ones(new.size, dtype=bool)
+        first[1:] = new[1:] != new[:-1]
+        pos = np.searchsorted(kept, new)
+        clash = kept[np.minimum(pos, kept.size - 1)] == new
+        ok = first & ~clash
+        kept = np.insert(kept, pos[ok], new[ok])
+        pending = new[~ok]
+    return kept
+
+
+def _row_blocks(n_resamples: int, width: int):
+    """Row ranges ``(r0, r1)`` covering ``n_resamples`` with about ``_BLOCK_ELEMENTS`` per block."""
+    step = max(1, _BLOCK_ELEMENTS // max(width, 1))
+    for r0 in range(0, n_resamples, step):
+        yield r0, min(n_resamples, r0 + step)
+
+
+def _keys_to_csr(keys: np.ndarray, n_resamples: int, n_cells: int) -> sp.csr_matrix:
+    rows = keys // n_cells
+    cols = keys - rows * n_cells
+    indptr = np.searchsorted(rows, np.arange(n_resamples + 1))
+    index_dtype = np.int32 if max(n_cells, keys.size) < 2**31 - 1 else np.int64
+    out = sp.csr_matrix(
+        (np.ones(keys.size), cols.astype(index_dtype), indptr.astype(index_dtype)),
+        shape=(n_resamples, n_cells),
+    )
+    out.has_sorted_indices = True
+    out.has_canonical_format = True
+    return out
+
+
+class _WithinStrataPermutation(BaseSampler):
+    """Shared engine: permute the treated count within each stratum (codes ``0..S-1``)."""
+
+    def _fit_codes(self, x: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> None:
+        n_strata = int(labels.size)
+        self.strata_ = codes
+        self.stratum_labels_ = labels
+        self.n_strata_ = n_strata
+        self.stratum_sizes_ = np.bincount(codes, minlength=n_strata).astype(np.int64)
+        self.n_treated_per_stratum_ = np.bincount(codes[x], minlength=n_strata).astype(np.int64)
+        self._groups = _Groups(codes, n_strata)
+        m, n = self.n_treated_per_stratum_, self.stratum_sizes_
+        treated = m > 0
+        dense = treated & (m > _DENSE_RATIO * n)
+        self._dense_strata = np.flatnonzero(dense)
+        sparse = np.flatnonzero(treated & ~dense)
+        self._sparse_slot_strata = np.repeat(sparse, m[sparse])
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        """``m_s / n_s`` for every cell of stratum ``s``, shape (n_cells,)."""
+        check_is_fitted(self)
+        frac = self.n_treated_per_stratum_ / self.stratum_sizes_
+        return frac[self.strata_]
+
+    def _sample_keys(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+        n_cells, grp = self.n_cells_, self._groups
+        parts = []
+        for s in self._dense_strata:
+            cells, m_s = grp.cells(s), int(self.n_treated_per_stratum_[s])
+            for r0, r1 in _row_blocks(n_resamples, cells.size):
+                if m_s == cells.size:
+                    chosen = np.broadcast_to(cells, (r1 - r0, m_s))
+                else:
+                    u = rng.random((r1 - r0, cells.size))
+                    chosen = cells[np.argpartition(u, m_s - 1, axis=1)[:, :m_s]]
+                parts.append((np.arange(r0, r1)[:, None] * n_cells + chosen).ravel())
+        slots = self._sparse_slot_strata
+        if slots.size:
+            rows = np.repeat(np.arange(n_resamples, dtype=np.int64), slots.size)
+            groups = np.tile(slots, n_resamples)
+            sparse_keys = _draw_distinct(rng, rows, groups, n_cells, grp)
+            if not parts:
+                return sparse_keys
+            parts.append(sparse_keys)
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return np.sort(np.concatenate(parts))
+
+
+class StratifiedPermutationSampler(_WithinStrataPermutation):
+    """Permute the treatment within strata (stratified permutation test).
+
+    In each stratum ``s`` every resample treats ``m_s = sum(x_obs[s])`` cells chosen uniformly
+    without replacement, so every resample has exactly the observed treated count in every stratum
+    (and globally). Cost ``O(B * m)``.
+
+    Recommended at high MOI (not the defaults): strata from
+    ``StratumEncoder(n_bins=20, n_burden_bins=8, burden_bin_method="quantile",
+    stratify_by_batch=True)`` fitted with burden ``log1p_non_ntc_guides_per_cell`` (or
+    ``log1p_grna_n_nonzero_assign``) -- in the string API ``resampling_method="stratified_perm"``
+    with ``resampling_kwargs=dict(n_bins=20, n_burden_bins=8,
+    burden_key="log1p_non_ntc_guides_per_cell", stratify_by_batch=True,
+    burden_bin_method="quantile")``.
+
+    Attributes
+    ----------
+    n_cells_ : int
+        Number of cells ``N``.
+    n_treated_ : int
+        Observed treated count ``m``.
+    strata_ : ndarray of shape (n_cells,), dtype int64
+        Compact stratum code ``0..n_strata_-1`` of every cell (sorted labels).
+    stratum_labels_ : ndarray of shape (n_strata_,)
+        The stratum label of each code.
+    n_strata_ : int
+        Number of strata.
+    stratum_sizes_ : ndarray of shape (n_strata_,)
+        ``n_s``, cells per stratum.
+    n_treated_per_stratum_ : ndarray of shape (n_strata_,)
+        ``m_s``, observed treated cells per stratum (preserved in every resample).
+
+    See Also
+    --------
+    sklcrt.strata.StratumEncoder : builds the strata.
+    PermutationSampler : one stratum.
+    BernoulliSampler : independent draws from the propensity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklcrt.samplers import StratifiedPermutationSampler
+    >>> x = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    >>> strata = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    >>> R = StratifiedPermutationSampler().fit(x, strata=strata).sample(5, random_state=0)
+    >>> R.shape, R[:, :4].sum(axis=1).A1.tolist(), R[:, 4:].sum(axis=1).A1.tolist()
+    ((5, 8), [1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0])
+    """
+
+    def _fit(self, x, strata, p_hat) -> None:
+        if strata is None:
+            raise ValueError(
+                "strata is required by StratifiedPermutationSampler (e.g. "
+                "StratumEncoder().fit_transform(p_hat, batch, burden)); use PermutationSampler "
+                "for one stratum."
+            )
+        codes, labels = factorize_batch(strata, "strata")
+        self._fit_codes(x, codes, labels)
+
+
+class PermutationSampler(_WithinStrataPermutation):
+    """Permute the treatment over all cells (classic permutation test, one stratum).
+
+    Every resample treats exactly ``m = sum(x_obs)`` cells chosen uniformly without replacement;
+    ``strata`` and ``p_hat`` are ignored. Suited to low MOI; at high MOI prefer
+    :class:`StratifiedPermutationSampler` with burden strata.
+
+    Attributes
+    ----------
+    n_cells_ : int
+        Number of cells ``N``.
+    n_treated_ : int
+        Observed treated count ``m`` (preserved in every resample).
+    strata_ : ndarray of shape (n_cells,), dtype int64
+        All zeros (one stratum).
+    n_strata_ : int
+        1.
+    stratum_labels_, stratum_sizes_, n_treated_per_stratum_ : ndarray of shape (1,)
+        As in :class:`StratifiedPermutationSampler`, for the single stratum.
+
+    See Also
+    --------
+    StratifiedPermutationSampler, BernoulliSampler
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklcrt.samplers import PermutationSampler
+    >>> R = PermutationSampler().fit(np.array([1, 1, 0, 0, 0, 0])).sample(3, random_state=0)
+    >>> R.sum(axis=1).A1.tolist()
+    [2.0, 2.0, 2.0]
+    """
+
+    def _fit(self, x, strata, p_hat) -> None:
+        self._fit_codes(x, np.zeros(x.size, dtype=np.int64), np.array([0]))
+
+
+class BernoulliSampler(BaseSampler):
+    """Draw ``x*_i ~ Bernoulli(p_hat_i)`` independently (classic conditional randomization test).
+
+    Exact iid draws by thinning within propensity buckets, cost ``O(B * sum(p_hat))``; cells with
+    ``p_hat = 0`` are never treated and cells with ``p_hat = 1`` always. The treated count varies
+    between resamples. ``strata`` is ignored; ``x_obs`` only sets ``n_treated_``.
+
+    This is the default of the string API (``resampling_method="bernoulli_index"``, alias
+    ``"crt"``). At high MOI prefer :class:`StratifiedPermutationSampler` with burden strata
+    (``n_bins=20, n_burden_bins=8, burden_key="log1p_non_ntc_guides_per_cell",
+    stratify_by_batch=True, burden_bin_method="quantile"``).
+
+    Attributes
+    ----------
+    n_cells_ : int
+        Number of cells ``N``.
+    n_treated_ : int
+        Observed treated count.
+    p_hat_ : ndarray of shape (n_cells,)
+        The propensities sampled from.
+    expected_n_treated_ : float
+        ``sum(p_hat_)``, the mean treated count of a resample.
+
+    See Also
+    --------
+    StratifiedPermutationSampler, PermutationSampler
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklcrt.samplers import BernoulliSampler
+    >>> p_hat = np.array([0.0, 1.0, 0.5, 0.5])
+    >>> R = BernoulliSampler().fit(np.array([0, 1, 1, 0]), p_hat=p_hat).sample(4, random_state=0)
+    >>> R[:, :2].toarray().tolist()
+    [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]
+    """
+
+    def _fit(self, x, strata, p_hat) -> None:
+        if p_hat is None:
+            raise ValueError(
+                "p_hat is required by BernoulliSampler (the propensity P(x = 1 | C) of every "
+                "cell, e.g. from sklcrt.propensity.fit_propensity)."
+            )
+        p = check_1d_numeric(p_hat, "p_hat")
+        if p.min() < 0.0 or p.max() > 1.0:
+            raise ValueError(
+                f"p_hat must lie in [0, 1], got values in [{p.min():.4g}, {p.max():.4g}]."
+            )
+        self.p_hat_ = p
+        self.expected_n_treated_ = float(p.sum())
+        positive = p > 0
+        level = np.full(p.size, -1, dtype=np.int64)
+        level[positive] = np.floor(-_BUCKETS_PER_OCTAVE * np.log2(p[positive])).astype(np.int64)
+        levels, codes = np.unique(level[positive], return_inverse=True)
+        bucket = np.full(p.size, -1, dtype=np.int64)
+        bucket[positive] = codes
+        n_buckets = int(levels.size)
+        q = np.zeros(n_buckets)
+        np.maximum.at(q, codes, p[positive])
+        self._groups = _Groups(bucket, n_buckets)
+        self._bucket_q = q
+        self._dense_buckets = np.flatnonzero(q > _DENSE_RATIO)
+        self._sparse_buckets = np.flatnonzero(q <= _DENSE_RATIO)
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        """``p_hat`` itself, shape (n_cells,)."""
+        check_is_fitted(self)
+        return self.p_hat_
+
+    def _sample_keys(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+        n_cells, grp, p, q = self.n_cells_, self._groups, self.p_hat_, self._bucket_q
+        parts = []
+        for b in self._dense_buckets:
+            cells = grp.cells(b)
+            pc = p[cells]
+            for r0, r1 in _row_blocks(n_resamples, cells.size):
+                r, c = np.nonzero(rng.random((r1 - r0, cells.size)) < pc)
+                parts.append((r + r0) * n_cells + cells[c])
+        sparse = self._sparse_buckets
+        if sparse.size:
+            sizes = grp.sizes[sparse]
+            n_cand = rng.binomial(sizes, q[sparse], size=(n_resamples, sparse.size))
+            rows = np.repeat(np.arange(n_resamples, dtype=np.int64), n_cand.sum(axis=1))
+            groups = np.repeat(np.tile(sparse, n_resamples), n_cand.ravel())
+            keys = _draw_distinct(rng, rows, groups, n_cells, grp)
+            cells = keys % n_cells
+            accept = rng.random(keys.size) * q[grp.group_of_cell[cells]] < p[cells]
+            parts.append(keys[accept])
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        if len(parts) == 1 and not self._dense_buckets.size:
+            return parts[0]
+        return np.sort(np.concatenate(parts))

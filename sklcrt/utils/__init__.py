@@ -1,0 +1,1 @@
+"""Utilities for developers of sklcrt components (check suites for new samplers)."""

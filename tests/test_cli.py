@@ -1,0 +1,419 @@
+"""The ``sklcrt`` command line: demo, config runs, config errors and help."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sklcrt import cli
+from sklcrt.cli import CONFIG_SCHEMA, DEMO_CONFIG, load_config, main, validate_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+GASPERINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "gasperini2019_highmoi.h5ad"
+
+# A small simulated screen keeps each run to a few seconds.
+SMALL_SCREEN = dict(n_cells=800, n_genes=20, n_targets=4, n_ntc_guides=6, response="counts")
+FAST = dict(n_resamples=49, n_resamples_adaptive=0)
+
+
+@pytest.fixture(scope="module")
+def screen_path(tmp_path_factory):
+    """A simulated screen saved to .h5ad, without the stored assignment (made from counts)."""
+    from sklcrt.datasets import simulate_screen
+
+    adata = simulate_screen(**SMALL_SCREEN, random_state=3)
+    for key in ("guide_assignment",):
+        del adata.obsm[key]
+    # what assign_guides reads by default, as in the real screens
+    adata.uns["grna_ids"] = list(adata.uns.pop("guide_names"))
+    guide2gene = adata.uns.pop("guide2gene")
+    adata.uns["grna_target"] = [guide2gene[g] for g in adata.uns["grna_ids"]]
+    path = tmp_path_factory.mktemp("screen") / "screen.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def _write_config(folder: Path, text: str, name: str = "config.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+BASE_CONFIG = """
+input = "screen.h5ad"
+output_dir = "out"
+response = "counts"
+covariates = ["batch", "log1p_response_n_umis"]
+resampling_method = "stratified_perm"
+n_resamples = 49
+n_resamples_adaptive = 0
+random_state = 1
+
+[assignment]
+counts_key = "grna_counts"
+method = "threshold"
+threshold = 5
+
+[resampling_kwargs]
+n_bins = 4
+burden_key = "log1p_non_ntc_guides_per_cell"
+n_burden_bins = 3
+
+[calibration]
+compare_without_burden = true
+"""
+
+
+@pytest.fixture
+def config_dir(tmp_path, screen_path):
+    shutil.copy(screen_path, tmp_path / "screen.h5ad")
+    return tmp_path
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------- demo
+@pytest.fixture
+def small_demo(monkeypatch):
+    """The demo's code path on a smaller simulated screen."""
+    config = copy.deepcopy(DEMO_CONFIG)
+    config["simulate"].update(n_cells=1500, n_genes=25, n_targets=6, n_ntc_guides=8)
+    config.update(FAST)
+    monkeypatch.setattr(cli, "DEMO_CONFIG", config)
+
+
+def test_demo_writes_tables_plot_and_summary(tmp_path, capsys, small_demo):
+    out = tmp_path / "demo"
+    code, stdout, err = _run(["demo", "--out", str(out), "--quiet", "--seed", "2"], capsys)
+    assert code == 0, err
+    for name in (
+        "calibration.csv",
+        "calibration_no_burden.csv",
+        "power.csv",
+        "discovery.csv",
+        "qq_plot.png",
+        "summary.json",
+        "summary.txt",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["calibration"]) == {"stratified_perm", "stratified_perm + burden bins"}
+    assert summary["config"]["random_state"] == 2
+    assert summary["config"]["simulate"]["random_state"] == 2
+    assert [row["method"] for row in summary["table"]] == list(summary["calibration"])
+    calib = pd.read_csv(out / "calibration.csv")
+    assert (calib["grna_target"] == "non-targeting").all()
+    assert len(calib) == summary["calibration"]["stratified_perm + burden bins"]["n_requested"]
+    discovery = pd.read_csv(out / "discovery.csv")
+    assert {"p_value", "p_adj", "significant", "effect"} <= set(discovery.columns)
+    # the printed table, and nothing else with --quiet
+    assert "frac p<0.01" in stdout and "stratified_perm + burden bins" in stdout
+    assert "[sklcrt]" not in stdout
+    assert (out / "qq_plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_without_matplotlib_skips_the_plot(tmp_path, capsys, small_demo, monkeypatch):
+    real_find_spec = cli.importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "matplotlib" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(cli.importlib.util, "find_spec", find_spec)
+    out = tmp_path / "demo"
+    code, stdout, err = _run(["demo", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "matplotlib is not installed" in stdout
+    assert not (out / "qq_plot.png").exists()
+    assert (out / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_full_demo_is_calibrated_with_burden_bins(tmp_path, capsys):
+    """The real demo: burden bins fix the NTC calibration the plain strata miss."""
+    code, stdout, err = _run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    plain = summary["calibration"]["stratified_perm"]
+    burden = summary["calibration"]["stratified_perm + burden bins"]
+    # 1000 NTC pairs: binomial sd of the fraction below 0.01 is about 0.003
+    assert burden["frac_below_0.01"] < 0.025
+    assert plain["frac_below_0.01"] > 0.05
+    assert summary["power"]["n_significant"] >= summary["power"]["n_pairs"] - 1
+
+
+def test_demo_config_file_is_the_demo():
+    from_file = load_config(EXAMPLES / "config_demo.toml")
+    built_in = validate_config(copy.deepcopy(DEMO_CONFIG), base_dir=EXAMPLES)
+    assert from_file == built_in
+
+
+# ---------------------------------------------------------------------------- run / calibrate
+def test_run_from_config(config_dir, capsys):
+    cfg = _write_config(config_dir, BASE_CONFIG)
+    code, stdout, err = _run(["run", str(cfg), "--quiet"], capsys)
+    assert code == 0, err
+    out = config_dir / "out"  # output_dir resolves against the config's folder
+    for name in (
+        "calibration.csv",
+        "calibration_no_burden.csv",
+        "power.csv",
+        "discovery.csv",
+        "summary.json",
+        "summary.txt",
+        "qq_plot.png",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"] == "run"
+    assert summary["screen"]["n_cells"] == SMALL_SCREEN["n_cells"]
+    assert summary["screen"]["n_targets"] == SMALL_SCREEN["n_targets"]
+    # guides were assigned from the counts and burden columns added
+    assert summary["screen"]["n_ntc_guides"] == SMALL_SCREEN["n_ntc_guides"]
+    power = pd.read_csv(out / "power.csv")
+    assert len(power) == summary["power"]["n_pairs"] > 0
+    discovery = pd.read_csv(out / "discovery.csv")
+    assert set(discovery["n_resamples"][discovery["pass_qc"]]) == {49}
+    assert "stratified_perm + burden bins" in stdout
+
+
+def test_calibrate_runs_only_calibration_and_overrides(config_dir, capsys, tmp_path):
+    cfg = _write_config(config_dir, BASE_CONFIG.replace("compare_without_burden = true", ""))
+    out = tmp_path / "elsewhere"
+    code, stdout, err = _run(
+        ["calibrate", str(cfg), "--quiet", "--out", str(out), "--n-jobs", "2"], capsys
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "calibration.csv",
+        "qq_plot.png",
+        "summary.json",
+        "summary.txt",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"] == "calibrate"
+    assert summary["config"]["n_jobs"] == 2
+    assert list(summary["calibration"]) == ["stratified_perm + burden bins"]
+    assert not (config_dir / "out").exists()
+
+
+def test_simulated_input_without_files(tmp_path, capsys):
+    cfg = _write_config(
+        tmp_path,
+        """
+input = "simulate"
+analyses = ["calibration"]
+response = "programs"
+resampling_method = "perm"
+n_resamples = 49
+n_resamples_adaptive = 0
+[calibration]
+n_pairs = 15
+[simulate]
+n_cells = 400
+n_genes = 10
+n_targets = 3
+n_ntc_guides = 4
+""",
+    )
+    code, stdout, err = _run(["run", str(cfg), "--quiet"], capsys)
+    assert code == 0, err
+    calib = pd.read_csv(tmp_path / "sklcrt_results" / "calibration.csv")
+    assert len(calib) == 15
+    assert calib["response"].str.startswith("program_").all()
+
+
+def test_progress_messages_unless_quiet(config_dir, capsys):
+    cfg = _write_config(config_dir, BASE_CONFIG)
+    code, stdout, err = _run(["calibrate", str(cfg)], capsys)
+    assert code == 0, err
+    assert "[sklcrt] assigning guides from obsm['grna_counts'] (threshold >= 5 UMIs)" in stdout
+
+
+# ---------------------------------------------------------------------------- config errors
+ERRORS = [
+    (
+        "unknown key",
+        BASE_CONFIG.replace("n_resamples = 49", "n_resample = 49"),
+        "unknown key 'n_resample' (did you mean 'n_resamples'?)",
+    ),
+    (
+        "unknown section key",
+        BASE_CONFIG.replace("n_burden_bins", "n_burden_bin"),
+        "[resampling_kwargs]: unknown key 'n_burden_bin' (did you mean 'n_burden_bins'?)",
+    ),
+    (
+        "unknown section",
+        BASE_CONFIG + "\n[discovry]\npairs_key = 'x'\n",
+        "unknown key 'discovry' (did you mean 'discovery'?)",
+    ),
+    (
+        "wrong type",
+        BASE_CONFIG.replace("n_resamples = 49", 'n_resamples = "49"'),
+        "'n_resamples' must be an integer, got string '49'",
+    ),
+    (
+        "wrong type in section",
+        BASE_CONFIG.replace("n_bins = 4", "n_bins = 4.5"),
+        "'n_bins' must be an integer, got float 4.5",
+    ),
+    (
+        "bad choice",
+        BASE_CONFIG.replace('"stratified_perm"', '"stratified_prem"'),
+        "'resampling_method' has 'stratified_prem' (did you mean 'stratified_perm'?)",
+    ),
+    (
+        "out of range",
+        BASE_CONFIG.replace("n_resamples = 49", "n_resamples = 0"),
+        "'n_resamples' must be >= 1",
+    ),
+    ("missing file", BASE_CONFIG.replace("screen.h5ad", "nope.h5ad"), "input file"),
+    ("missing pairs file", BASE_CONFIG + "\n[power]\npairs = 'pairs.csv'\n", "[power]: pairs file"),
+    (
+        "missing obsm key",
+        BASE_CONFIG.replace('"grna_counts"', '"grna_count"'),
+        "adata.obsm['grna_count'] not found (did you mean 'grna_counts'?)",
+    ),
+    (
+        "missing covariate column",
+        BASE_CONFIG.replace('"log1p_response_n_umis"', '"n_umis"'),
+        "covariates = 'n_umis' is not a column of adata.obsm['covar']",
+    ),
+    (
+        "missing uns key",
+        BASE_CONFIG + "\n[power]\npairs_key = 'positive_controls'\n",
+        "adata.uns['positive_controls'] not found",
+    ),
+    (
+        "missing required key",
+        BASE_CONFIG.replace('input = "screen.h5ad"', ""),
+        "required key 'input' is missing",
+    ),
+    ("invalid toml", BASE_CONFIG + "\nn_jobs = \n", "invalid TOML"),
+    (
+        "library check",
+        BASE_CONFIG.replace("n_burden_bins = 3", "burden_clip_quantiles = [0.9, 0.1]"),
+        "[resampling_kwargs]",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, message", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_config_errors_print_one_line_and_exit_2(config_dir, capsys, text, message):
+    cfg = _write_config(config_dir, text)
+    code, stdout, err = _run(["run", str(cfg), "--quiet"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sklcrt: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in err
+    assert not (config_dir / "out" / "summary.json").exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, _, err = _run(["calibrate", str(tmp_path / "none.toml")], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"sklcrt: error: config file {str(tmp_path / 'none.toml')!r} not found."
+    ]
+
+
+def test_library_errors_are_one_line(config_dir, capsys):
+    # 6 NTC guides cannot make groups of 7: the runner's ValueError becomes one line
+    cfg = _write_config(
+        config_dir, BASE_CONFIG.replace("[calibration]", "[calibration]\ngroup_size = 7")
+    )
+    code, _, err = _run(["calibrate", str(cfg), "--quiet"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("sklcrt: error: ") and "group_size=7" in err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["demo", "--n-jobs", "x"]) == 2
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------- help and schema
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["calibrate"]])
+def test_help(command, capsys):
+    code, out, _ = _run([*command, "--help"], capsys)
+    assert code == 0
+    assert "usage: sklcrt" in out
+    if command == ["demo"]:
+        for flag in ("--out", "--quiet", "--n-jobs", "--seed"):
+            assert flag in out
+    if command in (["run"], ["calibrate"]):
+        for flag in ("--out", "--quiet", "--n-jobs"):
+            assert flag in out
+        for section, options in CONFIG_SCHEMA.items():
+            if section:
+                assert f"[{section}]" in out
+            for opt in options:
+                assert f"  {opt.name} (" in out, (section, opt.name)
+        assert "[simulate]" in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("sklcrt ")
+
+
+def test_schema_matches_the_library():
+    from sklcrt.assignment import DEFAULT_NTC_LABELS
+    from sklcrt.resampling import DEFAULT_RESAMPLING_KWARGS
+    from sklcrt.runners import _common
+
+    schema = {o.name: o for o in CONFIG_SCHEMA["resampling_kwargs"]}
+    assert set(schema) == set(DEFAULT_RESAMPLING_KWARGS)
+    for key, value in DEFAULT_RESAMPLING_KWARGS.items():
+        if key != "batch_key":  # defaults to the top-level batch_key, "batch"
+            expected = list(value) if isinstance(value, tuple) else value
+            assert schema[key].default == expected, key
+    assert tuple(cli.NTC_LABELS) == tuple(DEFAULT_NTC_LABELS)
+    top = {o.name: o.default for o in CONFIG_SCHEMA[""]}
+    for key, value in _common({}).items():
+        if key != "propensity" and key != "resampling_kwargs":
+            assert top[key] == value, key
+
+
+@pytest.mark.skipif(not GASPERINI.is_file(), reason="../shared/data (real screens) not present")
+def test_gasperini_example_config_validates():
+    config = load_config(EXAMPLES / "config_gasperini.toml")
+    assert Path(config["input"]) == GASPERINI.resolve()
+    assert config["assignment"]["threshold"] == 5
+    assert config["resampling_kwargs"]["burden_key"] == "log1p_non_ntc_guides_per_cell"
+    assert Path(config["discovery"]["pairs"]).is_file()
+
+
+def _console_script():
+    found = shutil.which("sklcrt", path=os.path.dirname(sys.executable))
+    return found or shutil.which("sklcrt")
+
+
+@pytest.mark.skipif(_console_script() is None, reason="the sklcrt console script is not installed")
+def test_console_script(tmp_path):
+    cfg = _write_config(tmp_path, 'input = "simulate"\nn_resamples = "many"\n')
+    proc = subprocess.run(
+        [_console_script(), "run", str(cfg)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "sklcrt: error: config.toml: 'n_resamples' must be an integer, got string 'many'."
+    ]
+    proc = subprocess.run(
+        [_console_script(), "calibrate", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "[resampling_kwargs]" in proc.stdout

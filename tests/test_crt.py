@@ -1,0 +1,242 @@
+"""CRTTest: composition, the scikit-learn object model, errors, calibration and power."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import ParameterGrid
+
+from sklcrt.crt import CRTTest
+from sklcrt.propensity import NewtonLogisticRegression
+from sklcrt.samplers import BernoulliSampler, PermutationSampler, StratifiedPermutationSampler
+from sklcrt.statistics import NBScoreStatistic, OLSStatistic
+from sklcrt.strata import StratumEncoder
+
+
+def _confounded_null(n=3000, g=50, seed=0, counts=False):
+    """Covariates (batch, burden, library size) drive both the treatment and the responses."""
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(0, 2, n)
+    burden = np.log1p(rng.poisson(3 + 3 * batch, n))
+    loglib = rng.normal(0, 0.4, n) + 0.3 * batch
+    C = np.column_stack([np.ones(n), batch, burden, loglib])
+    if counts:
+        coef = rng.normal(0, 0.3, size=(4, g))
+        coef[0] = rng.uniform(-0.5, 1.5, g)
+        mu = np.exp(C @ coef)
+        theta = 5.0
+        Y = rng.negative_binomial(theta, theta / (theta + mu)).astype(float)
+    else:
+        Y = C @ rng.normal(0, 1, size=(4, g)) + rng.normal(size=(n, g))
+    return C, batch, burden, Y, rng
+
+
+def _unit(C, rng, strength=1.0):
+    eta = -2.5 + strength * (0.8 * C[:, 2] + 0.5 * C[:, 1] + 0.5 * C[:, 3])
+    return rng.random(C.shape[0]) < 1 / (1 + np.exp(-eta))
+
+
+def test_fit_attributes_and_frame():
+    C, batch, burden, Y, rng = _confounded_null(n=800, g=5)
+    x = _unit(C, rng)
+    test = CRTTest(n_resamples=99, n_resamples_adaptive=0, store_null=True, random_state=0)
+    test.fit(C, x, Y=Y, batch=batch)
+    for name in ("statistic_", "effect_", "effect_se_", "pvalues_", "n_resamples_"):
+        assert getattr(test, name).shape == (5,)
+    assert test.propensity_.shape == (800,)
+    assert test.null_distribution_.shape == (99, 5)
+    assert test.n_treated_ == int(x.sum())
+    assert np.all((test.pvalues_ > 0) & (test.pvalues_ <= 1))
+    frame = test.to_frame(response_names=list("abcde"))
+    assert list(frame["response"]) == list("abcde")
+    assert (frame["n_resamples"] == 99).all()
+
+
+def test_string_api_equals_objects():
+    C, batch, burden, Y, rng = _confounded_null(n=1000, g=4)
+    x = _unit(C, rng)
+    kwargs = dict(n_bins=5, stratify_by_batch=True, batch_key="batch", burden_key="b",
+                  n_burden_bins=4, burden_bin_method="quantile")
+    by_string = CRTTest(resampling_method="stratified_perm", resampling_kwargs=kwargs,
+                        n_resamples=99, n_resamples_adaptive=0, random_state=3)
+    by_objects = CRTTest(
+        sampler=StratifiedPermutationSampler(),
+        encoder=StratumEncoder(n_bins=5, stratify_by_batch=True, n_burden_bins=4,
+                               burden_bin_method="quantile"),
+        n_resamples=99, n_resamples_adaptive=0, random_state=3,
+    )
+    a = by_string.fit(C, x, Y=Y, batch=batch, burden=burden)
+    b = by_objects.fit(C, x, Y=Y, batch=batch, burden=burden)
+    np.testing.assert_array_equal(a.pvalues_, b.pvalues_)
+    np.testing.assert_array_equal(a.strata_, b.strata_)
+    assert a.diagnostics_["n_strata"] == b.diagnostics_["n_strata"]
+
+
+def test_nested_params_clone_and_grid():
+    test = CRTTest(encoder=StratumEncoder(), sampler=StratifiedPermutationSampler(),
+                   statistic=OLSStatistic(), random_state=0)
+    params = test.get_params(deep=True)
+    assert params["encoder__n_burden_bins"] == 8
+    test.set_params(encoder__n_burden_bins=4)
+    assert test.encoder.n_burden_bins == 4
+    cloned = clone(test)
+    assert cloned.encoder is not test.encoder and cloned.encoder.n_burden_bins == 4
+    grid = ParameterGrid({"encoder__n_burden_bins": [1, 8],
+                          "sampler": [StratifiedPermutationSampler(), PermutationSampler()]})
+    configured = [clone(test).set_params(**p) for p in grid]
+    assert len(configured) == 4
+    assert {type(t.sampler).__name__ for t in configured} == {
+        "StratifiedPermutationSampler", "PermutationSampler"}
+
+
+def test_reproducible_and_seed_sensitive():
+    C, batch, burden, Y, rng = _confounded_null(n=600, g=3)
+    x = _unit(C, rng)
+    fit = lambda seed: CRTTest(n_resamples=49, n_resamples_adaptive=0, store_null=True,  # noqa: E731
+                               random_state=seed).fit(C, x, Y=Y).null_distribution_
+    np.testing.assert_array_equal(fit(1), fit(1))
+    assert not np.array_equal(fit(1), fit(2))
+
+
+def test_prefitted_statistic_is_reused():
+    C, batch, burden, Y, rng = _confounded_null(n=600, g=3)
+    x = _unit(C, rng)
+    stat = OLSStatistic().fit(Y, C)
+    a = CRTTest(statistic=stat, n_resamples=49, n_resamples_adaptive=0, random_state=0)
+    a.fit(C, x)
+    b = CRTTest(n_resamples=49, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    assert a.statistic_estimator_ is stat
+    np.testing.assert_allclose(a.pvalues_, b.pvalues_)
+    sub = CRTTest(statistic=stat, n_resamples=49, n_resamples_adaptive=0, random_state=0)
+    sub.fit(C, x, columns=[2, 0])
+    np.testing.assert_allclose(sub.statistic_, a.statistic_[[2, 0]])
+
+
+def test_custom_propensity_classifier():
+    C, batch, burden, Y, rng = _confounded_null(n=800, g=2)
+    x = _unit(C, rng)
+    ours = CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    sk = CRTTest(propensity=LogisticRegression(max_iter=1000, tol=1e-10), n_resamples=19,
+                 n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    np.testing.assert_allclose(ours.propensity_, sk.propensity_, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(y=np.r_[np.ones(10), np.zeros(10)] * 2), "binary"),
+        (dict(y=np.zeros(20)), "no treated"),
+        (dict(y=np.ones(20)), "no control"),
+        (dict(y=np.r_[np.ones(5), np.zeros(14)]), "length mismatch"),
+    ],
+)
+def test_bad_treatment(kwargs, match):
+    rng = np.random.default_rng(0)
+    C, Y = rng.normal(size=(20, 2)), rng.normal(size=(20, 2))
+    with pytest.raises(ValueError, match=match):
+        CRTTest(n_resamples=9).fit(C, kwargs["y"], Y=Y)
+
+
+def test_bad_inputs():
+    rng = np.random.default_rng(0)
+    C, Y = rng.normal(size=(30, 2)), rng.normal(size=(30, 2))
+    x = np.r_[np.ones(10), np.zeros(20)]
+    C_nan = C.copy()
+    C_nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        CRTTest(n_resamples=9).fit(C_nan, x, Y=Y)
+    Y_nan = Y.copy()
+    Y_nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN|finite"):
+        CRTTest(n_resamples=9).fit(C, x, Y=Y_nan)
+    with pytest.raises(ValueError, match="negative"):
+        CRTTest(statistic=NBScoreStatistic(), n_resamples=9).fit(C, x, Y=-np.ones((30, 2)))
+    with pytest.raises(ValueError, match="not both"):
+        CRTTest(sampler=PermutationSampler(), resampling_method="perm").fit(C, x, Y=Y)
+    with pytest.raises(ValueError, match="burden_key"):
+        CRTTest(resampling_method="stratified_perm", resampling_kwargs={"burden_key": "b"},
+                n_resamples=9).fit(C, x, Y=Y)
+    with pytest.raises(ValueError, match="n_resamples"):
+        CRTTest(n_resamples=0).fit(C, x, Y=Y)
+    with pytest.raises(ValueError, match="alternative"):
+        CRTTest(alternative="both").fit(C, x, Y=Y)
+
+
+def _null_pvalues(sampler, statistic, counts, n_units=40, g=50, B=199, seed=0, **extra):
+    C, batch, burden, Y, rng = _confounded_null(n=2500, g=g, seed=seed, counts=counts)
+    stat = statistic.fit(Y, C)
+    pvals = []
+    for u in range(n_units):
+        strength = 0.0 if isinstance(sampler, PermutationSampler) else 1.0
+        x = _unit(C, rng, strength=strength)
+        test = CRTTest(statistic=stat, sampler=sampler, n_resamples=B, n_resamples_adaptive=0,
+                       random_state=u, **extra)
+        test.fit(C, x, batch=batch, burden=burden if "encoder" in extra else None)
+        pvals.append(test.pvalues_)
+    return np.concatenate(pvals)
+
+
+SAMPLERS = {
+    "bernoulli": (BernoulliSampler(), {}),
+    "stratified": (StratifiedPermutationSampler(),
+                   {"encoder": StratumEncoder(n_bins=10, n_burden_bins=4)}),
+    "perm": (PermutationSampler(), {}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler_name", list(SAMPLERS))
+@pytest.mark.parametrize("counts", [False, True], ids=["ols", "nb"])
+def test_calibration_under_confounded_null(sampler_name, counts):
+    sampler, extra = SAMPLERS[sampler_name]
+    statistic = NBScoreStatistic() if counts else OLSStatistic()
+    p = _null_pvalues(sampler, statistic, counts, **extra)
+    n = p.size
+    assert n >= 2000
+    # Binomial bound on the fraction below 0.05 (4 standard errors: 12 pairings are tested).
+    se = np.sqrt(0.05 * 0.95 / n)
+    assert abs(np.mean(p <= 0.05) - 0.05) < 4 * se
+    # p-values are discrete on the grid k / (B + 1): compare with a uniform on that grid.
+    assert stats.kstest(p, "uniform").pvalue > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("counts", [False, True], ids=["ols", "nb"])
+def test_power_under_effect(counts):
+    C, batch, burden, Y, rng = _confounded_null(n=2000, g=20, seed=5, counts=counts)
+    x = _unit(C, rng)
+    Y = Y.copy()
+    if counts:
+        Y[x, :10] = rng.binomial(Y[x, :10].astype(int), 0.4)  # knock-down: 60% fewer counts
+    else:
+        Y[x, :10] -= 0.6
+    stat = NBScoreStatistic() if counts else OLSStatistic()
+    test = CRTTest(statistic=stat, n_resamples=499, n_resamples_adaptive=0,
+                   random_state=0).fit(C, x, Y=Y)
+    assert np.all(test.pvalues_[:10] <= 0.01)
+    assert np.all(test.effect_[:10] < 0)
+    assert np.mean(test.pvalues_[10:] <= 0.05) <= 0.3
+
+
+def test_adaptive_second_stage_only_where_small():
+    C, batch, burden, Y, rng = _confounded_null(n=1500, g=10, seed=2)
+    x = _unit(C, rng)
+    Y = Y.copy()
+    Y[x, :3] += 1.0
+    test = CRTTest(n_resamples=99, n_resamples_adaptive=999, random_state=0).fit(C, x, Y=Y)
+    assert np.all(test.n_resamples_[:3] == 999)
+    assert np.all(test.pvalues_[:3] <= 2 / 1000)
+    big = test.pvalues_ > 0.02
+    assert np.all(test.n_resamples_[big] == 99)
+    assert test.diagnostics_["n_stage2"] == int(np.sum(test.n_resamples_ == 999))
+
+
+def test_newton_propensity_is_default():
+    C, batch, burden, Y, rng = _confounded_null(n=500, g=2)
+    x = _unit(C, rng)
+    test = CRTTest(n_resamples=9, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    assert isinstance(test.propensity_model_, NewtonLogisticRegression)
+    perm = CRTTest(sampler=PermutationSampler(), n_resamples=9, n_resamples_adaptive=0,
+                   random_state=0).fit(C, x, Y=Y)
+    assert perm.propensity_ is None and perm.strata_ is None

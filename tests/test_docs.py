@@ -1,0 +1,223 @@
+"""Documentation: the Sphinx build (warnings are errors) and the facts the pages state."""
+
+import ast
+import importlib
+import importlib.util
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sklcrt
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+README_COMMANDS = (
+    "pip install -e . && sklcrt demo --out sklcrt_demo",
+    'pip install -e ".[test]" && pytest',
+)
+
+
+def _load_conf():
+    spec = importlib.util.spec_from_file_location("sklcrt_docs_conf", DOCS / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def _autosummary_entries() -> list[str]:
+    """Fully qualified names listed in the autosummary tables of docs/api.rst."""
+    names, module, in_table = [], None, False
+    for line in (DOCS / "api.rst").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith(".. currentmodule::"):
+            module = stripped.split("::", 1)[1].strip()
+            in_table = False
+        elif stripped.startswith(".. autosummary::"):
+            in_table = True
+        elif in_table and line.startswith("   ") and stripped and not stripped.startswith(":"):
+            names.append(f"{module}.{stripped}")
+        elif in_table and stripped and not line.startswith("   "):
+            in_table = False
+    return names
+
+
+def _resolve(qualname: str):
+    module, _, name = qualname.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _public_modules() -> list[str]:
+    found = []
+    for info in pkgutil.walk_packages(sklcrt.__path__, prefix="sklcrt."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        found.append(info.name)
+    return found
+
+
+def _module_all(name: str) -> list[str]:
+    """``__all__`` read from the source, so modules are listed even if importing one fails."""
+    spec = importlib.util.find_spec(name)
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+# ---------------------------------------------------------------------- API reference
+def test_every_autosummary_entry_is_a_real_object():
+    entries = _autosummary_entries()
+    assert len(entries) > 40
+    assert len(entries) == len(set(entries)), "an object is listed twice in docs/api.rst"
+    missing = []
+    for qualname in entries:
+        try:
+            _resolve(qualname)
+        except (ImportError, AttributeError) as exc:
+            missing.append(f"{qualname}: {exc}")
+    assert not missing, "docs/api.rst lists objects that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_public_object_is_in_the_api_reference():
+    entries = set(_autosummary_entries())
+    documented = set()
+    for qualname in entries:
+        try:
+            documented.add(id(_resolve(qualname)))
+        except (ImportError, AttributeError):
+            pass
+    undocumented = []
+    for module in _public_modules():
+        for name in _module_all(module):
+            if f"{module}.{name}" in entries:
+                continue
+            obj = getattr(importlib.import_module(module), name, None)
+            if callable(obj) and id(obj) in documented:  # re-exported, e.g. sklcrt.statistics
+                continue
+            undocumented.append(f"{module}.{name}")
+    for name in getattr(sklcrt, "__all__", []):  # the top-level re-exports
+        obj = getattr(sklcrt, name, None)
+        if callable(obj) and id(obj) not in documented:
+            undocumented.append(f"sklcrt.{name}")
+    assert not undocumented, "add these public objects to docs/api.rst: " + ", ".join(undocumented)
+
+
+# ---------------------------------------------------------------------- page content
+def test_installation_page_has_the_readme_commands():
+    text = (DOCS / "installation.rst").read_text()
+    for command in README_COMMANDS:
+        assert command in text
+    readme = ROOT / "README.md"
+    if readme.exists():
+        for command in README_COMMANDS:
+            assert command in readme.read_text(), f"README.md lacks {command!r}"
+
+
+def test_user_guide_states_recommended_settings_and_real_defaults():
+    from sklcrt.resampling import DEFAULT_RESAMPLING_KWARGS, RECOMMENDED_HIGH_MOI_KWARGS
+
+    text = (DOCS / "user_guide.rst").read_text()
+    start = text.index('   resampling_method="stratified_perm",\n   resampling_kwargs=dict(')
+    block = text[start : text.index("\n   )\n", start) + 6]
+    body = block.split("resampling_kwargs=", 1)[1]
+    recommended = eval(body, {"dict": dict})  # noqa: S307 - our own docs
+    assert recommended == {**RECOMMENDED_HIGH_MOI_KWARGS, "batch_key": "batch"}
+    assert 'burden_key="log1p_grna_n_nonzero_assign"' in text
+    # the defaults the guide quotes are the library's defaults (burden bins off)
+    assert DEFAULT_RESAMPLING_KWARGS["burden_key"] is None
+    for key, value in DEFAULT_RESAMPLING_KWARGS.items():
+        quoted = f"``{key}={value!r}``".replace("'", '"')
+        assert quoted in text, f"user_guide.rst should state the default {quoted}"
+
+
+def test_data_contract_names_the_anndata_keys():
+    text = (DOCS / "data_contract.rst").read_text()
+    for key in (
+        'obsm["cnmf_usage"]',
+        'obsm["covar"]',
+        'obsm["guide_assignment"]',
+        'uns["guide_names"]',
+        'uns["guide2gene"]',
+        "log1p_non_ntc_guides_per_cell",
+        "log1p_grna_n_nonzero_assign",
+        "non_ntc_guides_per_cell",
+        "grna_n_nonzero_assign",
+    ):
+        assert key in text, key
+    from sklcrt.runners import RESULT_COLUMNS
+
+    for column in [*RESULT_COLUMNS, "p_adj", "significant"]:
+        assert f"``{column}``" in text, f"the results table lacks column {column}"
+
+
+# ---------------------------------------------------------------------- conf.py hooks
+def test_examples_and_validation_pages_list_existing_files(tmp_path):
+    conf = _load_conf()
+    conf.EXAMPLES = tmp_path / "examples"
+    conf.VALIDATION = tmp_path / "validation"
+    assert "No example scripts" in conf._examples_rst()
+    assert conf._validation_rst() == ""
+
+    conf.EXAMPLES.mkdir()
+    (conf.EXAMPLES / "plot_calibration.py").write_text('"""Calibration at high MOI.\n\nMore."""\n')
+    (conf.EXAMPLES / "config.toml").write_text('input = "simulate"\n')
+    rst = conf._examples_rst()
+    assert ".. literalinclude:: ../examples/plot_calibration.py" in rst
+    assert "Calibration at high MOI." in rst
+    assert ".. literalinclude:: ../examples/config.toml" in rst
+
+    conf.VALIDATION.mkdir()
+    (conf.VALIDATION / "calibration.csv").write_text("method,frac\nperm,0.01\n")
+    (conf.VALIDATION / "qq_ntc.png").write_bytes(b"\x89PNG")
+    (conf.VALIDATION / "notes.txt").write_text("ignored")
+    rst = conf._validation_rst()
+    assert ":file: _static/validation/calibration.csv" in rst
+    assert ".. figure:: _static/validation/qq_ntc.png" in rst
+    assert "notes" not in rst
+
+
+def test_fitted_attribute_in_a_shape_is_escaped():
+    conf = _load_conf()
+    lines = [
+        "labels_ : ndarray of shape (n_strata_,)",
+        "basis_ : ndarray of shape (n_cells, rank_)",
+        "x : ndarray of shape (`n_features_in_`,)",
+        "plain text with trailing_ word",
+    ]
+    conf._escape_fitted_names_in_shapes(None, "class", "x", None, {}, lines)
+    assert lines[0] == r"labels_ : ndarray of shape (n_strata\_,)"
+    assert lines[1] == r"basis_ : ndarray of shape (n_cells, rank\_)"
+    assert lines[2] == "x : ndarray of shape (`n_features_in_`,)"
+    assert lines[3] == "plain text with trailing_ word"
+
+
+# ---------------------------------------------------------------------- the build
+@pytest.mark.slow
+def test_sphinx_build_has_no_warnings(tmp_path):
+    pytest.importorskip("sphinx", reason="building the docs needs sphinx: pip install -e '.[docs]'")
+    pytest.importorskip("numpydoc", reason="building the docs needs numpydoc (the docs extra)")
+    pytest.importorskip(
+        "pydata_sphinx_theme", reason="building the docs needs pydata-sphinx-theme (docs extra)"
+    )
+    out = tmp_path / "html"
+    cmd = [
+        sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+        "-d", str(tmp_path / "doctrees"), str(DOCS), str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, f"sphinx-build -W failed:\n{proc.stderr[-6000:]}"
+    for page in ("index", "installation", "data_contract", "user_guide", "api", "examples",
+                 "validation", "command_line"):  # fmt: skip
+        assert (out / f"{page}.html").exists(), page
+    generated = out / "api" / "generated"
+    assert (generated / "sklcrt.crt.CRTTest.html").exists()
+    assert (generated / "sklcrt.plotting.qq_plot.html").exists()
+    html = (out / "user_guide.html").read_text()
+    assert re.search(r"log1p_non_ntc_guides_per_cell", html)

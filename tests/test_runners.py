@@ -1,0 +1,198 @@
+"""Runners on AnnData: one row per pair, QC, reproducibility across n_jobs/order/dask, resume."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sklcrt import runners
+from sklcrt.datasets import simulate_screen
+from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.runners import (
+    calibration_summary,
+    discovery_analysis,
+    run_gene_loop,
+    run_ntc_ensemble,
+    run_ntc_groups,
+    run_unit,
+)
+
+STRAT = dict(
+    resampling_method="stratified_perm",
+    resampling_kwargs=dict(n_bins=5, stratify_by_batch=True, batch_key="batch",
+                           burden_key="log1p_non_ntc_guides_per_cell", n_burden_bins=4),
+    n_resamples=99,
+    n_resamples_adaptive=0,
+    progress=False,
+)
+
+
+def _pairs(adata, key):
+    table = adata.uns[key]
+    return table[table["response_kind"] == "gene"].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def adata():
+    return simulate_screen(n_cells=3000, n_genes=30, n_targets=6, n_ntc_guides=8,
+                           random_state=1)
+
+
+@pytest.fixture(scope="module")
+def inputs(adata):
+    return prepare_crt_inputs(adata, response="counts")
+
+
+def test_every_requested_pair_gets_a_row(adata, inputs):
+    pairs = _pairs(adata, "discovery_pairs")
+    res = run_gene_loop(inputs, pairs=pairs, **STRAT)
+    assert len(res) == len(pairs.drop_duplicates())
+    got = set(zip(res["grna_target"], res["response"]))
+    assert got == set(zip(pairs["grna_target"], pairs["response_id"]))
+    tested = res["pass_qc"]
+    assert res.loc[tested, "p_value"].between(0, 1).all()
+    assert res.loc[~tested, "p_value"].isna().all()
+    assert (res.loc[~tested, "qc_reason"] != "").all()
+    for col in ("unit", "response", "n_treated", "statistic", "effect", "effect_se", "p_value",
+                "pvalue_method", "n_resamples", "n_strata", "pass_qc", "p_adj", "significant"):
+        assert col in res.columns
+
+
+def test_qc_keeps_failing_pairs(inputs):
+    res = run_gene_loop(inputs, targets=list(inputs["units"])[:2], min_nonzero=10**6, **STRAT)
+    assert len(res) == 2 * len(inputs["response_names"])
+    assert (~res["pass_qc"]).all()
+    assert res["qc_reason"].str.contains("nonzero").all()
+
+
+def test_reproducible_across_n_jobs_and_order(adata, inputs):
+    pairs = _pairs(adata, "discovery_pairs")
+    a = run_gene_loop(inputs, pairs=pairs, n_jobs=1, random_state=7, **STRAT)
+    b = run_gene_loop(inputs, pairs=pairs.iloc[::-1], n_jobs=2, random_state=7, **STRAT)
+    key = ["grna_target", "response"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns=["p_adj", "significant"]),
+                                  b.drop(columns=["p_adj", "significant"]))
+    c = run_gene_loop(inputs, pairs=pairs, n_jobs=1, random_state=8, **STRAT)
+    assert not np.array_equal(a["p_value"].to_numpy(),
+                              c.sort_values(key)["p_value"].to_numpy())
+
+
+@pytest.mark.slow
+def test_dask_backend_gives_identical_results(inputs):
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    targets = list(inputs["units"])[:3]
+    local = run_gene_loop(inputs, targets=targets, n_jobs=1, random_state=3, **STRAT)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        with parallel_config(backend="dask"):
+            remote = run_gene_loop(inputs, targets=targets, n_jobs=2, random_state=3, **STRAT)
+    pd.testing.assert_frame_equal(local, remote)
+
+
+def test_checkpoint_resume_after_interruption(inputs, tmp_path, monkeypatch):
+    targets = list(inputs["units"])[:4]
+    full = run_gene_loop(inputs, targets=targets, random_state=5, **STRAT)
+
+    calls = {"n": 0}
+    original = runners._test_unit
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(*args, **kwargs)
+
+    ckpt = tmp_path / "ckpt"
+    monkeypatch.setattr(runners, "_test_unit", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_gene_loop(inputs, targets=targets, random_state=5, checkpoint_dir=str(ckpt), **STRAT)
+    written = [f for f in os.listdir(ckpt) if f.startswith("unit_")]
+    assert len(written) == 2
+
+    monkeypatch.setattr(runners, "_test_unit", original)
+    seen = {"n": 0}
+
+    def counting(*args, **kwargs):
+        seen["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runners, "_test_unit", counting)
+    resumed = run_gene_loop(inputs, targets=targets, random_state=5, checkpoint_dir=str(ckpt),
+                            **STRAT)
+    assert seen["n"] == 2  # only the two unfinished units were computed
+    pd.testing.assert_frame_equal(full, resumed)
+    with pytest.raises(ValueError, match="other arguments"):
+        run_gene_loop(inputs, targets=targets, random_state=6, checkpoint_dir=str(ckpt), **STRAT)
+
+
+def test_burden_key_errors(inputs):
+    bad = dict(STRAT, resampling_kwargs=dict(STRAT["resampling_kwargs"], burden_key="nope"))
+    with pytest.raises(ValueError, match="nope.*numeric columns"):
+        run_gene_loop(inputs, targets=list(inputs["units"])[:1], **bad)
+    bad = dict(STRAT, resampling_kwargs=dict(STRAT["resampling_kwargs"], burden_key="batch"))
+    with pytest.raises(ValueError, match="numeric"):
+        run_gene_loop(inputs, targets=list(inputs["units"])[:1], **bad)
+    bad = dict(STRAT, resampling_kwargs=dict(STRAT["resampling_kwargs"], n_burdn_bins=3))
+    with pytest.raises(ValueError, match="n_burdn_bins"):
+        run_gene_loop(inputs, targets=list(inputs["units"])[:1], **bad)
+
+
+def test_burden_read_raw_not_encoded(inputs, monkeypatch):
+    seen = {}
+    original = runners._test_unit
+
+    def spy(template, inputs_, statistic, unit, target, guides, columns, batch, burden, *rest):
+        seen["burden"] = burden
+        seen["template"] = template
+        return original(template, inputs_, statistic, unit, target, guides, columns, batch,
+                        burden, *rest)
+
+    monkeypatch.setattr(runners, "_test_unit", spy)
+    run_unit(inputs, list(inputs["units"])[0], **STRAT)
+    raw = inputs["covar_df_raw"]["log1p_non_ntc_guides_per_cell"].to_numpy(dtype=float)
+    np.testing.assert_array_equal(seen["burden"], raw)
+    # resampling options reach the estimator unchanged
+    assert seen["template"].resampling_method == "stratified_perm"
+    assert seen["template"].resampling_kwargs == STRAT["resampling_kwargs"]
+
+
+def test_ntc_groups_and_summary(inputs):
+    res = run_ntc_groups(inputs, **STRAT)
+    n_groups = len(inputs["ntc_guides"]) // 2
+    assert res["unit"].nunique() == n_groups
+    assert len(res) == n_groups * len(inputs["response_names"])
+    summary = calibration_summary(res)
+    for key in ("n_pairs", "frac_below_0.01", "frac_below_0.05", "quantile_0.01",
+                "n_bh_discoveries", "ks_distance", "mean_effect"):
+        assert key in summary
+    sub = run_ntc_groups(inputs, n_pairs=25, **STRAT)
+    assert len(sub) == 25
+    ens = run_ntc_ensemble(inputs, n_ensemble=2, n_pairs=10, **STRAT)
+    assert sorted(ens["ensemble"].unique()) == [0, 1]
+    assert len(ens) == 20
+
+
+def test_discovery_and_per_guide(adata, inputs):
+    pos = _pairs(adata, "positive_control_pairs")
+    res = discovery_analysis(inputs, pos, alpha=0.1, **STRAT)
+    assert res["significant"].dtype == bool
+    per_guide = run_gene_loop(inputs, pairs=pos, per_guide=True, **STRAT)
+    n_guides = sum(len(inputs["units"][t]) for t in pos["grna_target"])
+    assert len(per_guide) == n_guides
+
+
+def test_key_added_and_anndata_input(adata):
+    res = run_unit(adata, _pairs(adata, "discovery_pairs")["grna_target"].iloc[0], key_added="crt_unit",
+                   response="counts", **STRAT)
+    assert adata.uns["crt_unit"] is res
+
+
+def test_unknown_pairs_error(inputs):
+    with pytest.raises(ValueError, match="unknown targets"):
+        run_gene_loop(inputs, pairs=pd.DataFrame({"response_id": ["x"], "grna_target": ["y"]}),
+                      **STRAT)
