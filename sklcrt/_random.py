@@ -46,7 +46,9 @@ def seed_sequence(random_state, key=None) -> np.random.SeedSequence:
 
 
 def as_generator(random_state, key=None) -> np.random.Generator:
-    """A numpy ``Generator`` from ``random_state`` (None, int, SeedSequence, Generator, RandomState).
+    """A numpy ``Generator`` from ``random_state``.
+
+    ``random_state`` may be None, an int, a SeedSequence, a Generator or a RandomState.
 
     A ``Generator`` passed without a key is used as is (its state advances).
     """

@@ -78,8 +78,11 @@ def check_has_both_arms(x: np.ndarray, name: str = "x") -> None:
 
 def check_same_length(**arrays) -> int:
     """Raise if the given arrays (``None`` skipped) do not share their first dimension."""
-    lengths = {k: (v.shape[0] if hasattr(v, "shape") else len(v)) for k, v in arrays.items()
-               if v is not None}
+    lengths = {
+        k: (v.shape[0] if hasattr(v, "shape") else len(v))
+        for k, v in arrays.items()
+        if v is not None
+    }
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}: {n}" for k, n in lengths.items())
         raise ValueError(f"length mismatch, every input needs one row per cell ({detail}).")

@@ -68,7 +68,6 @@ class Option:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
-    path: bool = False  # a path resolved against the config file's folder
 
 
 _KIND_WORDS = {
@@ -87,7 +86,6 @@ _TOP = (
         _REQUIRED,
         'Path of the screen\'s .h5ad file, or "simulate" to '
         "simulate one with the [simulate] options.",
-        path=True,
     ),
     Option(
         "output_dir",
@@ -95,7 +93,6 @@ _TOP = (
         "sklcrt_results",
         "Folder for the tables, summary and QQ plot "
         "(created; files in it are overwritten). The command line's --out overrides it.",
-        path=True,
     ),
     Option(
         "analyses",
@@ -327,7 +324,6 @@ def _pairs_section(default_key: str) -> tuple[Option, ...]:
             None,
             "CSV file with columns response_id, grna_target (relative "
             "to the config's folder); overrides pairs_key.",
-            path=True,
         ),
         Option(
             "pairs_key",
@@ -376,12 +372,12 @@ DEMO_CONFIG: dict = {
     "response": "counts",
     "covariates": ["batch", "log1p_response_n_umis", "log1p_response_n_nonzero"],
     "resampling_method": "stratified_perm",
-    "n_resamples": 199,
-    "n_resamples_adaptive": 1999,
+    "n_resamples": 499,
+    "n_resamples_adaptive": 0,
     "alpha": 0.1,
     "random_state": 0,
     "resampling_kwargs": {
-        "n_bins": 10,
+        "n_bins": 20,
         "stratify_by_batch": True,
         "batch_key": "batch",
         "burden_key": "log1p_non_ntc_guides_per_cell",
@@ -1111,8 +1107,11 @@ def format_table(rows: Sequence[dict], alpha: float) -> str:
 
 def _summary_text(summary: dict, config: dict, out_dir: Path) -> str:
     screen = summary["screen"]
+    source = config["input"]
+    if config["simulate"] is not None:
+        source = f"simulated screen {config['simulate']}"
     lines = [
-        f"sklcrt {summary['command']}: {config['input']}",
+        f"sklcrt {summary['command']}: {source}",
         f"screen: {screen['n_cells']} cells, {screen['n_responses']} {screen['response_kind']} "
         f"responses, {screen['n_targets']} targets, {screen['n_ntc_guides']} NTC guides",
         f"resampling: {config['resampling_method']} {_resampling_kwargs(config)}",
@@ -1249,8 +1248,8 @@ def _demo_description() -> str:
         f"of {', '.join(DEMO_CONFIG['covariates'])}), run the NTC calibration check without and "
         f"with {rk['n_burden_bins']} burden bins of {rk['burden_key']}, and the positive-control "
         "and discovery analyses with burden bins (NB score statistic on the counts, "
-        f"{DEMO_CONFIG['n_resamples']} resamples plus {DEMO_CONFIG['n_resamples_adaptive']} "
-        "adaptive ones where p is small). Writes calibration_no_burden.csv, calibration.csv, "
+        f"{DEMO_CONFIG['n_resamples']} resamples per unit, no adaptive second stage, so the "
+        "demo takes seconds). Writes calibration_no_burden.csv, calibration.csv, "
         "power.csv, discovery.csv, qq_plot.png (needs matplotlib), summary.json and "
         "summary.txt to --out and prints a summary table. examples/config_demo.toml is the "
         "same analysis as a config file (sklcrt run examples/config_demo.toml)."

@@ -22,12 +22,11 @@ from sklcrt.propensity import NewtonLogisticRegression, fit_propensity
 from sklcrt.pvalues import ALTERNATIVES, compute_pvalues
 from sklcrt.resampling import resolve_resampling
 from sklcrt.samplers import (
-    BaseSampler,
     BernoulliSampler,
     PermutationSampler,
     StratifiedPermutationSampler,
 )
-from sklcrt.statistics import BaseStatistic, OLSStatistic
+from sklcrt.statistics import OLSStatistic
 from sklcrt.strata import StratumEncoder
 
 __all__ = ["CRTTest"]
@@ -36,7 +35,8 @@ __all__ = ["CRTTest"]
 class CRTTest(BaseEstimator):
     """Conditional randomization / stratified permutation test of one unit against many responses.
 
-    ``fit`` fits a propensity model ``P(x = 1 | C)``, builds strata (batch x propensity bins x burden
+    ``fit`` fits a propensity model ``P(x = 1 | C)``, builds strata (batch x propensity bins x
+    burden
     bins) when the sampler needs them, draws ``n_resamples`` synthetic treatment vectors once and
     evaluates the statistic of every response on all of them in one vectorised step. Where the
     first-stage p-value is at most ``adaptive_threshold``, ``n_resamples_adaptive`` fresh resamples
@@ -132,7 +132,10 @@ class CRTTest(BaseEstimator):
         "propensity": [HasMethods(["fit", "predict_proba"]), None],
         "encoder": [HasMethods(["fit_transform"]), None],
         "sampler": [HasMethods(["fit", "sample"]), None],
-        "resampling_method": [StrOptions({"bernoulli_index", "crt", "stratified_perm", "perm"}), None],
+        "resampling_method": [
+            StrOptions({"bernoulli_index", "crt", "stratified_perm", "perm"}),
+            None,
+        ],
         "resampling_kwargs": [dict, None],
         "n_resamples": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_resamples_adaptive": [Interval(numbers.Integral, 0, None, closed="left")],
@@ -204,7 +207,8 @@ class CRTTest(BaseEstimator):
             encoder = StratumEncoder() if self.encoder is None else clone(self.encoder)
         elif self.encoder is not None:
             raise ValueError(
-                f"encoder is only used by stratified samplers; {type(sampler).__name__} takes none. "
+                f"encoder is only used by stratified samplers; {type(sampler).__name__} takes "
+                "none. "
                 "Use sampler=StratifiedPermutationSampler() or drop the encoder."
             )
         method = {
@@ -262,9 +266,9 @@ class CRTTest(BaseEstimator):
             )
         if columns is not None:
             columns = np.asarray(columns, dtype=np.intp)
-            if columns.ndim != 1 or (columns.size and (
-                columns.min() < 0 or columns.max() >= statistic.n_responses_
-            )):
+            if columns.ndim != 1 or (
+                columns.size and (columns.min() < 0 or columns.max() >= statistic.n_responses_)
+            ):
                 raise ValueError(
                     f"columns must be 1-D indices in [0, {statistic.n_responses_}), got {columns}."
                 )
@@ -305,7 +309,9 @@ class CRTTest(BaseEstimator):
                     sampler.sample(self.n_resamples_adaptive, random_state=rng), cols2
                 )
                 p2, m2 = compute_pvalues(
-                    observed["statistic"][second], null2, alternative=self.alternative,
+                    observed["statistic"][second],
+                    null2,
+                    alternative=self.alternative,
                     method=self.pvalue_method,
                 )
                 pvalues[second] = p2
@@ -327,8 +333,12 @@ class CRTTest(BaseEstimator):
         self.pvalue_methods_ = np.asarray(methods, dtype=object)
         self.n_resamples_ = n_used
         self.resampling_method_ = method
-        diagnostics = {"resampling_method": method, "n_cells": int(x.size),
-                       "n_treated": self.n_treated_, "n_stage2": n_stage2}
+        diagnostics = {
+            "resampling_method": method,
+            "n_cells": int(x.size),
+            "n_treated": self.n_treated_,
+            "n_stage2": n_stage2,
+        }
         if encoder is not None:
             diagnostics.update(encoder.diagnostics_)
         else:

@@ -104,8 +104,7 @@ def _strata_inputs(inputs: dict, test: CRTTest) -> tuple[np.ndarray | None, np.n
     if test.resampling_method is None and test.resampling_kwargs is None:
         batch = inputs.get("batch_raw")
         return batch, None
-    config = resolve_resampling(test.resampling_method or "bernoulli_index",
-                                test.resampling_kwargs)
+    config = resolve_resampling(test.resampling_method or "bernoulli_index", test.resampling_kwargs)
     covar = inputs["covar_df_raw"]
     batch = None
     if config.method == "stratified_perm" and config.stratify_by_batch:
@@ -140,8 +139,17 @@ def _strata_inputs(inputs: dict, test: CRTTest) -> tuple[np.ndarray | None, np.n
     return batch, burden
 
 
-def _make_test(test, *, resampling_method, resampling_kwargs, n_resamples, n_resamples_adaptive,
-               alternative, pvalue_method, propensity) -> CRTTest:
+def _make_test(
+    test,
+    *,
+    resampling_method,
+    resampling_kwargs,
+    n_resamples,
+    n_resamples_adaptive,
+    alternative,
+    pvalue_method,
+    propensity,
+) -> CRTTest:
     if test is not None:
         return clone(test)
     return CRTTest(
@@ -171,9 +179,19 @@ def _qc_counts(Y, x: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.nd
     return treated.astype(np.int64), (total - treated).astype(np.int64)
 
 
-def _test_unit(template: CRTTest, inputs: dict, statistic, unit: str, target: str,
-               guides: Sequence[str], columns: np.ndarray, batch, burden, random_state,
-               min_nonzero: int) -> pd.DataFrame:
+def _test_unit(
+    template: CRTTest,
+    inputs: dict,
+    statistic,
+    unit: str,
+    target: str,
+    guides: Sequence[str],
+    columns: np.ndarray,
+    batch,
+    burden,
+    random_state,
+    min_nonzero: int,
+) -> pd.DataFrame:
     """Rows for one unit: QC, then the CRT on the pairs that pass."""
     names = np.asarray(inputs["response_names"], dtype=object)
     x = unit_treatment(inputs, guides)
@@ -220,8 +238,9 @@ def _test_unit(template: CRTTest, inputs: dict, statistic, unit: str, target: st
 
 # ---------------------------------------------------------------------- many units
 def _config_fingerprint(template: CRTTest, extra: dict) -> str:
-    params = {k: repr(v) for k, v in sorted(template.get_params(deep=False).items())
-              if k != "statistic"}
+    params = {
+        k: repr(v) for k, v in sorted(template.get_params(deep=False).items()) if k != "statistic"
+    }
     params.update({k: repr(v) for k, v in sorted(extra.items())})
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -231,10 +250,20 @@ def _unit_file(checkpoint_dir: str, unit: str) -> str:
     return os.path.join(checkpoint_dir, f"unit_{digest}.pkl")
 
 
-def _run_units(inputs: dict, jobs: list[tuple[str, str, list[str], np.ndarray]], *, statistic,
-               template: CRTTest, random_state, n_jobs: int, progress: bool,
-               checkpoint_dir: str | None, min_nonzero: int, desc: str,
-               fingerprint_extra: dict) -> pd.DataFrame:
+def _run_units(
+    inputs: dict,
+    jobs: list[tuple[str, str, list[str], np.ndarray]],
+    *,
+    statistic,
+    template: CRTTest,
+    random_state,
+    n_jobs: int,
+    progress: bool,
+    checkpoint_dir: str | None,
+    min_nonzero: int,
+    desc: str,
+    fingerprint_extra: dict,
+) -> pd.DataFrame:
     """Test every (unit, target, guides, columns) job; results in job order, seed per unit name."""
     if random_state is None:
         raise ValueError(
@@ -246,8 +275,8 @@ def _run_units(inputs: dict, jobs: list[tuple[str, str, list[str], np.ndarray]],
         os.makedirs(checkpoint_dir, exist_ok=True)
         stamp = os.path.join(checkpoint_dir, "config.json")
         fingerprint = _config_fingerprint(
-            template, {**fingerprint_extra, "random_state": random_state,
-                       "min_nonzero": min_nonzero}
+            template,
+            {**fingerprint_extra, "random_state": random_state, "min_nonzero": min_nonzero},
         )
         if os.path.exists(stamp):
             with open(stamp) as fh:
@@ -267,17 +296,26 @@ def _run_units(inputs: dict, jobs: list[tuple[str, str, list[str], np.ndarray]],
     todo = [job for job in jobs if job[0] not in done]
 
     def work(unit, target, guides, columns):
-        frame = _test_unit(template, inputs, statistic, unit, target, guides, columns, batch,
-                           burden, seed_sequence(random_state, unit), min_nonzero)
+        frame = _test_unit(
+            template,
+            inputs,
+            statistic,
+            unit,
+            target,
+            guides,
+            columns,
+            batch,
+            burden,
+            seed_sequence(random_state, unit),
+            min_nonzero,
+        )
         if checkpoint_dir is not None:
             tmp = _unit_file(checkpoint_dir, unit) + ".tmp"
             frame.to_pickle(tmp)
             os.replace(tmp, _unit_file(checkpoint_dir, unit))
         return unit, frame
 
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(work)(*job) for job in todo
-    )
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(work)(*job) for job in todo)
     if progress and todo:
         from tqdm.auto import tqdm
 
@@ -320,8 +358,8 @@ def _store(data, results: pd.DataFrame, key_added: str | None) -> None:
 
 
 _SHARED_DOC = """
-    resampling_method : {"bernoulli_index", "crt", "stratified_perm", "perm"}, default="bernoulli_index"
-        Passed unchanged to :class:`CRTTest`.
+    resampling_method : {"bernoulli_index", "crt", "stratified_perm", "perm"}
+        Default "bernoulli_index". Passed unchanged to :class:`CRTTest`.
     resampling_kwargs : dict, default=None
         Passed unchanged to :class:`CRTTest`; ``burden_key`` names a numeric column of
         ``obsm["covar"]`` read raw (never from the encoded covariates).
@@ -345,9 +383,18 @@ _SHARED_DOC = """
         Write each finished unit there; a rerun with the same arguments resumes.
     key_added : str, default=None
         Also store the table in ``adata.uns[key_added]``.
-    **input_kwargs
+    input_kwargs
         Options of :func:`sklcrt.inputs.prepare_crt_inputs` when ``data`` is an AnnData.
 """
+
+
+def _add_shared_doc(func):
+    """Insert the shared options at the end of ``func``'s Parameters section."""
+    head, sep, tail = func.__doc__.partition("\n    Returns\n")
+    func.__doc__ = (
+        head.rstrip() + "\n" + _SHARED_DOC.strip("\n") + "\n" + (sep + tail if sep else "\n    ")
+    )
+    return func
 
 
 def _common(kwargs: dict):
@@ -362,8 +409,16 @@ def _common(kwargs: dict):
     )
 
 
-_RUN_OPTIONS = ("statistic", "test", "min_nonzero", "n_jobs", "random_state", "progress",
-                "checkpoint_dir", "key_added")
+_RUN_OPTIONS = (
+    "statistic",
+    "test",
+    "min_nonzero",
+    "n_jobs",
+    "random_state",
+    "progress",
+    "checkpoint_dir",
+    "key_added",
+)
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
@@ -372,27 +427,39 @@ def _split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
     return common, run, kwargs
 
 
-def _execute(data, jobs_builder: Callable[[dict], list], desc: str, kwargs: dict,
-             fingerprint_extra: dict) -> pd.DataFrame:
+def _execute(
+    data, jobs_builder: Callable[[dict], list], desc: str, kwargs: dict, fingerprint_extra: dict
+) -> pd.DataFrame:
     common, run, input_kwargs = _split_kwargs(dict(kwargs))
     inputs = _as_inputs(data, input_kwargs)
     template = _make_test(run.get("test"), **common)
     statistic = fit_null_model(inputs, run.get("statistic"))
     jobs = jobs_builder(inputs)
     results = _run_units(
-        inputs, jobs, statistic=statistic, template=template,
-        random_state=run.get("random_state", 0), n_jobs=run.get("n_jobs", 1),
-        progress=run.get("progress", True), checkpoint_dir=run.get("checkpoint_dir"),
-        min_nonzero=run.get("min_nonzero", 7), desc=desc,
-        fingerprint_extra={**fingerprint_extra, "desc": desc,
-                           "n_jobs_free": True, "statistic": repr(run.get("statistic"))},
+        inputs,
+        jobs,
+        statistic=statistic,
+        template=template,
+        random_state=run.get("random_state", 0),
+        n_jobs=run.get("n_jobs", 1),
+        progress=run.get("progress", True),
+        checkpoint_dir=run.get("checkpoint_dir"),
+        min_nonzero=run.get("min_nonzero", 7),
+        desc=desc,
+        fingerprint_extra={
+            **fingerprint_extra,
+            "desc": desc,
+            "n_jobs_free": True,
+            "statistic": repr(run.get("statistic")),
+        },
     )
     return results, run
 
 
 # ---------------------------------------------------------------------- public runners
-def run_unit(data, unit: str, *, guides: Sequence[str] | None = None, responses=None,
-             **kwargs) -> pd.DataFrame:
+def run_unit(
+    data, unit: str, *, guides: Sequence[str] | None = None, responses=None, **kwargs
+) -> pd.DataFrame:
     """Test one unit (a target, or explicit ``guides``) against all or chosen responses.
 
     Parameters
@@ -409,8 +476,9 @@ def run_unit(data, unit: str, *, guides: Sequence[str] | None = None, responses=
 
     def jobs(inputs):
         gs = list(guides) if guides is not None else _target_guides(inputs, unit)
-        return [(unit, unit if guides is None else "custom", gs,
-                 _response_columns(inputs, responses))]
+        return [
+            (unit, unit if guides is None else "custom", gs, _response_columns(inputs, responses))
+        ]
 
     results, run = _execute(data, jobs, "unit", kwargs, {"unit": unit, "responses": responses})
     results = add_bh(results)
@@ -418,7 +486,7 @@ def run_unit(data, unit: str, *, guides: Sequence[str] | None = None, responses=
     return results
 
 
-run_unit.__doc__ += _SHARED_DOC  # type: ignore[operator]
+_add_shared_doc(run_unit)
 
 
 def _target_guides(inputs: dict, target: str) -> list[str]:
@@ -441,8 +509,16 @@ def _pairs_frame(pairs) -> pd.DataFrame:
     return pairs[["response_id", "grna_target"]].astype(str).drop_duplicates()
 
 
-def run_gene_loop(data, *, pairs=None, targets=None, responses=None, per_guide: bool = False,
-                  alpha: float = 0.1, **kwargs) -> pd.DataFrame:
+def run_gene_loop(
+    data,
+    *,
+    pairs=None,
+    targets=None,
+    responses=None,
+    per_guide: bool = False,
+    alpha: float = 0.1,
+    **kwargs,
+) -> pd.DataFrame:
     """Test every targeting unit against its responses (or the pairs of a pairs table).
 
     Parameters
@@ -479,8 +555,9 @@ def run_gene_loop(data, *, pairs=None, targets=None, responses=None, per_guide: 
                     "check grna_target against the guide targets and response_id against the "
                     "response names."
                 )
-            design = {t: list(g["response_id"]) for t, g in table.groupby("grna_target",
-                                                                             sort=False)}
+            design = {
+                t: list(g["response_id"]) for t, g in table.groupby("grna_target", sort=False)
+            }
         else:
             chosen = list(units) if targets is None else list(targets)
             design = {t: (names if responses is None else list(responses)) for t in chosen}
@@ -495,20 +572,28 @@ def run_gene_loop(data, *, pairs=None, targets=None, responses=None, per_guide: 
         return out
 
     results, run = _execute(
-        data, jobs, "targets", kwargs,
-        {"pairs": None if pairs is None else _pairs_frame(pairs).to_json(), "targets": targets,
-         "responses": responses, "per_guide": per_guide},
+        data,
+        jobs,
+        "targets",
+        kwargs,
+        {
+            "pairs": None if pairs is None else _pairs_frame(pairs).to_json(),
+            "targets": targets,
+            "responses": responses,
+            "per_guide": per_guide,
+        },
     )
     results = add_bh(results, alpha)
     _store(data, results, run.get("key_added"))
     return results
 
 
-run_gene_loop.__doc__ += _SHARED_DOC  # type: ignore[operator]
+_add_shared_doc(run_gene_loop)
 
 
-def make_ntc_groups(ntc_guides: Sequence[str], group_size: int, random_state=0,
-                    key: str = "ntc") -> dict[str, list[str]]:
+def make_ntc_groups(
+    ntc_guides: Sequence[str], group_size: int, random_state=0, key: str = "ntc"
+) -> dict[str, list[str]]:
     """Partition non-targeting guides at random into groups of ``group_size``.
 
     Guides left over after the last full group are not used. Group names are ``NTC_1``,
@@ -524,8 +609,10 @@ def make_ntc_groups(ntc_guides: Sequence[str], group_size: int, random_state=0,
     order = as_generator(random_state, key=("ntc_groups", key)).permutation(len(ntc))
     n_groups = len(ntc) // group_size
     prefix = "NTC" if key == "ntc" else f"NTC_{key}"
-    return {f"{prefix}_{j + 1}": [ntc[i] for i in order[j * group_size:(j + 1) * group_size]]
-            for j in range(n_groups)}
+    return {
+        f"{prefix}_{j + 1}": [ntc[i] for i in order[j * group_size : (j + 1) * group_size]]
+        for j in range(n_groups)
+    }
 
 
 def _default_group_size(inputs: dict) -> int:
@@ -533,9 +620,15 @@ def _default_group_size(inputs: dict) -> int:
     return max(1, int(np.median(sizes))) if sizes else 1
 
 
-def run_ntc_groups(data, *, group_size: int | None = None, responses=None,
-                   n_pairs: int | None = None, grouping_key: str = "ntc",
-                   **kwargs) -> pd.DataFrame:
+def run_ntc_groups(
+    data,
+    *,
+    group_size: int | None = None,
+    responses=None,
+    n_pairs: int | None = None,
+    grouping_key: str = "ntc",
+    **kwargs,
+) -> pd.DataFrame:
     """Test groups of non-targeting guides like targets: the calibration check.
 
     Parameters
@@ -572,21 +665,29 @@ def run_ntc_groups(data, *, group_size: int | None = None, responses=None,
             chosen = np.sort(rng.choice(total, size=n_pairs, replace=False))
             g_idx, r_idx = np.divmod(chosen, cols.size)
             names = list(groups)
-            per_group = {names[g]: cols[r_idx[g_idx == g]] for g in range(len(names))
-                         if np.any(g_idx == g)}
+            per_group = {
+                names[g]: cols[r_idx[g_idx == g]] for g in range(len(names)) if np.any(g_idx == g)
+            }
         return [(name, "non-targeting", groups[name], c) for name, c in per_group.items()]
 
     results, run = _execute(
-        data, jobs, "NTC groups", kwargs,
-        {"group_size": group_size, "responses": responses, "n_pairs": n_pairs,
-         "grouping": grouping_key},
+        data,
+        jobs,
+        "NTC groups",
+        kwargs,
+        {
+            "group_size": group_size,
+            "responses": responses,
+            "n_pairs": n_pairs,
+            "grouping": grouping_key,
+        },
     )
     results = add_bh(results)
     _store(data, results, run.get("key_added"))
     return results
 
 
-run_ntc_groups.__doc__ += _SHARED_DOC  # type: ignore[operator]
+_add_shared_doc(run_ntc_groups)
 
 
 def run_ntc_ensemble(data, *, n_ensemble: int = 5, **kwargs) -> pd.DataFrame:
@@ -600,9 +701,13 @@ def run_ntc_ensemble(data, *, n_ensemble: int = 5, **kwargs) -> pd.DataFrame:
     key_added = kwargs.pop("key_added", None)
     checkpoint_dir = kwargs.pop("checkpoint_dir", None)
     if not isinstance(data, dict):
-        input_kwargs = {k: kwargs.pop(k) for k in list(kwargs)
-                        if k not in _RUN_OPTIONS and k not in _common({})
-                        and k not in ("group_size", "responses", "n_pairs")}
+        input_kwargs = {
+            k: kwargs.pop(k)
+            for k in list(kwargs)
+            if k not in _RUN_OPTIONS
+            and k not in _common({})
+            and k not in ("group_size", "responses", "n_pairs")
+        }
         inputs = prepare_crt_inputs(data, **input_kwargs)
     else:
         inputs = data

@@ -1,6 +1,7 @@
 """The ``sklcrt`` command line: demo, config runs, config errors and help."""
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -373,8 +374,9 @@ def test_version(capsys):
 
 def test_schema_matches_the_library():
     from sklcrt.assignment import DEFAULT_NTC_LABELS
+    from sklcrt.crt import CRTTest
+    from sklcrt.inputs import prepare_crt_inputs
     from sklcrt.resampling import DEFAULT_RESAMPLING_KWARGS
-    from sklcrt.runners import _common
 
     schema = {o.name: o for o in CONFIG_SCHEMA["resampling_kwargs"]}
     assert set(schema) == set(DEFAULT_RESAMPLING_KWARGS)
@@ -384,9 +386,24 @@ def test_schema_matches_the_library():
             assert schema[key].default == expected, key
     assert tuple(cli.NTC_LABELS) == tuple(DEFAULT_NTC_LABELS)
     top = {o.name: o.default for o in CONFIG_SCHEMA[""]}
-    for key, value in _common({}).items():
-        if key != "propensity" and key != "resampling_kwargs":
-            assert top[key] == value, key
+    crt = CRTTest().get_params()
+    for key in ("n_resamples", "n_resamples_adaptive", "alternative", "pvalue_method"):
+        assert top[key] == crt[key], key
+    assert top["resampling_method"] == "bernoulli_index"  # the string API's default
+    signature = inspect.signature(prepare_crt_inputs).parameters
+    for key in (
+        "response",
+        "layer",
+        "usage_key",
+        "clr_floor_quantile",
+        "covar_key",
+        "covariates",
+        "batch_key",
+        "guide_key",
+        "guide_names_key",
+        "guide2gene_key",
+    ):
+        assert top[key] == signature[key].default, key
 
 
 @pytest.mark.skipif(not GASPERINI.is_file(), reason="../shared/data (real screens) not present")

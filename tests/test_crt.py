@@ -56,15 +56,29 @@ def test_fit_attributes_and_frame():
 def test_string_api_equals_objects():
     C, batch, burden, Y, rng = _confounded_null(n=1000, g=4)
     x = _unit(C, rng)
-    kwargs = dict(n_bins=5, stratify_by_batch=True, batch_key="batch", burden_key="b",
-                  n_burden_bins=4, burden_bin_method="quantile")
-    by_string = CRTTest(resampling_method="stratified_perm", resampling_kwargs=kwargs,
-                        n_resamples=99, n_resamples_adaptive=0, random_state=3)
+    kwargs = dict(
+        n_bins=5,
+        stratify_by_batch=True,
+        batch_key="batch",
+        burden_key="b",
+        n_burden_bins=4,
+        burden_bin_method="quantile",
+    )
+    by_string = CRTTest(
+        resampling_method="stratified_perm",
+        resampling_kwargs=kwargs,
+        n_resamples=99,
+        n_resamples_adaptive=0,
+        random_state=3,
+    )
     by_objects = CRTTest(
         sampler=StratifiedPermutationSampler(),
-        encoder=StratumEncoder(n_bins=5, stratify_by_batch=True, n_burden_bins=4,
-                               burden_bin_method="quantile"),
-        n_resamples=99, n_resamples_adaptive=0, random_state=3,
+        encoder=StratumEncoder(
+            n_bins=5, stratify_by_batch=True, n_burden_bins=4, burden_bin_method="quantile"
+        ),
+        n_resamples=99,
+        n_resamples_adaptive=0,
+        random_state=3,
     )
     a = by_string.fit(C, x, Y=Y, batch=batch, burden=burden)
     b = by_objects.fit(C, x, Y=Y, batch=batch, burden=burden)
@@ -74,27 +88,40 @@ def test_string_api_equals_objects():
 
 
 def test_nested_params_clone_and_grid():
-    test = CRTTest(encoder=StratumEncoder(), sampler=StratifiedPermutationSampler(),
-                   statistic=OLSStatistic(), random_state=0)
+    test = CRTTest(
+        encoder=StratumEncoder(),
+        sampler=StratifiedPermutationSampler(),
+        statistic=OLSStatistic(),
+        random_state=0,
+    )
     params = test.get_params(deep=True)
     assert params["encoder__n_burden_bins"] == 8
     test.set_params(encoder__n_burden_bins=4)
     assert test.encoder.n_burden_bins == 4
     cloned = clone(test)
     assert cloned.encoder is not test.encoder and cloned.encoder.n_burden_bins == 4
-    grid = ParameterGrid({"encoder__n_burden_bins": [1, 8],
-                          "sampler": [StratifiedPermutationSampler(), PermutationSampler()]})
+    grid = ParameterGrid(
+        {
+            "encoder__n_burden_bins": [1, 8],
+            "sampler": [StratifiedPermutationSampler(), PermutationSampler()],
+        }
+    )
     configured = [clone(test).set_params(**p) for p in grid]
     assert len(configured) == 4
     assert {type(t.sampler).__name__ for t in configured} == {
-        "StratifiedPermutationSampler", "PermutationSampler"}
+        "StratifiedPermutationSampler",
+        "PermutationSampler",
+    }
 
 
 def test_reproducible_and_seed_sensitive():
     C, batch, burden, Y, rng = _confounded_null(n=600, g=3)
     x = _unit(C, rng)
-    fit = lambda seed: CRTTest(n_resamples=49, n_resamples_adaptive=0, store_null=True,  # noqa: E731
-                               random_state=seed).fit(C, x, Y=Y).null_distribution_
+
+    def fit(seed):
+        test = CRTTest(n_resamples=49, n_resamples_adaptive=0, store_null=True, random_state=seed)
+        return test.fit(C, x, Y=Y).null_distribution_
+
     np.testing.assert_array_equal(fit(1), fit(1))
     assert not np.array_equal(fit(1), fit(2))
 
@@ -117,8 +144,12 @@ def test_custom_propensity_classifier():
     C, batch, burden, Y, rng = _confounded_null(n=800, g=2)
     x = _unit(C, rng)
     ours = CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
-    sk = CRTTest(propensity=LogisticRegression(max_iter=1000, tol=1e-10), n_resamples=19,
-                 n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    sk = CRTTest(
+        propensity=LogisticRegression(max_iter=1000, tol=1e-10),
+        n_resamples=19,
+        n_resamples_adaptive=0,
+        random_state=0,
+    ).fit(C, x, Y=Y)
     np.testing.assert_allclose(ours.propensity_, sk.propensity_, atol=1e-4)
 
 
@@ -155,8 +186,11 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="not both"):
         CRTTest(sampler=PermutationSampler(), resampling_method="perm").fit(C, x, Y=Y)
     with pytest.raises(ValueError, match="burden_key"):
-        CRTTest(resampling_method="stratified_perm", resampling_kwargs={"burden_key": "b"},
-                n_resamples=9).fit(C, x, Y=Y)
+        CRTTest(
+            resampling_method="stratified_perm",
+            resampling_kwargs={"burden_key": "b"},
+            n_resamples=9,
+        ).fit(C, x, Y=Y)
     with pytest.raises(ValueError, match="n_resamples"):
         CRTTest(n_resamples=0).fit(C, x, Y=Y)
     with pytest.raises(ValueError, match="alternative"):
@@ -170,8 +204,14 @@ def _null_pvalues(sampler, statistic, counts, n_units=40, g=50, B=199, seed=0, *
     for u in range(n_units):
         strength = 0.0 if isinstance(sampler, PermutationSampler) else 1.0
         x = _unit(C, rng, strength=strength)
-        test = CRTTest(statistic=stat, sampler=sampler, n_resamples=B, n_resamples_adaptive=0,
-                       random_state=u, **extra)
+        test = CRTTest(
+            statistic=stat,
+            sampler=sampler,
+            n_resamples=B,
+            n_resamples_adaptive=0,
+            random_state=u,
+            **extra,
+        )
         test.fit(C, x, batch=batch, burden=burden if "encoder" in extra else None)
         pvals.append(test.pvalues_)
     return np.concatenate(pvals)
@@ -179,8 +219,10 @@ def _null_pvalues(sampler, statistic, counts, n_units=40, g=50, B=199, seed=0, *
 
 SAMPLERS = {
     "bernoulli": (BernoulliSampler(), {}),
-    "stratified": (StratifiedPermutationSampler(),
-                   {"encoder": StratumEncoder(n_bins=10, n_burden_bins=4)}),
+    "stratified": (
+        StratifiedPermutationSampler(),
+        {"encoder": StratumEncoder(n_bins=10, n_burden_bins=4)},
+    ),
     "perm": (PermutationSampler(), {}),
 }
 
@@ -212,8 +254,9 @@ def test_power_under_effect(counts):
     else:
         Y[x, :10] -= 0.6
     stat = NBScoreStatistic() if counts else OLSStatistic()
-    test = CRTTest(statistic=stat, n_resamples=499, n_resamples_adaptive=0,
-                   random_state=0).fit(C, x, Y=Y)
+    test = CRTTest(statistic=stat, n_resamples=499, n_resamples_adaptive=0, random_state=0).fit(
+        C, x, Y=Y
+    )
     assert np.all(test.pvalues_[:10] <= 0.01)
     assert np.all(test.effect_[:10] < 0)
     assert np.mean(test.pvalues_[10:] <= 0.05) <= 0.3
@@ -237,6 +280,7 @@ def test_newton_propensity_is_default():
     x = _unit(C, rng)
     test = CRTTest(n_resamples=9, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
     assert isinstance(test.propensity_model_, NewtonLogisticRegression)
-    perm = CRTTest(sampler=PermutationSampler(), n_resamples=9, n_resamples_adaptive=0,
-                   random_state=0).fit(C, x, Y=Y)
+    perm = CRTTest(
+        sampler=PermutationSampler(), n_resamples=9, n_resamples_adaptive=0, random_state=0
+    ).fit(C, x, Y=Y)
     assert perm.propensity_ is None and perm.strata_ is None

@@ -20,8 +20,13 @@ from sklcrt.runners import (
 
 STRAT = dict(
     resampling_method="stratified_perm",
-    resampling_kwargs=dict(n_bins=5, stratify_by_batch=True, batch_key="batch",
-                           burden_key="log1p_non_ntc_guides_per_cell", n_burden_bins=4),
+    resampling_kwargs=dict(
+        n_bins=5,
+        stratify_by_batch=True,
+        batch_key="batch",
+        burden_key="log1p_non_ntc_guides_per_cell",
+        n_burden_bins=4,
+    ),
     n_resamples=99,
     n_resamples_adaptive=0,
     progress=False,
@@ -35,8 +40,7 @@ def _pairs(adata, key):
 
 @pytest.fixture(scope="module")
 def adata():
-    return simulate_screen(n_cells=3000, n_genes=30, n_targets=6, n_ntc_guides=8,
-                           random_state=1)
+    return simulate_screen(n_cells=3000, n_genes=30, n_targets=6, n_ntc_guides=8, random_state=1)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +52,27 @@ def test_every_requested_pair_gets_a_row(adata, inputs):
     pairs = _pairs(adata, "discovery_pairs")
     res = run_gene_loop(inputs, pairs=pairs, **STRAT)
     assert len(res) == len(pairs.drop_duplicates())
-    got = set(zip(res["grna_target"], res["response"]))
-    assert got == set(zip(pairs["grna_target"], pairs["response_id"]))
+    got = set(zip(res["grna_target"], res["response"], strict=True))
+    assert got == set(zip(pairs["grna_target"], pairs["response_id"], strict=True))
     tested = res["pass_qc"]
     assert res.loc[tested, "p_value"].between(0, 1).all()
     assert res.loc[~tested, "p_value"].isna().all()
     assert (res.loc[~tested, "qc_reason"] != "").all()
-    for col in ("unit", "response", "n_treated", "statistic", "effect", "effect_se", "p_value",
-                "pvalue_method", "n_resamples", "n_strata", "pass_qc", "p_adj", "significant"):
+    for col in (
+        "unit",
+        "response",
+        "n_treated",
+        "statistic",
+        "effect",
+        "effect_se",
+        "p_value",
+        "pvalue_method",
+        "n_resamples",
+        "n_strata",
+        "pass_qc",
+        "p_adj",
+        "significant",
+    ):
         assert col in res.columns
 
 
@@ -72,11 +89,11 @@ def test_reproducible_across_n_jobs_and_order(adata, inputs):
     b = run_gene_loop(inputs, pairs=pairs.iloc[::-1], n_jobs=2, random_state=7, **STRAT)
     key = ["grna_target", "response"]
     a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
-    pd.testing.assert_frame_equal(a.drop(columns=["p_adj", "significant"]),
-                                  b.drop(columns=["p_adj", "significant"]))
+    pd.testing.assert_frame_equal(
+        a.drop(columns=["p_adj", "significant"]), b.drop(columns=["p_adj", "significant"])
+    )
     c = run_gene_loop(inputs, pairs=pairs, n_jobs=1, random_state=8, **STRAT)
-    assert not np.array_equal(a["p_value"].to_numpy(),
-                              c.sort_values(key)["p_value"].to_numpy())
+    assert not np.array_equal(a["p_value"].to_numpy(), c.sort_values(key)["p_value"].to_numpy())
 
 
 @pytest.mark.slow
@@ -86,9 +103,16 @@ def test_dask_backend_gives_identical_results(inputs):
 
     targets = list(inputs["units"])[:3]
     local = run_gene_loop(inputs, targets=targets, n_jobs=1, random_state=3, **STRAT)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         with parallel_config(backend="dask"):
             remote = run_gene_loop(inputs, targets=targets, n_jobs=2, random_state=3, **STRAT)
     pd.testing.assert_frame_equal(local, remote)
@@ -122,8 +146,9 @@ def test_checkpoint_resume_after_interruption(inputs, tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(runners, "_test_unit", counting)
-    resumed = run_gene_loop(inputs, targets=targets, random_state=5, checkpoint_dir=str(ckpt),
-                            **STRAT)
+    resumed = run_gene_loop(
+        inputs, targets=targets, random_state=5, checkpoint_dir=str(ckpt), **STRAT
+    )
     assert seen["n"] == 2  # only the two unfinished units were computed
     pd.testing.assert_frame_equal(full, resumed)
     with pytest.raises(ValueError, match="other arguments"):
@@ -149,8 +174,9 @@ def test_burden_read_raw_not_encoded(inputs, monkeypatch):
     def spy(template, inputs_, statistic, unit, target, guides, columns, batch, burden, *rest):
         seen["burden"] = burden
         seen["template"] = template
-        return original(template, inputs_, statistic, unit, target, guides, columns, batch,
-                        burden, *rest)
+        return original(
+            template, inputs_, statistic, unit, target, guides, columns, batch, burden, *rest
+        )
 
     monkeypatch.setattr(runners, "_test_unit", spy)
     run_unit(inputs, list(inputs["units"])[0], **STRAT)
@@ -167,8 +193,15 @@ def test_ntc_groups_and_summary(inputs):
     assert res["unit"].nunique() == n_groups
     assert len(res) == n_groups * len(inputs["response_names"])
     summary = calibration_summary(res)
-    for key in ("n_pairs", "frac_below_0.01", "frac_below_0.05", "quantile_0.01",
-                "n_bh_discoveries", "ks_distance", "mean_effect"):
+    for key in (
+        "n_pairs",
+        "frac_below_0.01",
+        "frac_below_0.05",
+        "quantile_0.01",
+        "n_bh_discoveries",
+        "ks_distance",
+        "mean_effect",
+    ):
         assert key in summary
     sub = run_ntc_groups(inputs, n_pairs=25, **STRAT)
     assert len(sub) == 25
@@ -187,12 +220,18 @@ def test_discovery_and_per_guide(adata, inputs):
 
 
 def test_key_added_and_anndata_input(adata):
-    res = run_unit(adata, _pairs(adata, "discovery_pairs")["grna_target"].iloc[0], key_added="crt_unit",
-                   response="counts", **STRAT)
+    res = run_unit(
+        adata,
+        _pairs(adata, "discovery_pairs")["grna_target"].iloc[0],
+        key_added="crt_unit",
+        response="counts",
+        **STRAT,
+    )
     assert adata.uns["crt_unit"] is res
 
 
 def test_unknown_pairs_error(inputs):
     with pytest.raises(ValueError, match="unknown targets"):
-        run_gene_loop(inputs, pairs=pd.DataFrame({"response_id": ["x"], "grna_target": ["y"]}),
-                      **STRAT)
+        run_gene_loop(
+            inputs, pairs=pd.DataFrame({"response_id": ["x"], "grna_target": ["y"]}), **STRAT
+        )

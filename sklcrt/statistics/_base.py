@@ -21,6 +21,7 @@ from numbers import Integral
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
+from threadpoolctl import ThreadpoolController
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
@@ -30,51 +31,75 @@ __all__ = ["BaseStatistic"]
 
 # Bytes of one block's dense pieces (cells x responses x values per response) when
 # ``block_size=None`` picks the block size.
-_BLOCK_BYTES = 256 * 2**20
-# Bytes of one block's B x width output; small enough to stay in cache while cells stream past.
-_OUTPUT_BYTES = 32 * 2**20
+_BLOCK_BYTES = 64 * 2**20
+# Bytes of one resample chunk's output (resamples x block width): small enough to stay in cache
+# while the cells stream past.
+_OUTPUT_BYTES = 4 * 2**20
 # Resample sets touching fewer than this fraction of the cells get their pieces built (or copied)
 # for the touched cells only.
 _COMPACT_FRACTION = 0.5
+# A selection of at least this fraction of the responses is gathered from the stored pieces of
+# all responses (no copy) and subset afterwards.
+_FULL_FRACTION = 0.5
 
 
-class _Resamples:
-    """A validated resample matrix, ready for the gather.
+_BLAS_CONTROLLER = None
+
+
+def _single_threaded_blas():
+    """Context limiting BLAS to one thread.
+
+    The products on the hot path are thin (cells x rank @ rank x block); threaded BLAS gains
+    nothing on them and, when units already run in parallel, oversubscription makes them many
+    times slower.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+class _Chunk:
+    """A run of resamples, converted for the gather.
 
     Attributes
     ----------
-    csc : scipy.sparse.csc_matrix of shape (B, n_rows)
-        The resamples, restricted to ``rows`` when ``rows`` is not None.
-    rows : ndarray of int or None
-        The cells the resamples touch (sorted), or None for all cells.
-    n_resamples : int
-    n_in_row : ndarray of shape (B,)
-        Treated cells per resample (``x^T x``).
+    rows : slice
+        The resamples (rows of ``R``) in this chunk.
+    csr, csc : scipy.sparse matrices of shape (n_in_chunk, n_cells or len(cells))
+        The chunk's resamples; their columns are ``cells`` when the evaluation is restricted to
+        the touched cells.
+    n_in_row : ndarray of shape (n_in_chunk,)
+        Treated cells per resample (``xᵀx``).
+    cells : ndarray of int or None
+        The cells the columns stand for (None: all cells).
     """
 
-    __slots__ = ("csc", "rows", "n_resamples", "n_in_row")
+    __slots__ = ("rows", "csr", "csc", "n_in_row", "cells")
 
-    def __init__(self, csc, rows, n_resamples, n_in_row):
-        self.csc = csc
+    def __init__(self, rows, csr, cells):
         self.rows = rows
-        self.n_resamples = n_resamples
-        self.n_in_row = n_in_row
+        self.csr = csr
+        self.csc = csr.tocsc()
+        self.n_in_row = np.diff(csr.indptr).astype(np.float64)
+        self.cells = cells
 
 
-def _check_resamples(R, n_cells: int, *, name: str = "R") -> _Resamples:
-    """Validate a (B, n_cells) 0/1 resample matrix and convert it for the gather."""
+def _check_resamples(R, n_cells: int, *, name: str = "R") -> sp.csr_matrix:
+    """Validate a (B, n_cells) 0/1 resample matrix; return it as canonical float64 CSR."""
     if sp.issparse(R):
         R = sp.csr_matrix(R)
     else:
         arr = np.asarray(R)
         if arr.ndim == 1:
             arr = arr[None, :]
-        if arr.ndim != 2:
+        if arr.ndim != 2 or arr.dtype.kind not in "biuf":
             raise ValueError(
-                f"{name} must be a 2-D (n_resamples, n_cells) 0/1 matrix, got shape {arr.shape}."
+                f"{name} must be a 2-D (n_resamples, n_cells) 0/1 matrix, got shape {arr.shape} "
+                f"and dtype {arr.dtype}."
             )
         R = sp.csr_matrix(arr.astype(np.float64, copy=False))
-    if R.ndim != 2 or R.shape[1] != n_cells:
+    if R.shape[1] != n_cells:
         raise ValueError(
             f"{name} must have one column per cell: expected shape (n_resamples, {n_cells}), got "
             f"{R.shape}. Sample the resamples from the treatment vector of the fitted cells."
@@ -85,24 +110,14 @@ def _check_resamples(R, n_cells: int, *, name: str = "R") -> _Resamples:
     if R.dtype != np.float64:
         R = R.astype(np.float64)
     data = R.data
-    if data.size and not np.all((data == 1.0) | (data == 0.0)):
-        raise ValueError(
-            f"{name} must hold 0/1 treatment indicators; found values other than 0 and 1."
-        )
     if data.size and not np.all(data == 1.0):
+        if not np.all((data == 0.0) | (data == 1.0)):
+            raise ValueError(
+                f"{name} must hold 0/1 treatment indicators; found values other than 0 and 1."
+            )
         R = R.copy()
         R.eliminate_zeros()
-    n_resamples = R.shape[0]
-    n_in_row = np.diff(R.indptr).astype(np.float64)
-    csc = R.tocsc()
-    counts = np.diff(csc.indptr)
-    rows = None
-    n_touched = int(np.count_nonzero(counts))
-    if n_touched < _COMPACT_FRACTION * n_cells:
-        rows = np.flatnonzero(counts)
-        indptr = np.append(csc.indptr[rows], csc.indptr[-1])
-        csc = sp.csc_matrix((csc.data, csc.indices, indptr), shape=(n_resamples, rows.size))
-    return _Resamples(csc, rows, n_resamples, n_in_row)
+    return R
 
 
 def _check_covariates(C, n_cells: int | None) -> np.ndarray:
@@ -199,23 +214,22 @@ def _dense_block(Y, block, rows=None) -> np.ndarray:
     return Y[np.ix_(rows, block)]
 
 
-def _is_full_range(block: np.ndarray, n: int) -> bool:
-    """True when ``block`` is exactly ``0..n-1`` in order."""
-    return block.size == n and (n == 0 or (block[0] == 0 and bool(np.all(np.diff(block) == 1))))
-
-
 class BaseStatistic(BaseEstimator):
     """Base class of the test statistics: a null model fitted once, evaluated on many resamples.
 
-    Subclasses implement ``_fit(Y, Q)``, ``_values_per_response``, ``_prepare(res)``,
-    ``_evaluate_block(res, shared, block)`` and ``_effects(x, columns)``; this class validates inputs, builds the covariate basis and
-    splits the responses into blocks.
+    Subclasses implement the null fit (``_fit``), the dense per-cell pieces of a block of
+    responses (``_pieces``), their sums over each resample's treated cells (``_gather``, by
+    default ``R @ pieces``), the statistic from those sums (``_finish``, with per-resample terms
+    from ``_prepare``) and the observed effect (``_effects``). This class validates inputs, builds
+    the covariate basis, and schedules the gather: responses in blocks, resamples in chunks
+    whose output stays in cache, cells restricted to the touched ones when that is cheaper.
 
     Parameters
     ----------
     block_size : int or None, default=None
         Responses evaluated per sparse @ dense product. ``None`` picks it from a memory budget
-        (about 256 MB of dense pieces per block and a ``B`` x block output that stays in cache).
+        (about 64 MB of dense pieces per block), and gathers from the stored pieces without a
+        copy where the statistic keeps them for all responses.
 
     Attributes
     ----------
@@ -238,7 +252,7 @@ class BaseStatistic(BaseEstimator):
         "block_size": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    # Set by subclasses.
+    # Set by subclasses: whether Y must hold non-negative counts.
     _counts_only = False
 
     def __init__(self, block_size=None):
@@ -251,7 +265,7 @@ class BaseStatistic(BaseEstimator):
         Parameters
         ----------
         Y : array-like or sparse matrix of shape (n_cells, n_responses)
-            Responses; sparse input is densified one block of responses at a time.
+            Responses; sparse input is densified one block at a time.
         C : array-like of shape (n_cells, n_covariates), default=None
             Encoded covariates. An intercept is always added and collinear columns are dropped,
             so ``C`` may or may not contain an intercept column. ``None`` means intercept only.
@@ -269,7 +283,7 @@ class BaseStatistic(BaseEstimator):
         if Y.shape[0] <= Q.shape[1] + 1:
             raise ValueError(
                 f"Y has {Y.shape[0]} cells but the covariates have rank {Q.shape[1]} (with the "
-                "intercept); a test needs more cells than covariates + 2."
+                "intercept); a test needs at least rank + 2 cells."
             )
         self.n_cells_ = int(Y.shape[0])
         self.n_responses_ = int(Y.shape[1])
@@ -298,13 +312,54 @@ class BaseStatistic(BaseEstimator):
         """
         check_is_fitted(self, "n_responses_")
         cols = self._check_columns(columns)
-        res = _check_resamples(R, self.n_cells_)
-        out = np.empty((res.n_resamples, cols.size))
-        if cols.size == 0:
+        R = _check_resamples(R, self.n_cells_)
+        out = np.empty((R.shape[0], cols.size))
+        if cols.size == 0 or R.shape[0] == 0:
             return out
-        shared = self._prepare(res)
-        for start, block in self._blocks(cols, res):
-            out[:, start : start + block.size] = self._evaluate_block(res, shared, block)
+        with _single_threaded_blas():
+            return self._evaluate(R, cols, out)
+
+    def _evaluate(self, R, cols, out):
+
+        G = self.n_responses_
+        n_cells = self.n_cells_
+        touched = np.zeros(n_cells, dtype=bool)
+        touched[R.indices] = True
+        n_touched = int(np.count_nonzero(touched))
+        cells = np.flatnonzero(touched) if n_touched < _COMPACT_FRACTION * n_cells else None
+
+        # Gather from the stored pieces without a copy (all responses at once, then pick the
+        # selected ones) when they exist and the selection covers most of them.
+        stored = self._stored_pieces() if cells is None and self.block_size is None else None
+        targets = cols
+        if stored is not None and np.unique(cols).size >= _FULL_FRACTION * G:
+            targets = np.arange(G)
+        else:
+            stored = None
+
+        if stored is not None:
+            k = G
+        elif self.block_size is not None:
+            k = int(self.block_size)
+        else:
+            n_rows = n_cells if cells is None else cells.size
+            k = max(1, _BLOCK_BYTES // (n_rows * self._stored_per_response * 8))
+        k = min(k, targets.size)
+        chunks = self._chunks(R, cells, _OUTPUT_BYTES // (k * self._gathered_per_response * 8))
+
+        if targets is cols:
+            dest = out
+        else:
+            dest = np.empty((R.shape[0], G))
+        scratch: dict = {}
+        for start in range(0, targets.size, k):
+            block = targets[start : start + k]
+            pieces = stored if stored is not None else self._pieces(cells, block, scratch)
+            for chunk, shared in chunks:
+                sums = self._gather(chunk, shared, pieces)
+                dest[chunk.rows, start : start + block.size] = self._finish(sums, shared, block)
+        if dest is not out:
+            np.take(dest, cols, axis=1, out=out)
         return out
 
     def observed(self, x, columns=None) -> dict:
@@ -332,9 +387,9 @@ class BaseStatistic(BaseEstimator):
             )
         check_has_both_arms(x, "x")
         cols = self._check_columns(columns)
-        R = sp.csr_matrix(x.astype(np.float64)[None, :])
-        statistic = self.evaluate(R, cols)[0]
-        effect, effect_se = self._effects(x, cols)
+        statistic = self.evaluate(sp.csr_matrix(x.astype(np.float64)[None, :]), cols)[0]
+        with _single_threaded_blas():
+            effect, effect_se = self._effects(x, cols)
         return {
             "statistic": statistic,
             "effect": effect,
@@ -367,41 +422,55 @@ class BaseStatistic(BaseEstimator):
             )
         return cols
 
-    def _block_length(self, n_selected: int, res: _Resamples) -> int:
-        if self.block_size is not None:
-            return int(self.block_size)
-        width = self._values_per_response
-        n_rows = self.n_cells_ if res.rows is None else res.rows.size
-        by_pieces = _BLOCK_BYTES // max(1, n_rows * width * 8)
-        by_output = _OUTPUT_BYTES // max(1, res.n_resamples * width * 8)
-        return int(max(1, min(n_selected, by_pieces, by_output)))
-
-    def _blocks(self, cols: np.ndarray, res: _Resamples):
-        if cols.size == 0:
-            return
-        if self.block_size is None and res.rows is None and self._zero_copy(cols):
-            # Everything already sits in memory as one contiguous array: no blocking needed.
-            yield 0, cols
-            return
-        k = self._block_length(cols.size, res)
-        for start in range(0, cols.size, k):
-            yield start, cols[start : start + k]
-
-    def _zero_copy(self, cols: np.ndarray) -> bool:
-        """True when all responses can be gathered from stored pieces without a copy."""
-        return False
+    def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int) -> list:
+        """Split the resamples into runs whose gather output stays in cache."""
+        chunk_rows = max(1, int(chunk_rows))
+        if cells is not None:
+            position = np.empty(self.n_cells_, dtype=R.indices.dtype)
+            position[cells] = np.arange(cells.size, dtype=R.indices.dtype)
+        chunks = []
+        for start in range(0, R.shape[0], chunk_rows):
+            rows = slice(start, min(R.shape[0], start + chunk_rows))
+            part = R if chunk_rows >= R.shape[0] else R[rows]
+            if cells is not None:
+                part = sp.csr_matrix(
+                    (part.data, position[part.indices], part.indptr),
+                    shape=(part.shape[0], cells.size),
+                )
+            chunk = _Chunk(rows, part, cells)
+            chunks.append((chunk, self._prepare(chunk)))
+        return chunks
 
     # ---------------------------------------------------------------- subclass hooks
-    _values_per_response = 1
+    # Dense values per cell and response in the pieces, and gathered sums per resample and
+    # response (they size the blocks of responses and the chunks of resamples).
+    _stored_per_response = 1
+    _gathered_per_response = 1
 
     def _fit(self, Y, Q):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _prepare(self, res: _Resamples):
+    def _stored_pieces(self):
+        """Pieces of all responses and cells, (n_cells, n_responses * width), or None."""
+        return None
+
+    def _pieces(self, cells, block: np.ndarray, scratch: dict) -> np.ndarray:
+        """C-contiguous (n_cells or len(cells), len(block) * width) pieces to gather.
+
+        ``scratch`` is a dict kept for one :meth:`evaluate` call, for buffers reused by blocks.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _prepare(self, chunk: _Chunk):
         """Per-resample quantities shared by all responses (e.g. ``Qᵀx``); None by default."""
         return None
 
-    def _evaluate_block(self, res: _Resamples, shared, block: np.ndarray) -> np.ndarray:
+    def _gather(self, chunk: _Chunk, shared, pieces):
+        """Sums of the pieces over each resample's treated cells: ``R @ pieces``."""
+        return np.asarray(chunk.csc @ pieces)
+
+    def _finish(self, sums, shared, block: np.ndarray) -> np.ndarray:
+        """Statistics (n_in_chunk, len(block)) from the gathered sums of the pieces."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _effects(self, x: np.ndarray, cols: np.ndarray):

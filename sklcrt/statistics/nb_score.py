@@ -5,17 +5,18 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import gammaln, polygamma, psi
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from sklcrt.statistics._base import BaseStatistic, _dense_block, _is_full_range, _Resamples
+from sklcrt.statistics._base import BaseStatistic, _dense_block
 
 __all__ = ["NBScoreStatistic"]
 
 _LN2 = np.log(2.0)
 # exp() argument cap: keeps mu finite on divergent fits (counts never get near e^700).
 _ETA_MAX = 700.0
-# Bytes of dense (cells x responses) temporaries per block while fitting.
+# Bytes of one dense (responses x cells) array while fitting; a few such arrays are alive.
 _FIT_BLOCK_BYTES = 32 * 2**20
 # Largest precomputed table of pairwise products of design columns (cells x p(p+1)/2).
 _PAIR_BYTES = 256 * 2**20
@@ -23,14 +24,21 @@ _PAIR_BYTES = 256 * 2**20
 # information (sum of weights) lies (numerically) in the span of the covariates: NaN.
 _COLLINEAR_TOL = 1e-10
 _MAX_HALVINGS = 30
+# Rounds of (theta | mu, beta | theta) alternation and their stopping rule (change in log theta).
+_MAX_ROUNDS = 10
+_ROUND_TOL = 1e-6
+
+
+# ==================================================================== batched GLM machinery
+# Arrays are response-major: Y, eta, mu have shape (k responses, n cells), coefficients (k, p).
 
 
 class _Gram:
     """Weighted Gram matrices ``Xᵀ diag(w_g) X`` for many weight vectors ``w_g`` at once.
 
-    With ``X`` of shape (n, p), the pairwise products ``X[:, a] * X[:, b]`` (a <= b) are
-    precomputed once so that all Gram matrices come from one GEMM, ``pairsᵀ @ W``. When that
-    table would be too large, each response's Gram matrix is computed on its own.
+    With ``X`` of shape (n, p) the pairwise products ``X[:, a] * X[:, b]`` (a <= b) are
+    precomputed once, so that all Gram matrices come from one GEMM ``W @ pairs``. When that
+    table would be too large, each Gram matrix is computed on its own.
     """
 
     def __init__(self, X: np.ndarray):
@@ -43,15 +51,14 @@ class _Gram:
             self.pairs = np.ascontiguousarray(X[:, self.iu[0]] * X[:, self.iu[1]])
 
     def __call__(self, W: np.ndarray) -> np.ndarray:
-        k = W.shape[1]
-        p = self.p
-        if self.pairs is None:
-            H = np.empty((k, p, p))
-            for g in range(k):
-                H[g] = (self.X * W[:, g, None]).T @ self.X
-            return H
-        flat = (self.pairs.T @ W).T  # (k, P)
+        """Gram matrices (k, p, p) for the weights ``W`` of shape (k, n)."""
+        k, p = W.shape[0], self.p
         H = np.empty((k, p, p))
+        if self.pairs is None:
+            for g in range(k):
+                H[g] = (self.X.T * W[g]) @ self.X
+            return H
+        flat = W @ self.pairs  # (k, P)
         H[:, self.iu[0], self.iu[1]] = flat
         H[:, self.iu[1], self.iu[0]] = flat
         return H
@@ -83,171 +90,218 @@ def _mean(eta: np.ndarray) -> np.ndarray:
 
 
 def _glm_loglik(Y, eta, mu, theta) -> np.ndarray:
-    """NB (or Poisson, ``theta=inf``) log-likelihood per response, up to terms free of ``mu``."""
-    if np.all(np.isinf(theta)):
-        return np.einsum("ij,ij->j", Y, eta) - mu.sum(axis=0)
-    return np.einsum("ij,ij->j", Y, eta) - ((Y + theta) * np.log1p(mu / theta)).sum(axis=0)
+    """NB (Poisson where ``theta`` is inf) log-likelihood per response, up to terms free of mu.
+
+    ``theta`` has shape (k, 1) and is either all finite or all infinite.
+    """
+    if np.isinf(theta).all():
+        return np.einsum("ij,ij->i", Y, eta) - mu.sum(axis=1)
+    return np.einsum("ij,ij->i", Y, eta) - ((Y + theta) * np.log1p(mu / theta)).sum(axis=1)
 
 
-def _fit_glm(X, gram, Y, beta, theta, *, max_iter, tol):
-    """Batched Fisher scoring for ``log E[y] = X beta`` with NB(theta) (``inf``: Poisson).
+def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol):
+    """Batched Fisher scoring for ``log E[y] = X beta``, y ~ NB(theta) (Poisson: theta=inf).
 
-    Each response's step is halved until its log-likelihood does not decrease.
+    Each response's step is halved until its log-likelihood does not decrease; responses are
+    dropped from the iteration once their step is below ``tol`` (relative).
 
     Parameters
     ----------
-    X : ndarray (n, p)
-    gram : _Gram of X
-    Y : ndarray (n, k)
-    beta : ndarray (p, k), start
+    XT : ndarray (p, n), the transposed design
+    gram : _Gram of the design
+    Y : ndarray (k, n)
+    beta : ndarray (k, p), start
     theta : ndarray (k,)
 
     Returns
     -------
-    beta : ndarray (p, k)
+    beta : ndarray (k, p)
     converged : ndarray (k,) of bool
     """
     beta = beta.copy()
-    eta = X @ beta
+    theta = np.asarray(theta, dtype=np.float64)[:, None]
+    converged = np.zeros(Y.shape[0], dtype=bool)
+    active = np.arange(Y.shape[0])
+    Ya, tha = Y, theta
+    eta = beta @ XT
     mu = _mean(eta)
-    ll = _glm_loglik(Y, eta, mu, theta)
-    converged = np.zeros(Y.shape[1], dtype=bool)
-    active = np.arange(Y.shape[1])
+    ll = _glm_loglik(Ya, eta, mu, tha)
     for _ in range(max_iter):
-        if active.size == 0:
-            break
-        Ya, mua, tha = Y[:, active], mu[:, active], theta[active]
-        denom = 1.0 + mua / tha
-        score = X.T @ ((Ya - mua) / denom)  # (p, ka)
-        step = _solve(gram(mua / denom), score.T).T  # (p, ka)
+        denom = 1.0 + mu / tha
+        score = ((Ya - mu) / denom) @ XT.T  # (ka, p)
+        step = _solve(gram(mu / denom), score)  # (ka, p)
+        b = beta[active]
+        new_b = b + step
+        new_eta = new_b @ XT
+        new_mu = _mean(new_eta)
+        new_ll = _glm_loglik(Ya, new_eta, new_mu, tha)
+        bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
         t = np.ones(active.size)
-        todo = np.arange(active.size)
-        new_beta = beta[:, active].copy()
-        new_eta = eta[:, active].copy()
-        new_mu = mua.copy()
-        new_ll = ll[active].copy()
         for _ in range(_MAX_HALVINGS):
-            cand_beta = beta[:, active[todo]] + t[todo] * step[:, todo]
-            cand_eta = X @ cand_beta
-            cand_mu = _mean(cand_eta)
-            cand_ll = _glm_loglik(Ya[:, todo], cand_eta, cand_mu, tha[todo])
-            ok = cand_ll >= ll[active[todo]] - 1e-12 * np.abs(ll[active[todo]])
-            ok |= ~np.isfinite(ll[active[todo]])
-            acc = todo[ok]
-            new_beta[:, acc] = cand_beta[:, ok]
-            new_eta[:, acc] = cand_eta[:, ok]
-            new_mu[:, acc] = cand_mu[:, ok]
-            new_ll[acc] = cand_ll[ok]
-            todo = todo[~ok]
-            if todo.size == 0:
+            if bad.size == 0:
                 break
-            t[todo] *= 0.5
-        # Responses whose step could not improve the likelihood are at a (numerical) optimum.
-        moved = t * step
-        moved[:, todo] = 0.0
-        beta[:, active] = new_beta
-        eta[:, active] = new_eta
-        mu[:, active] = new_mu
-        ll[active] = new_ll
-        size = np.max(np.abs(moved), axis=0)
-        done = size <= tol * (1.0 + np.max(np.abs(new_beta), axis=0))
+            t[bad] *= 0.5
+            cand_b = b[bad] + t[bad, None] * step[bad]
+            cand_eta = cand_b @ XT
+            cand_mu = _mean(cand_eta)
+            cand_ll = _glm_loglik(Ya[bad], cand_eta, cand_mu, tha[bad])
+            ok = cand_ll >= ll[bad] - 1e-12 * np.abs(ll[bad])
+            acc = bad[ok]
+            new_b[acc], new_eta[acc], new_mu[acc], new_ll[acc] = (
+                cand_b[ok], cand_eta[ok], cand_mu[ok], cand_ll[ok]
+            )
+            bad = bad[~ok]
+        # Where no step improves the likelihood the fit is at its (numerical) optimum.
+        new_b[bad], new_eta[bad], new_mu[bad], new_ll[bad] = b[bad], eta[bad], mu[bad], ll[bad]
+        moved = np.abs(t[:, None] * step).max(axis=1)
+        moved[bad] = 0.0
+        beta[active] = new_b
+        done = moved <= tol * (1.0 + np.abs(new_b).max(axis=1))
         converged[active[done]] = True
-        active = active[~done]
+        keep = ~done
+        if not keep.any():
+            break
+        if done.any():
+            active = active[keep]
+            Ya, tha = Ya[keep], tha[keep]
+            new_eta, new_mu, new_ll = new_eta[keep], new_mu[keep], new_ll[keep]
+        eta, mu, ll = new_eta, new_mu, new_ll
     return beta, converged
 
 
-def _theta_loglik(th, Y, mu, nz_col, nz_y, *, derivatives: bool):
-    """Profile NB log-likelihood in theta for fixed mu (and d/dtheta, d2/dtheta2), per response.
+class _CountTable:
+    """Distinct nonzero counts of each response and how often they occur.
+
+    The gamma-function terms of the NB likelihood in theta vanish for ``y = 0`` and depend on
+    ``y`` only through its value, so they are summed over this (small) table, not over cells.
+    """
+
+    def __init__(self, Y: np.ndarray):
+        k = Y.shape[0]
+        resp, cell = np.nonzero(Y)
+        values = Y[resp, cell]
+        top = values.max() if values.size else 0.0
+        if values.size and np.all(values == np.round(values)) and k * (top + 1) <= 5e7:
+            base = int(top) + 1
+            counts = np.bincount(resp * base + values.astype(np.int64), minlength=k * base)
+            key = np.flatnonzero(counts)
+            self.resp, self.value = key // base, (key % base).astype(np.float64)
+            self.weight = counts[key].astype(np.float64)
+        else:
+            order = np.lexsort((values, resp))
+            resp, values = resp[order], values[order]
+            first = np.ones(values.size, dtype=bool)
+            first[1:] = (resp[1:] != resp[:-1]) | (values[1:] != values[:-1])
+            starts = np.flatnonzero(first)
+            self.resp, self.value = resp[starts], values[starts]
+            self.weight = np.diff(np.append(starts, values.size)).astype(np.float64)
+        self.k = k
+
+    def sum(self, terms: np.ndarray) -> np.ndarray:
+        return np.bincount(self.resp, self.weight * terms, minlength=self.k)
+
+
+def _theta_loglik(th, Y, mu, table: _CountTable, *, derivatives: bool):
+    """Profile NB log-likelihood in theta for fixed mu (and d/dθ, d²/dθ²), per response.
 
     Uses ``θ log θ - (y+θ) log(θ+μ) = -y log θ - (y+θ) log1p(μ/θ)``; the gamma-function terms
-    vanish for ``y = 0`` and are summed over the nonzero counts only.
+    are summed over the table of distinct nonzero counts.
     """
-    k = th.size
-    ratio = mu / th
-    l1p = np.log1p(ratio)
-    ll = -((Y + th) * l1p).sum(axis=0)
-    thz = th[nz_col]
-    ll += np.bincount(
-        nz_col, gammaln(nz_y + thz) - gammaln(thz) - nz_y * np.log(thz), minlength=k
-    )
+    thc = th[:, None]
+    l1p = np.log1p(mu / thc)
+    ll = -((Y + thc) * l1p).sum(axis=1)
+    y = table.value
+    t = th[table.resp]
+    ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
     if not derivatives:
         return ll
-    tpm = th + mu
-    g = -(l1p - (Y + th) * mu / (th * tpm)).sum(axis=0)
-    h = (2.0 * mu / (th * tpm) - (Y + th) * mu * (2.0 * th + mu) / (th * tpm) ** 2).sum(axis=0)
-    g += np.bincount(nz_col, psi(nz_y + thz) - psi(thz) - nz_y / thz, minlength=k)
-    h += np.bincount(
-        nz_col, polygamma(1, nz_y + thz) - polygamma(1, thz) + nz_y / thz**2, minlength=k
-    )
+    tpm = thc + mu
+    ratio = (Y + thc) * mu / (thc * tpm)
+    g = -(l1p - ratio).sum(axis=1)
+    h = (2.0 * mu / (thc * tpm) - ratio * (2.0 * thc + mu) / (thc * tpm)).sum(axis=1)
+    g += table.sum(psi(y + t) - psi(t) - y / t)
+    h += table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2)
     return ll, g, h
 
 
-def _theta_mle(Y, mu, theta0, bounds, *, max_iter, tol):
-    """Maximum-likelihood theta per response for fixed means, by safeguarded Newton in log theta.
+def _theta_mle(Y, mu, theta0, bounds, table, *, max_iter, tol):
+    """Maximum-likelihood theta per response for fixed means: safeguarded Newton in log theta.
 
     The Newton step in ``φ = log θ`` is capped at 2 (a factor e² in θ); where the profile is not
-    concave an ascent step of 1 in the gradient's direction is used; steps are halved until the
-    likelihood does not decrease, and ``θ`` is clamped to ``bounds`` (a response with no
+    concave an ascent step of 1 in the gradient's direction is taken; steps are halved until the
+    likelihood does not decrease, and θ is clamped to ``bounds`` (a response without
     overdispersion runs to the upper bound, i.e. near-Poisson).
     """
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    nz_row, nz_col = np.nonzero(Y)
-    nz_y = Y[nz_row, nz_col]
     phi = np.clip(np.log(theta0), lo, hi)
-    ll, g, h = _theta_loglik(np.exp(phi), Y, mu, nz_col, nz_y, derivatives=True)
+    ll, g, h = _theta_loglik(np.exp(phi), Y, mu, table, derivatives=True)
     done = np.zeros(phi.size, dtype=bool)
     for _ in range(max_iter):
         th = np.exp(phi)
         g_phi = th * g
         h_phi = th * th * h + g_phi
-        step = np.where(h_phi < 0, -g_phi / np.where(h_phi < 0, h_phi, -1.0), np.sign(g_phi))
+        concave = h_phi < 0
+        step = np.where(concave, -g_phi / np.where(concave, h_phi, -1.0), np.sign(g_phi))
         step = np.clip(step, -2.0, 2.0)
         step[done] = 0.0
         new_phi = np.clip(phi + step, lo, hi)
+        new = _theta_loglik(np.exp(new_phi), Y, mu, table, derivatives=True)
         for _ in range(_MAX_HALVINGS):
-            new_ll = _theta_loglik(np.exp(new_phi), Y, mu, nz_col, nz_y, derivatives=False)
-            worse = new_ll < ll - 1e-12 * np.abs(ll)
+            worse = new[0] < ll - 1e-12 * np.abs(ll)
             if not worse.any():
                 break
             step[worse] *= 0.5
             new_phi = np.where(worse, np.clip(phi + step, lo, hi), new_phi)
-        worse = new_ll < ll - 1e-12 * np.abs(ll)
-        new_phi[worse] = phi[worse]
+            new = _theta_loglik(np.exp(new_phi), Y, mu, table, derivatives=True)
+        worse = new[0] < ll - 1e-12 * np.abs(ll)
         moved = np.abs(new_phi - phi)
-        phi = new_phi
-        ll, g, h = _theta_loglik(np.exp(phi), Y, mu, nz_col, nz_y, derivatives=True)
-        done |= (moved <= tol) | worse
+        moved[worse] = 0.0
+        phi = np.where(worse, phi, new_phi)
+        ll, g, h = (np.where(worse, old, n) for old, n in zip((ll, g, h), new, strict=True))
+        done |= moved <= tol
         if done.all():
             break
-    theta = np.exp(phi)
-    # Observed information in theta (for diagnostics / standard errors).
-    return theta, -h
+    return np.exp(phi)
 
 
 def _moments_theta(Y, mu, bounds):
     """Method-of-moments start: ``Var(y) = μ + μ²/θ``."""
-    excess = ((Y - mu) ** 2 - mu).sum(axis=0)
-    mu2 = (mu * mu).sum(axis=0)
+    excess = ((Y - mu) ** 2 - mu).sum(axis=1)
+    mu2 = (mu * mu).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         theta = np.where(excess > 0, mu2 / excess, bounds[1])
     return np.clip(np.nan_to_num(theta, nan=bounds[1]), bounds[0], bounds[1])
 
 
+def _response_rows(Y, block, rows=None) -> np.ndarray:
+    """Responses ``block`` of ``Y`` as a dense (len(block), n_rows) response-major array."""
+    if sp.issparse(Y):
+        sub = Y[:, block]
+        if rows is not None:
+            sub = sub[rows]
+        return sub.T.toarray()
+    if rows is None:
+        return np.ascontiguousarray(Y[:, block].T)
+    return np.ascontiguousarray(Y[np.ix_(rows, block)].T)
+
+
+# ==================================================================== the estimator
 class NBScoreStatistic(BaseStatistic):
     """Negative binomial GLM score statistic with exact covariate adjustment.
 
     The null model ``log E[y] = [1, C] β`` with ``y ~ NB(μ, θ)`` (``Var = μ + μ²/θ``) is fitted
     once per response, vectorised over responses: Poisson Fisher scoring, then ``θ`` by maximum
     likelihood (Newton on the profile likelihood from a method-of-moments start, clamped to
-    ``theta_bounds``), alternated with NB Fisher scoring until ``θ`` settles. For a treatment
-    ``x`` the score statistic of adding ``x`` to the model is
+    ``theta_bounds``) alternated with NB Fisher scoring until ``θ`` settles (the joint maximum
+    likelihood estimate). For a treatment ``x`` the score statistic of adding ``x`` to the model
+    is
 
     ``z(x) = Σ_{i∈x} a_i / sqrt(Σ_{i∈x} W_i - ‖Σ_{i∈x} D_i‖²)``,
 
-    with ``W_i = μ_i / (1 + μ_i/θ)``, ``a_i = (y_i - μ_i) / (1 + μ_i/θ)`` and
-    ``D_i = W_i M q_i`` (``q_i`` the row of the orthonormal covariate basis, ``MᵀM`` the inverse of
-    ``Qᵀ W Q``): the exact covariate-adjusted score test (expected information). All resamples
-    are evaluated as ``R @ [a | W | D]``, block by block of responses.
+    with ``W_i = μ_i / (1 + μ_i/θ)``, ``a_i = (y_i - μ_i) / (1 + μ_i/θ)`` and ``D_i = W_i M q_i``
+    (``q_i`` the row of the orthonormal covariate basis, ``MᵀM = (Qᵀ W Q)⁻¹``): the exact
+    covariate-adjusted score test with the expected information. All resamples are evaluated as
+    ``R @ [a | W | D]``, block by block of responses.
 
     Parameters
     ----------
@@ -255,6 +309,9 @@ class NBScoreStatistic(BaseStatistic):
         Fixed NB size ``θ`` for every response; ``None`` estimates it per response.
     theta_bounds : tuple of (float, float), default=(1e-2, 1e3)
         Clamp for the estimated ``θ``; the upper bound is effectively Poisson.
+    effect_fit : {"linearized", "full"}, default="linearized"
+        How :meth:`observed` fits the model with the treatment added (see Notes). ``"full"``
+        refits the NB GLM on all cells; ``"linearized"`` touches only the treated cells.
     max_iter : int, default=50
         Iteration cap of each Fisher scoring / Newton solve.
     tol : float, default=1e-8
@@ -280,13 +337,16 @@ class NBScoreStatistic(BaseStatistic):
         Null coefficients in the basis ``Q`` (``log μ = Q coef``); NaN for responses with no
         counts.
     theta_ : ndarray of shape (n_responses,)
-        NB size per response (estimated or the fixed ``theta``).
+        NB size per response (estimated or the fixed ``theta``); NaN for responses with no
+        counts.
     converged_ : ndarray of shape (n_responses,) of bool
         Whether the null fit converged.
     no_counts_ : ndarray of shape (n_responses,) of bool
         Responses that are zero in every cell; their statistics and effects are NaN.
+    null_info_ : ndarray of shape (n_responses, rank_, rank_)
+        ``Qᵀ W Q``, the Fisher information of the null coefficients.
     whitener_ : ndarray of shape (n_responses, rank_, rank_)
-        ``M`` with ``MᵀM = (Qᵀ W Q)⁻¹`` at the null fit.
+        ``M`` with ``MᵀM = (Qᵀ W Q)⁻¹``.
     pieces_cached_ : bool
         Whether the pieces are cached (see ``cache_bytes``).
 
@@ -296,10 +356,19 @@ class NBScoreStatistic(BaseStatistic):
 
     Notes
     -----
-    The effect reported by :meth:`observed` is the log2 fold change of the treatment: the NB GLM
-    ``log μ = Q β + γ x`` with ``θ`` fixed at the null estimate is fitted by Fisher scoring from
-    the null fit, ``effect = γ / ln 2`` and ``effect_se`` is its standard error (inverse expected
-    information) on the log2 scale.
+    The effect reported by :meth:`observed` is the log2 fold change of the treatment in the NB
+    GLM ``log μ = Q β + γ x`` with ``θ`` fixed at the null estimate: ``effect = γ / ln 2`` and
+    ``effect_se`` its standard error (inverse expected information) on the log2 scale. Both fits
+    start from the null fit and run Fisher scoring with step halving:
+
+    - ``"full"`` is the maximum-likelihood fit on all cells (what ``statsmodels``' GLM gives);
+      it costs a pass over all cells per iteration and response.
+    - ``"linearized"`` keeps the treated cells' likelihood exact and replaces the control cells'
+      by its quadratic expansion around the null fit (their score and information follow from
+      the stored null information), so it only touches the treated cells. It differs from the
+      full fit by terms of second order in the shift of β, which is of order
+      ``n_treated / n_cells``; it is the default because a screen calls :meth:`observed` once
+      per unit.
 
     Examples
     --------
@@ -320,6 +389,7 @@ class NBScoreStatistic(BaseStatistic):
         **BaseStatistic._parameter_constraints,
         "theta": [Interval(Real, 0, None, closed="neither"), None],
         "theta_bounds": [tuple],
+        "effect_fit": [StrOptions({"linearized", "full"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "cache_bytes": [Interval(Integral, 0, None, closed="left")],
@@ -331,6 +401,7 @@ class NBScoreStatistic(BaseStatistic):
         theta=None,
         *,
         theta_bounds=(1e-2, 1e3),
+        effect_fit="linearized",
         max_iter=50,
         tol=1e-8,
         block_size=None,
@@ -339,13 +410,16 @@ class NBScoreStatistic(BaseStatistic):
         super().__init__(block_size=block_size)
         self.theta = theta
         self.theta_bounds = theta_bounds
+        self.effect_fit = effect_fit
         self.max_iter = max_iter
         self.tol = tol
         self.cache_bytes = cache_bytes
 
+    _stored_per_response = 2  # a and W
+
     @property
-    def _values_per_response(self):
-        return getattr(self, "rank_", 1) + 2
+    def _gathered_per_response(self):
+        return getattr(self, "rank_", 1) + 2  # Σa, ΣW and ΣW q
 
     # ---------------------------------------------------------------- fit
     def _fit(self, Y, Q):
@@ -364,96 +438,126 @@ class NBScoreStatistic(BaseStatistic):
         self.coef_ = np.full((G, r), np.nan)
         self.theta_ = np.full(G, np.nan)
         self.converged_ = np.zeros(G, dtype=bool)
+        self.null_info_ = np.full((G, r, r), np.nan)
         self.whitener_ = np.full((G, r, r), np.nan)
         totals = np.asarray(Y.sum(axis=0)).ravel()
         self.no_counts_ = totals <= 0
-        if self.theta is not None:
-            self.theta_[:] = float(self.theta)
 
+        QT = np.ascontiguousarray(Q.T)
         gram = _Gram(Q)
-        ones_coef = Q.sum(axis=0)  # Q ones_coef = 1 because 1 is in the span of Q
+        ones_coef = Q.sum(axis=0)  # Q @ ones_coef = 1, as 1 is in the span of Q
         fitted = np.flatnonzero(~self.no_counts_)
         k = max(1, _FIT_BLOCK_BYTES // (8 * n_cells))
         for start in range(0, fitted.size, k):
             block = fitted[start : start + k]
-            Yb = _dense_block(Y, block)
-            beta = np.outer(ones_coef, np.log(totals[block] / n_cells))
-            beta, conv = self._fit_block(Q, gram, Yb, beta, block, bounds)
-            mu = _mean(Q @ beta)
-            th = self.theta_[block]
-            H = gram(mu / (1.0 + mu / th))
-            self.coef_[block] = beta.T
+            Yb = _response_rows(Y, block)
+            beta = np.outer(np.log(totals[block] / n_cells), ones_coef)
+            beta, theta, conv = self._fit_block(QT, gram, Yb, beta, bounds)
+            mu = _mean(beta @ QT)
+            H = gram(mu / (1.0 + mu / theta[:, None]))
+            self.coef_[block] = beta
+            self.theta_[block] = theta
             self.converged_[block] = conv
+            self.null_info_[block] = H
             self.whitener_[block] = _whitener(H)
 
-        piece_bytes = 8 * n_cells * G * (r + 2)
+        piece_bytes = 8 * n_cells * G * 2
         self.pieces_cached_ = bool(piece_bytes <= self.cache_bytes)
-        self._pieces = None
+        self._cache = None
         if self.pieces_cached_:
-            cache = np.empty((n_cells, G, r + 2))
-            k = max(1, _FIT_BLOCK_BYTES // (8 * n_cells * (r + 2)))
-            for start in range(0, G, k):
-                block = np.arange(start, min(G, start + k))
-                cache[:, block, :] = self._build_pieces(None, block)
-            self._pieces = cache
+            self._cache = self._build_pieces(None, np.arange(G))
 
-    def _fit_block(self, Q, gram, Yb, beta, block, bounds):
+    def _fit_block(self, QT, gram, Yb, beta, bounds):
         kw = {"max_iter": self.max_iter, "tol": self.tol}
+        k = Yb.shape[0]
         if self.theta is not None:
-            return _fit_glm(Q, gram, Yb, beta, self.theta_[block], **kw)
-        beta, conv = _fit_glm(Q, gram, Yb, beta, np.full(block.size, np.inf), **kw)
-        mu = _mean(Q @ beta)
+            theta = np.full(k, float(self.theta))
+            beta, conv = _fit_glm(QT, gram, Yb, beta, theta, **kw)
+            return beta, theta, conv
+        beta, conv = _fit_glm(QT, gram, Yb, beta, np.full(k, np.inf), **kw)
+        mu = _mean(beta @ QT)
+        table = _CountTable(Yb)
         theta = _moments_theta(Yb, mu, bounds)
-        # Alternate theta | mu and beta | theta (glm.nb style). For NB2 the two are orthogonal
-        # in the information, so this settles in a few rounds.
-        for _ in range(10):
-            new_theta, _ = _theta_mle(Yb, mu, theta, bounds, **kw)
-            beta, conv = _fit_glm(Q, gram, Yb, beta, new_theta, **kw)
-            mu = _mean(Q @ beta)
+        # Alternate theta | mu and beta | theta (as glm.nb does). For the NB2 model the two are
+        # orthogonal in the Fisher information, so this settles in a few rounds.
+        for _ in range(_MAX_ROUNDS):
+            new_theta = _theta_mle(Yb, mu, theta, bounds, table, **kw)
+            beta, conv = _fit_glm(QT, gram, Yb, beta, new_theta, **kw)
+            mu = _mean(beta @ QT)
             change = np.max(np.abs(np.log(new_theta) - np.log(theta)))
             theta = new_theta
-            if change <= 1e-7:
+            if change <= _ROUND_TOL:
                 break
-        self.theta_[block] = theta
-        return beta, conv
+        return beta, theta, conv
 
     # ---------------------------------------------------------------- evaluate
-    def _build_pieces(self, rows, block) -> np.ndarray:
-        """Dense ``[a | W | D]`` of shape (n_rows, len(block), rank + 2)."""
-        Q = self.basis_ if rows is None else self.basis_[rows]
-        r = Q.shape[1]
-        mu = _mean(Q @ self.coef_[block].T)
-        y = _dense_block(self._Y, block, rows)
-        denom = 1.0 + mu / self.theta_[block]
-        W = mu / denom
-        k = block.size
-        P = np.empty((Q.shape[0], k, r + 2))
-        P[:, :, 0] = (y - mu) / denom
-        P[:, :, 1] = W
-        T = self.whitener_[block].transpose(2, 0, 1).reshape(r, k * r)
-        np.multiply((Q @ T).reshape(-1, k, r), W[:, :, None], out=P[:, :, 2:])
-        return P
+    # The pieces of a block of k responses are two dense (cells x k) arrays, a and W. The sums
+    # Σ_{i∈x} W_i q_i come from the same W gathered with weights q_i: the resample matrix is
+    # stacked with copies of itself whose entries are the cells' basis values (built once per
+    # chunk of resamples, shared by all responses), and M is applied after the gather.
+    def _build_pieces(self, cells, block, a=None, W=None):
+        """Dense ``a`` and ``W`` of shape (n_rows, len(block)), cell-major."""
+        Q = self.basis_ if cells is None else self.basis_[cells]
+        shape = (Q.shape[0], block.size)
+        a = np.empty(shape) if a is None else a
+        W = np.empty(shape) if W is None else W
+        mu = np.matmul(Q, self.coef_[block].T)
+        np.minimum(mu, _ETA_MAX, out=mu)
+        np.exp(mu, out=mu)
+        inv = mu * (1.0 / self.theta_[block])
+        inv += 1.0
+        np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
+        np.multiply(mu, inv, out=W)
+        np.subtract(_dense_block(self._Y, block, cells), mu, out=a)
+        a *= inv
+        return a, W
 
-    def _zero_copy(self, cols):
-        return self._pieces is not None and _is_full_range(cols, self.n_responses_)
+    def _stored_pieces(self):
+        return self._cache
 
-    def _evaluate_block(self, res: _Resamples, shared, block):
-        r = self.rank_
-        n_rows = self.n_cells_ if res.rows is None else res.rows.size
-        if self._pieces is None:
-            pieces = self._build_pieces(res.rows, block)
-        elif res.rows is None and _is_full_range(block, self.n_responses_):
-            pieces = self._pieces
-        elif res.rows is None:
-            pieces = np.take(self._pieces, block, axis=1)
-        else:
-            pieces = self._pieces[np.ix_(res.rows, block)]
-        sums = np.asarray(res.csc @ pieces.reshape(n_rows, -1)).reshape(-1, block.size, r + 2)
-        s_w = sums[:, :, 1]
-        info = s_w - np.einsum("bgj,bgj->bg", sums[:, :, 2:], sums[:, :, 2:])
+    def _pieces(self, cells, block, scratch):
+        if self._cache is None:
+            n = self.n_cells_ if cells is None else cells.size
+            size = n * block.size
+            buf = scratch.get("pieces")
+            if buf is None or buf.shape[1] < size:
+                buf = scratch["pieces"] = np.empty((2, size))
+            shape = (n, block.size)
+            return self._build_pieces(
+                cells, block, buf[0, :size].reshape(shape), buf[1, :size].reshape(shape)
+            )
+        if cells is None:
+            return tuple(np.take(part, block, axis=1) for part in self._cache)
+        return tuple(part[np.ix_(cells, block)] for part in self._cache)
+
+    def _prepare(self, chunk):
+        """``[R; R diag(q_1); ...; R diag(q_r)]`` as CSC: one gather of W gives ΣW and ΣWq."""
+        R = chunk.csr
+        Q = self.basis_ if chunk.cells is None else self.basis_[chunk.cells]
+        r, (b, n), nnz = self.rank_, R.shape, R.nnz
+        data = np.empty((r + 1, nnz))
+        data[0] = 1.0
+        data[1:] = Q[R.indices].T
+        indptr = np.concatenate([R.indptr[:-1] + j * nnz for j in range(r + 1)] + [[(r + 1) * nnz]])
+        stacked = sp.csr_matrix(
+            (data.ravel(), np.tile(R.indices, r + 1), indptr), shape=((r + 1) * b, n)
+        )
+        return stacked.tocsc()
+
+    def _gather(self, chunk, stacked, pieces):
+        a, W = pieces
+        s_a = np.asarray(chunk.csc @ a)
+        s_w = np.asarray(stacked @ W).reshape(self.rank_ + 1, s_a.shape[0], -1)
+        return s_a, s_w
+
+    def _finish(self, sums, shared, block):
+        s_a, s_w = sums
+        # ‖M_g Σ W q‖² for every resample b and response g.
+        s_d = np.einsum("gcd,dbg->bgc", self.whitener_[block], s_w[1:])
+        info = s_w[0] - np.einsum("bgc,bgc->bg", s_d, s_d)
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = sums[:, :, 0] / np.sqrt(info)
-        z[~(info > _COLLINEAR_TOL * s_w)] = np.nan
+            z = s_a / np.sqrt(info)
+        z[~(info > _COLLINEAR_TOL * s_w[0])] = np.nan
         return z
 
     # ---------------------------------------------------------------- effect
@@ -461,34 +565,119 @@ class NBScoreStatistic(BaseStatistic):
         effect = np.full(cols.size, np.nan)
         se = np.full(cols.size, np.nan)
         ok = np.flatnonzero(~self.no_counts_[cols])
-        if ok.size == 0:
-            return effect, se
-        Q = self.basis_
-        xf = x.astype(np.float64)
-        X = np.column_stack([Q, xf])
-        gram = _Gram(X)
         treated = np.flatnonzero(x)
-        k = max(1, _FIT_BLOCK_BYTES // (8 * self.n_cells_))
+        if self.effect_fit == "full":
+            fit = self._effect_full
+            k = max(1, _FIT_BLOCK_BYTES // (8 * self.n_cells_))
+        else:
+            fit = self._effect_linearized
+            k = max(1, _FIT_BLOCK_BYTES // (8 * treated.size * (self.rank_ + 2) ** 2))
         for start in range(0, ok.size, k):
             pos = ok[start : start + k]
-            block = cols[pos]
-            Yb = _dense_block(self._Y, block)
-            theta = self.theta_[block]
-            beta0 = self.coef_[block].T
-            # Start gamma at the fold change of treated counts against the null expectation.
-            mu0 = _mean(Q[treated] @ beta0)
-            ratio = Yb[treated].sum(axis=0) / mu0.sum(axis=0)
-            gamma0 = np.clip(np.log(np.maximum(ratio, 1e-8)), -10.0, 10.0)
-            beta, _ = _fit_glm(
-                X, gram, Yb, np.vstack([beta0, gamma0]), theta,
-                max_iter=self.max_iter, tol=self.tol,
-            )
-            mu = _mean(X @ beta)
-            H = gram(mu / (1.0 + mu / theta))
-            e_last = np.zeros(X.shape[1])
-            e_last[-1] = 1.0
-            var = _solve(H, np.broadcast_to(e_last, (block.size, X.shape[1])))[:, -1]
-            effect[pos] = beta[-1] / _LN2
+            gamma, var = fit(x, treated, cols[pos])
+            effect[pos] = gamma / _LN2
             with np.errstate(invalid="ignore"):
                 se[pos] = np.sqrt(var) / _LN2
         return effect, se
+
+    def _gamma_start(self, y_t, mu_t):
+        """Start for γ: log of treated counts over their null expectation (clipped)."""
+        ratio = y_t.sum(axis=1) / mu_t.sum(axis=1)
+        return np.clip(np.log(np.maximum(ratio, 1e-8)), -10.0, 10.0)
+
+    def _effect_full(self, x, treated, block):
+        """γ and Var(γ) from the NB GLM ``log μ = Qβ + γx`` refitted on all cells."""
+        Q = self.basis_
+        X = np.column_stack([Q, x.astype(np.float64)])
+        XT = np.ascontiguousarray(X.T)
+        gram = _Gram(X)
+        Yb = _response_rows(self._Y, block)
+        theta = self.theta_[block]
+        beta0 = self.coef_[block]
+        mu_t = _mean(beta0 @ Q[treated].T)
+        start = np.column_stack([beta0, self._gamma_start(Yb[:, treated], mu_t)])
+        beta, _ = _fit_glm(XT, gram, Yb, start, theta, max_iter=self.max_iter, tol=self.tol)
+        mu = _mean(beta @ XT)
+        info = gram(mu / (1.0 + mu / theta[:, None]))
+        return beta[:, -1], self._inverse_last(info)
+
+    def _effect_linearized(self, x, treated, block):
+        """γ and Var(γ) with exact treated cells and the controls expanded around the null fit.
+
+        Maximises ``F(δ, γ) = ℓ_T(β₀ + δ, γ) + s_Cᵀδ - ½ δᵀ H_C δ`` over (δ, γ): ``ℓ_T`` is the
+        treated cells' NB log-likelihood, ``s_C = -Σ_T q_i a_i(β₀)`` the controls' score at the
+        null fit (the full score vanishes there) and ``H_C = Qᵀ W Q - Σ_T W_i q_i q_iᵀ`` their
+        information.
+        """
+        Qt = self.basis_[treated]  # (m, r)
+        QtT = np.ascontiguousarray(Qt.T)
+        r = Qt.shape[1]
+        y = _response_rows(self._Y, block, treated)  # (k, m)
+        theta = self.theta_[block][:, None]
+        eta0 = self.coef_[block] @ QtT
+        mu0 = _mean(eta0)
+        denom0 = 1.0 + mu0 / theta
+        s_c = -((y - mu0) / denom0) @ Qt  # (k, r)
+        gram_t = _Gram(Qt)
+        h_c = self.null_info_[block] - gram_t(mu0 / denom0)
+
+        def objective(delta, gamma):
+            eta = eta0 + delta @ QtT + gamma[:, None]
+            mu = _mean(eta)
+            quad = np.einsum("ka,ka->k", delta, s_c) - 0.5 * np.einsum(
+                "ka,kab,kb->k", delta, h_c, delta
+            )
+            return _glm_loglik(y, eta, mu, theta) + quad, mu
+
+        k = block.size
+        delta = np.zeros((k, r))
+        gamma = self._gamma_start(y, mu0)
+        value, mu = objective(delta, gamma)
+        active = np.ones(k, dtype=bool)
+        for _ in range(self.max_iter):
+            denom = 1.0 + mu / theta
+            a, w = (y - mu) / denom, mu / denom
+            info = self._joint_info(h_c, gram_t(w), w @ Qt, w.sum(axis=1))
+            score = np.column_stack([s_c - np.einsum("kab,kb->ka", h_c, delta) + a @ Qt,
+                                     a.sum(axis=1)])
+            step = _solve(info, score)
+            step[~active] = 0.0
+            t = np.ones(k)
+            for _ in range(_MAX_HALVINGS):
+                new_value, new_mu = objective(delta + t[:, None] * step[:, :r],
+                                              gamma + t * step[:, r])
+                worse = ~(new_value >= value - 1e-12 * np.abs(value)) & active
+                if not worse.any():
+                    break
+                t[worse] *= 0.5
+            t[worse] = 0.0
+            delta = delta + t[:, None] * step[:, :r]
+            gamma = gamma + t * step[:, r]
+            value = np.where(worse, value, new_value)
+            mu = np.where(worse[:, None], mu, new_mu)
+            size = np.abs(t[:, None] * step).max(axis=1)
+            active &= size > self.tol * (1.0 + np.abs(gamma))
+            if not active.any():
+                break
+        denom = 1.0 + mu / theta
+        w = mu / denom
+        info = self._joint_info(h_c, gram_t(w), w @ Qt, w.sum(axis=1))
+        return gamma, self._inverse_last(info)
+
+    @staticmethod
+    def _joint_info(h_c, h_t, cross, w_sum):
+        """Fisher information (k, r+1, r+1) of (β, γ) from control and treated parts."""
+        k, r = cross.shape
+        info = np.empty((k, r + 1, r + 1))
+        info[:, :r, :r] = h_c + h_t
+        info[:, :r, r] = cross
+        info[:, r, :r] = cross
+        info[:, r, r] = w_sum
+        return info
+
+    @staticmethod
+    def _inverse_last(info):
+        """Last diagonal element of each inverse information matrix (Var of γ)."""
+        e = np.zeros(info.shape[:2])
+        e[:, -1] = 1.0
+        return _solve(info, e)[:, -1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sklcrt.statistics._base import BaseStatistic, _is_full_range, _Resamples
+from sklcrt.statistics._base import BaseStatistic
 
 __all__ = ["OLSStatistic"]
 
@@ -79,8 +79,6 @@ class OLSStatistic(BaseStatistic):
     (5, 3)
     """
 
-    _values_per_response = 1
-
     def __init__(self, block_size=None):
         super().__init__(block_size=block_size)
 
@@ -102,27 +100,25 @@ class OLSStatistic(BaseStatistic):
         self.rss_null_ = np.einsum("ij,ij->j", resid, resid)
         self.df_resid_ = int(n_cells - Q.shape[1] - 1)
 
-    def _zero_copy(self, cols):
-        return _is_full_range(cols, self.n_responses_)
+    def _stored_pieces(self):
+        return self.residuals_
 
-    def _prepare(self, res: _Resamples):
-        """``xᵀx - ‖Qᵀx‖²`` of every resample (shared by all responses); NaN when collinear."""
-        Q = self.basis_ if res.rows is None else self.basis_[res.rows]
-        Qx = np.asarray(res.csc @ Q)
-        xtx = res.n_in_row
+    def _pieces(self, cells, block, scratch):
+        if cells is None:
+            return np.take(self.residuals_, block, axis=1)
+        return self.residuals_[np.ix_(cells, block)]
+
+    def _prepare(self, chunk):
+        """``d = xᵀx - ‖Qᵀx‖²`` of every resample (shared by all responses); NaN if collinear."""
+        Q = self.basis_ if chunk.cells is None else self.basis_[chunk.cells]
+        Qx = np.asarray(chunk.csc @ Q)
+        xtx = chunk.n_in_row
         d = xtx - np.einsum("ij,ij->i", Qx, Qx)
         d[~(d > _COLLINEAR_TOL * np.maximum(xtx, 1.0))] = np.nan
         return d
 
-    def _evaluate_block(self, res, d, block):
-        if res.rows is None and _is_full_range(block, self.n_responses_):
-            pieces = self.residuals_
-        elif res.rows is None:
-            pieces = np.take(self.residuals_, block, axis=1)
-        else:
-            pieces = self.residuals_[np.ix_(res.rows, block)]
-        s = np.asarray(res.csc @ pieces)
-        return self._t_from_sums(s, d[:, None], self.rss_null_[block])
+    def _finish(self, sums, d, block):
+        return self._t_from_sums(sums, d[:, None], self.rss_null_[block])
 
     def _t_from_sums(self, s, d, rss_null):
         with np.errstate(invalid="ignore", divide="ignore"):
