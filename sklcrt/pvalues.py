@@ -36,7 +36,6 @@ from scipy import special, stats
 __all__ = [
     "ALTERNATIVES",
     "PVALUE_METHODS",
-    "SKEW_NORMAL_MIN_EXCEEDANCES",
     "SKEW_NORMAL_THRESHOLD",
     "adaptive_second_stage_mask",
     "combine_two_stage_pvalues",
@@ -53,16 +52,16 @@ PVALUE_METHODS = ("empirical", "skew_normal")
 """Valid values of ``method`` in :func:`compute_pvalues`."""
 
 SKEW_NORMAL_THRESHOLD = 0.05
-"""Largest empirical p-value that :func:`compute_pvalues` ever replaces by a skew-normal one."""
+"""Largest empirical p-value that :func:`compute_pvalues` replaces by a skew-normal one by default.
 
-SKEW_NORMAL_MIN_EXCEEDANCES = 10
-"""By default the skew-normal replaces an empirical p-value only below ``10 / (B + 1)``.
-
-There fewer than about 10 null statistics are as extreme as the observed one, so the empirical
+The default threshold is ``min(SKEW_NORMAL_THRESHOLD, 10 / (B + 1))``: the skew-normal is used only
+where fewer than about 10 null statistics are as extreme as the observed one, so that the empirical
 p-value is limited by its resolution ``1 / (B + 1)`` and the fitted tail is worth its (guarded)
-risk. Above it the empirical p-value is exact in calibration and already has a modest relative
+risk. Above it the empirical p-value is exactly calibrated and already has a modest relative
 error, and a fitted model could only add model error.
 """
+
+_SKEW_NORMAL_MIN_EXCEEDANCES = 10
 
 # Largest |skewness| a skew-normal can reach is ~0.99527; method-of-moments clips just below it.
 _MAX_SKEWNESS = 0.995
@@ -469,7 +468,7 @@ def compute_pvalues(
     skew_normal_threshold : float in [0, 1] or None, default=None
         Largest empirical p-value that the skew-normal p-value replaces. ``None``:
         ``min(0.05, 10 / (B + 1))``, i.e. only where fewer than about 10 null statistics are as
-        extreme as the observed one (see :data:`SKEW_NORMAL_MIN_EXCEEDANCES` for why the other
+        extreme as the observed one (see :data:`SKEW_NORMAL_THRESHOLD` for why the other
         p-values stay empirical). 1.0 takes the skew-normal p-value wherever the fit is
         accepted.
 
@@ -510,7 +509,7 @@ def compute_pvalues(
     threshold = skew_normal_threshold
     if threshold is None:
         n_resamples = np.shape(null)[0]
-        threshold = min(SKEW_NORMAL_THRESHOLD, SKEW_NORMAL_MIN_EXCEEDANCES / (n_resamples + 1))
+        threshold = min(SKEW_NORMAL_THRESHOLD, _SKEW_NORMAL_MIN_EXCEEDANCES / (n_resamples + 1))
     p_sn, ok = skew_normal_pvalues(statistic, null, alternative)
     use = ok & (p_emp <= threshold)
     p = np.where(use, p_sn, p_emp)

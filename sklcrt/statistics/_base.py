@@ -21,9 +21,9 @@ from numbers import Integral
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
-from threadpoolctl import ThreadpoolController
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import ThreadpoolController
 
 from sklcrt._validation import check_binary_treatment, check_has_both_arms, check_same_length
 

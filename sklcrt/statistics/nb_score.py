@@ -531,18 +531,23 @@ class NBScoreStatistic(BaseStatistic):
         return tuple(part[np.ix_(cells, block)] for part in self._cache)
 
     def _prepare(self, chunk):
-        """``[R; R diag(q_1); ...; R diag(q_r)]`` as CSC: one gather of W gives ΣW and ΣWq."""
-        R = chunk.csr
+        """``[R; R diag(q_1); ...; R diag(q_r)]`` as CSC: one gather of W gives ΣW and ΣWq.
+
+        Built straight in CSC order: each entry of ``R`` becomes r + 1 consecutive entries of
+        its column (the gather does not need sorted row indices).
+        """
+        R = chunk.csc
         Q = self.basis_ if chunk.cells is None else self.basis_[chunk.cells]
-        r, (b, n), nnz = self.rank_, R.shape, R.nnz
-        data = np.empty((r + 1, nnz))
-        data[0] = 1.0
-        data[1:] = Q[R.indices].T
-        indptr = np.concatenate([R.indptr[:-1] + j * nnz for j in range(r + 1)] + [[(r + 1) * nnz]])
-        stacked = sp.csr_matrix(
-            (data.ravel(), np.tile(R.indices, r + 1), indptr), shape=((r + 1) * b, n)
-        )
-        return stacked.tocsc()
+        r, (b, n) = self.rank_, R.shape
+        col = np.repeat(np.arange(n), np.diff(R.indptr))
+        data = np.empty((R.nnz, r + 1))
+        data[:, 0] = 1.0
+        data[:, 1:] = Q[col]
+        big = max((r + 1) * b, (r + 1) * R.nnz) >= np.iinfo(np.int32).max
+        itype = np.int64 if big else np.int32
+        indices = (R.indices.astype(itype)[:, None] + np.arange(r + 1, dtype=itype) * b).ravel()
+        indptr = R.indptr.astype(itype) * (r + 1)
+        return sp.csc_matrix((data.ravel(), indices, indptr), shape=((r + 1) * b, n))
 
     def _gather(self, chunk, stacked, pieces):
         a, W = pieces

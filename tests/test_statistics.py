@@ -1,0 +1,394 @@
+"""Tests of sklcrt.statistics: OLS t statistic and NB GLM score statistic."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+import sklcrt.statistics._base as base_module
+from sklcrt.statistics import BaseStatistic, NBScoreStatistic, OLSStatistic
+from sklcrt.statistics.nb_score import _CountTable, _theta_loglik
+
+sm = pytest.importorskip("statsmodels.api")
+
+LN2 = np.log(2.0)
+
+
+# --------------------------------------------------------------------------- helpers
+def _covariates(rng, n):
+    """Numeric covariates plus a one-hot batch (full encoding: collinear with the intercept)."""
+    batch = rng.integers(0, 3, n)
+    onehot = np.eye(3)[batch]
+    return np.column_stack([rng.normal(size=n), rng.normal(size=n), onehot])
+
+
+def _treatment(rng, n, m):
+    x = np.zeros(n)
+    x[rng.choice(n, m, replace=False)] = 1.0
+    return x
+
+
+def _resamples(rng, x, n_resamples):
+    rows = np.stack([rng.permutation(x) for _ in range(n_resamples)])
+    return sp.csr_matrix(rows)
+
+
+def _ols_reference(Y, C, x):
+    """beta, se, t of x in y ~ 1 + C + x by numpy lstsq (pseudo-inverse for collinear C)."""
+    X = np.column_stack([np.ones(len(x)), C, x])
+    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    resid = Y - X @ coef
+    rank = np.linalg.matrix_rank(X)
+    sigma2 = (resid**2).sum(axis=0) / (len(x) - rank)
+    var = np.linalg.pinv(X.T @ X)[-1, -1]
+    se = np.sqrt(sigma2 * var)
+    return coef[-1], se, coef[-1] / se
+
+
+def _nb_data(rng, n=400, g=6, theta=3.0, effect=0.4, m=50):
+    C = _covariates(rng, n)
+    x = _treatment(rng, n, m)
+    eta = 1.0 + 0.3 * C[:, :1] - 0.2 * C[:, 2:3] + effect * x[:, None] + rng.normal(0, 0.3, g)
+    mu = np.exp(eta)
+    Y = rng.negative_binomial(theta, theta / (theta + mu)).astype(float)
+    return Y, C, x
+
+
+def _nb_dense_score(stat, Y, C, x_rows):
+    """Score statistic from explicit matrices: the design [1, C], W, a and a pseudo-inverse."""
+    X0 = np.column_stack([np.ones(Y.shape[0]), C])
+    eta = stat.basis_ @ stat.coef_.T
+    mu = np.exp(eta)
+    out = np.empty((x_rows.shape[0], Y.shape[1]))
+    for g in range(Y.shape[1]):
+        th = stat.theta_[g]
+        w = mu[:, g] / (1 + mu[:, g] / th)
+        a = (Y[:, g] - mu[:, g]) / (1 + mu[:, g] / th)
+        H = X0.T @ (w[:, None] * X0)
+        Hinv = np.linalg.pinv(H)
+        for b, x in enumerate(x_rows):
+            v = X0.T @ (w * x)
+            info = x @ (w * x) - v @ Hinv @ v
+            out[b, g] = (x @ a) / np.sqrt(info)
+    return out
+
+
+# --------------------------------------------------------------------------- OLS
+@pytest.mark.parametrize("with_intercept", [False, True])
+def test_ols_matches_lstsq(with_intercept):
+    rng = np.random.default_rng(0)
+    n, g = 300, 5
+    C = rng.normal(size=(n, 3))
+    if with_intercept:
+        C = np.column_stack([np.ones(n), C, C[:, 0] + C[:, 1]])  # intercept and a collinear column
+    x = _treatment(rng, n, 40)
+    Y = rng.normal(size=(n, g)) + C[:, -3:] @ rng.normal(size=(3, g)) + 0.5 * x[:, None]
+    stat = OLSStatistic().fit(Y, C)
+    assert stat.rank_ == 4
+
+    obs = stat.observed(x)
+    beta, se, t = _ols_reference(Y, C, x)
+    np.testing.assert_allclose(obs["effect"], beta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(obs["effect_se"], se, rtol=1e-8)
+    np.testing.assert_allclose(obs["statistic"], t, rtol=1e-8)
+    assert obs["n_treated"] == 40
+
+    R = _resamples(rng, x, 8)
+    null = stat.evaluate(R)
+    assert null.shape == (8, g)
+    for b in range(R.shape[0]):
+        _, _, t_b = _ols_reference(Y, C, R[b].toarray().ravel())
+        np.testing.assert_allclose(null[b], t_b, rtol=1e-8)
+
+
+def test_ols_matches_statsmodels():
+    rng = np.random.default_rng(1)
+    n = 200
+    C = rng.normal(size=(n, 2))
+    x = _treatment(rng, n, 30)
+    y = 1 + C @ [0.5, -0.2] + 0.3 * x + rng.normal(size=n)
+    res = sm.OLS(y, np.column_stack([np.ones(n), C, x])).fit()
+    obs = OLSStatistic().fit(y[:, None], C).observed(x)
+    np.testing.assert_allclose(obs["effect"], res.params[-1], rtol=1e-8)
+    np.testing.assert_allclose(obs["effect_se"], res.bse[-1], rtol=1e-8)
+    np.testing.assert_allclose(obs["statistic"], res.tvalues[-1], rtol=1e-8)
+
+
+def test_ols_residuals_layout_and_sparse_input():
+    rng = np.random.default_rng(2)
+    n = 150
+    C = rng.normal(size=(n, 2))
+    Y = rng.poisson(2.0, size=(n, 4)).astype(float)
+    dense = OLSStatistic().fit(Y, C)
+    assert dense.residuals_.flags.c_contiguous and dense.residuals_.dtype == np.float64
+    # The residuals are orthogonal to the intercept and the covariates.
+    np.testing.assert_allclose(np.column_stack([np.ones(n), C]).T @ dense.residuals_, 0,
+                               atol=1e-10)
+    sparse = OLSStatistic().fit(sp.csr_matrix(Y), C)
+    np.testing.assert_allclose(sparse.residuals_, dense.residuals_, atol=1e-12)
+    R = _resamples(rng, _treatment(rng, n, 20), 5)
+    np.testing.assert_allclose(sparse.evaluate(R), dense.evaluate(R), rtol=1e-12)
+
+
+def test_ols_intercept_only_and_collinear_treatment():
+    rng = np.random.default_rng(3)
+    n = 120
+    batch = (np.arange(n) < 30).astype(float)
+    Y = rng.normal(size=(n, 3))
+    stat = OLSStatistic().fit(Y)  # C=None: intercept only
+    assert stat.rank_ == 1
+    x = batch.copy()
+    beta, _, t = _ols_reference(Y, np.empty((n, 0)), x)
+    np.testing.assert_allclose(stat.observed(x)["statistic"], t, rtol=1e-8)
+    # x equal to a covariate: the statistic is undefined.
+    stat = OLSStatistic().fit(Y, batch[:, None])
+    obs = stat.observed(x)
+    assert np.all(np.isnan(obs["statistic"])) and np.all(np.isnan(obs["effect"]))
+
+
+# --------------------------------------------------------------------------- NB score
+def test_nb_score_matches_dense_computation():
+    rng = np.random.default_rng(4)
+    Y, C, x = _nb_data(rng)
+    R = _resamples(rng, x, 6)
+    x_rows = np.vstack([x, R.toarray()])
+    for cache_bytes in (0, 2**30):
+        stat = NBScoreStatistic(cache_bytes=cache_bytes).fit(Y, C)
+        assert stat.pieces_cached_ == (cache_bytes > 0)
+        assert stat.converged_.all()
+        expected = _nb_dense_score(stat, Y, C, x_rows)
+        np.testing.assert_allclose(stat.observed(x)["statistic"], expected[0], rtol=1e-8)
+        np.testing.assert_allclose(stat.evaluate(R), expected[1:], rtol=1e-8)
+
+
+def test_nb_score_matches_statsmodels():
+    rng = np.random.default_rng(5)
+    Y, C, x = _nb_data(rng, n=300, g=3, m=40)
+    stat = NBScoreStatistic(effect_fit="full").fit(Y, C)
+    obs = stat.observed(x)
+    lin = clone(stat).set_params(effect_fit="linearized").fit(Y, C).observed(x)
+    X0 = np.column_stack([np.ones(len(x)), C[:, :4]])  # drop one level of the one-hot batch
+    for g in range(Y.shape[1]):
+        family = sm.families.NegativeBinomial(alpha=1.0 / stat.theta_[g])
+        null = sm.GLM(Y[:, g], X0, family=family).fit(tol=1e-12)
+        chi2 = np.asarray(null.score_test(exog_extra=x[:, None], observed=False)[0]).item()
+        np.testing.assert_allclose(obs["statistic"][g] ** 2, chi2, rtol=1e-6)
+        full = sm.GLM(Y[:, g], np.column_stack([X0, x]), family=family).fit(tol=1e-12)
+        np.testing.assert_allclose(obs["effect"][g] * LN2, full.params[-1], rtol=1e-6)
+        np.testing.assert_allclose(obs["effect_se"][g] * LN2, full.bse[-1], rtol=1e-5)
+        # The linearized fit differs from the full one by far less than the standard error.
+        assert abs(lin["effect"][g] - obs["effect"][g]) < 0.1 * obs["effect_se"][g]
+        np.testing.assert_allclose(lin["effect_se"][g], obs["effect_se"][g], rtol=0.05)
+
+
+def test_nb_theta_is_the_maximum_likelihood_estimate():
+    rng = np.random.default_rng(6)
+    n = 4000
+    thetas = np.array([0.5, 1.0, 2.0, 5.0, 10.0, 20.0])
+    C = _covariates(rng, n)
+    mu = np.exp(0.5 + 0.4 * C[:, :1] - 0.3 * C[:, 2:3] + rng.normal(0, 0.5, thetas.size))
+    Y = rng.negative_binomial(thetas, thetas / (thetas + mu)).astype(float)
+    stat = NBScoreStatistic().fit(Y, C)
+    # Close to the truth within sampling error: |theta_hat - theta| < 4 SE, the SE from the
+    # observed information of the profile likelihood at the estimate.
+    mu_hat = np.exp(stat.coef_ @ stat.basis_.T)
+    Yt = np.ascontiguousarray(Y.T)
+    _, grad, hess = _theta_loglik(stat.theta_, Yt, mu_hat, _CountTable(Yt), derivatives=True)
+    se = 1.0 / np.sqrt(-hess)
+    assert np.all(np.abs(stat.theta_ - thetas) < 4 * se)
+    np.testing.assert_allclose(grad * stat.theta_, 0, atol=1e-6)  # at the maximum
+    # The joint maximum-likelihood estimate of statsmodels' NB2 regression.
+    X0 = np.column_stack([np.ones(n), C[:, :3]])
+    for g in (0, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = sm.NegativeBinomial(Y[:, g], X0).fit(disp=0, method="newton", tol=1e-12)
+        np.testing.assert_allclose(stat.theta_[g], 1.0 / res.params[-1], rtol=1e-6)
+
+
+def test_nb_theta_bounds_and_fixed_theta():
+    rng = np.random.default_rng(7)
+    n = 500
+    C = rng.normal(size=(n, 1))
+    Y = np.column_stack([
+        rng.poisson(3.0, n),  # no overdispersion: theta runs to the upper bound
+        rng.binomial(6, 0.5, n),  # underdispersed
+        rng.negative_binomial(0.05, 0.05 / 2.05, n),  # very overdispersed
+    ]).astype(float)
+    stat = NBScoreStatistic(theta_bounds=(0.1, 100.0)).fit(Y, C)
+    assert np.all((stat.theta_ >= 0.1) & (stat.theta_ <= 100.0))
+    assert stat.theta_[0] > 20 and stat.theta_[1] == 100.0 and stat.theta_[2] == 0.1
+    fixed = NBScoreStatistic(theta=2.5).fit(Y, C)
+    np.testing.assert_array_equal(fixed.theta_, 2.5)
+    x = _treatment(rng, n, 60)
+    R = _resamples(rng, x, 4)
+    expected = _nb_dense_score(fixed, Y, C, R.toarray())
+    np.testing.assert_allclose(fixed.evaluate(R), expected, rtol=1e-8)
+
+
+def test_nb_sparse_counts_and_zero_response():
+    rng = np.random.default_rng(8)
+    Y, C, x = _nb_data(rng, g=4)
+    Y[:, 2] = 0.0
+    dense = NBScoreStatistic().fit(Y, C)
+    sparse = NBScoreStatistic().fit(sp.csr_matrix(Y), C)
+    assert dense.no_counts_.tolist() == [False, False, True, False]
+    R = _resamples(rng, x, 5)
+    z_dense, z_sparse = dense.evaluate(R), sparse.evaluate(R)
+    np.testing.assert_allclose(z_sparse, z_dense, rtol=1e-10, equal_nan=True)
+    assert np.all(np.isnan(z_dense[:, 2])) and np.all(np.isfinite(z_dense[:, [0, 1, 3]]))
+    obs = dense.observed(x)
+    assert np.isnan(obs["effect"][2]) and np.all(np.isfinite(obs["effect"][[0, 1, 3]]))
+
+
+def test_nb_statistic_sign_follows_effect():
+    rng = np.random.default_rng(9)
+    Y_up, C, x = _nb_data(rng, n=600, g=3, effect=1.0, m=80)
+    Y_down = _nb_data(np.random.default_rng(9), n=600, g=3, effect=-1.0, m=80)[0]
+    up = NBScoreStatistic().fit(Y_up, C).observed(x)
+    down = NBScoreStatistic().fit(Y_down, C).observed(x)
+    assert np.all(up["statistic"] > 3) and np.all(up["effect"] > 0)
+    assert np.all(down["statistic"] < -3) and np.all(down["effect"] < 0)
+    np.testing.assert_allclose(up["effect"], 1.0 / LN2, atol=4 * up["effect_se"])
+
+
+# --------------------------------------------------------------------------- shared behaviour
+def _fitted(kind, rng, n=300, g=7):
+    Y, C, x = _nb_data(rng, n=n, g=g)
+    if kind == "ols":
+        return OLSStatistic().fit(np.log1p(Y), C), x
+    return NBScoreStatistic().fit(Y, C), x
+
+
+@pytest.mark.parametrize("kind", ["ols", "nb"])
+def test_columns_subset_equals_slicing(kind):
+    rng = np.random.default_rng(10)
+    stat, x = _fitted(kind, rng)
+    R = _resamples(rng, x, 6)
+    full = stat.evaluate(R)
+    for cols in ([3], [6, 0, 2], [1, 1, 4], np.arange(7)[::-1], [0, 1, 2, 3, 4, 6]):
+        np.testing.assert_allclose(stat.evaluate(R, np.asarray(cols)), full[:, cols],
+                                   rtol=1e-12)
+    mask = np.zeros(7, dtype=bool)
+    mask[[2, 5]] = True
+    np.testing.assert_allclose(stat.evaluate(R, mask), full[:, [2, 5]], rtol=1e-12)
+    assert stat.evaluate(R, np.array([], dtype=int)).shape == (6, 0)
+    obs = stat.observed(x)
+    sub = stat.observed(x, columns=[5, 1])
+    for key in ("statistic", "effect", "effect_se"):
+        np.testing.assert_allclose(sub[key], obs[key][[5, 1]], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["ols", "nb"])
+def test_block_size_and_chunking_do_not_change_results(kind, monkeypatch):
+    rng = np.random.default_rng(11)
+    stat, x = _fitted(kind, rng)
+    R = _resamples(rng, x, 9)
+    reference = stat.evaluate(R)
+    for block_size in (1, 2, 3, 7, 100):
+        stat.set_params(block_size=block_size)
+        np.testing.assert_allclose(stat.evaluate(R), reference, rtol=1e-12)
+        np.testing.assert_allclose(stat.evaluate(R, [4, 2]), reference[:, [4, 2]], rtol=1e-12)
+    stat.set_params(block_size=None)
+    monkeypatch.setattr(base_module, "_OUTPUT_BYTES", 64)  # one resample per chunk
+    np.testing.assert_allclose(stat.evaluate(R), reference, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["ols", "nb"])
+def test_touched_cells_path_and_observed_agree_with_evaluate(kind):
+    rng = np.random.default_rng(12)
+    stat, x = _fitted(kind, rng, n=400)
+    R = _resamples(rng, x, 40)  # touches most cells: all-cells path
+    few = R[[3, 17]]  # touches few cells: restricted to the touched cells
+    assert few.getnnz(axis=0).astype(bool).sum() < 0.5 * stat.n_cells_
+    np.testing.assert_allclose(stat.evaluate(few), stat.evaluate(R)[[3, 17]], rtol=1e-10)
+    np.testing.assert_allclose(stat.observed(x)["statistic"], stat.evaluate(x[None, :])[0],
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["ols", "nb"])
+def test_resample_formats(kind):
+    rng = np.random.default_rng(13)
+    stat, x = _fitted(kind, rng)
+    R = _resamples(rng, x, 4)
+    reference = stat.evaluate(R)
+    np.testing.assert_allclose(stat.evaluate(R.toarray()), reference, rtol=1e-12)
+    np.testing.assert_allclose(stat.evaluate(R.tocsc()), reference, rtol=1e-12)
+    np.testing.assert_allclose(stat.evaluate(R.astype(bool)), reference, rtol=1e-12)
+    with_zeros = R.copy()
+    with_zeros.data[:3] = 0.0  # explicit zeros are dropped, not counted as treated
+    dense = with_zeros.toarray()
+    np.testing.assert_allclose(stat.evaluate(with_zeros), stat.evaluate(dense), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [OLSStatistic, NBScoreStatistic])
+def test_input_errors(cls):
+    rng = np.random.default_rng(14)
+    n = 60
+    Y = rng.poisson(2.0, size=(n, 3)).astype(float)
+    C = rng.normal(size=(n, 2))
+    with pytest.raises(NotFittedError):
+        cls().evaluate(sp.csr_matrix((2, n)))
+    bad = Y.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="Y contains 1 NaN"):
+        cls().fit(bad, C)
+    badC = C.copy()
+    badC[0, 0] = np.inf
+    with pytest.raises(ValueError, match="C contains 1 NaN or infinite"):
+        cls().fit(Y, badC)
+    with pytest.raises(ValueError, match="C must be numeric"):
+        cls().fit(Y, np.array([["a", "b"]] * n))
+    with pytest.raises(ValueError, match="length mismatch"):
+        cls().fit(Y, C[:-1])
+    with pytest.raises(ValueError, match="block_size"):
+        cls(block_size=0).fit(Y, C)
+
+    stat = cls().fit(Y, C)
+    x = _treatment(rng, n, 10)
+    with pytest.raises(ValueError, match="R must have one column per cell"):
+        stat.evaluate(sp.csr_matrix((3, n + 1)))
+    R = sp.csr_matrix(np.stack([x, x]) * 2)
+    with pytest.raises(ValueError, match="R must hold 0/1"):
+        stat.evaluate(R)
+    duplicated = sp.csr_matrix((np.ones(2), np.array([5, 5]), np.array([0, 2])), shape=(1, n))
+    with pytest.raises(ValueError, match="R must hold 0/1"):
+        stat.evaluate(duplicated)
+    with pytest.raises(ValueError, match="columns must be response indices"):
+        stat.evaluate(sp.csr_matrix(x[None, :]), columns=[0, 3])
+    with pytest.raises(ValueError, match="columns must be a 1-D"):
+        stat.evaluate(sp.csr_matrix(x[None, :]), columns=[0.5])
+    with pytest.raises(ValueError, match="x has 59 cells"):
+        stat.observed(x[:-1])
+    with pytest.raises(ValueError, match="x has no treated cells"):
+        stat.observed(np.zeros(n))
+    with pytest.raises(ValueError, match="x must be binary"):
+        stat.observed(x * 3)
+
+
+def test_nb_count_errors():
+    rng = np.random.default_rng(15)
+    Y = rng.poisson(2.0, size=(50, 2)).astype(float)
+    Y[3, 0] = -1.0
+    with pytest.raises(ValueError, match="Y must hold non-negative counts"):
+        NBScoreStatistic().fit(Y)
+    with pytest.raises(ValueError, match="Y must hold non-negative counts"):
+        NBScoreStatistic().fit(sp.csr_matrix(Y))
+    OLSStatistic().fit(Y)  # negative values are fine for OLS
+    with pytest.raises(ValueError, match="theta_bounds"):
+        NBScoreStatistic(theta_bounds=(10.0, 1.0)).fit(np.abs(Y))
+    with pytest.raises(ValueError, match="theta"):
+        NBScoreStatistic(theta=-1.0).fit(np.abs(Y))
+    with pytest.raises(ValueError, match="effect_fit"):
+        NBScoreStatistic(effect_fit="exact").fit(np.abs(Y))
+
+
+def test_estimator_protocol():
+    stat = NBScoreStatistic(theta=2.0, block_size=8)
+    assert isinstance(stat, BaseStatistic)
+    params = clone(stat).get_params()
+    assert params["theta"] == 2.0 and params["block_size"] == 8
+    assert OLSStatistic().get_params() == {"block_size": None}
