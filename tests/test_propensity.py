@@ -118,6 +118,15 @@ def test_no_intercept_agrees_with_sklearn():
     np.testing.assert_allclose(model.predict_proba(X), ref.predict_proba(X), atol=1e-4)
 
 
+def test_unpenalised_with_collinear_columns():
+    """C=inf: the Hessian is singular along the duplicated column (least-squares Newton step)."""
+    X, y = _design("duplicated_intercept", np.random.default_rng(13))
+    X = X[:, 1:]  # drop the column of ones; keep the duplicated feature
+    model = NewtonLogisticRegression(C=np.inf).fit(X, y)
+    ref = _sklearn_reference(X, y, C=np.inf)
+    np.testing.assert_allclose(model.predict_proba(X), ref.predict_proba(X), atol=1e-4)
+
+
 def test_sample_weight_agrees_with_sklearn_and_repetition():
     rng = np.random.default_rng(4)
     X, y = _design("gaussian", rng)

@@ -29,7 +29,7 @@ from sklcrt._validation import check_binary_treatment, check_has_both_arms, chec
 
 __all__ = ["BaseStatistic"]
 
-# Bytes of one block's dense pieces (cells x responses x values per response) when
+# Bytes of one block's dense pieces (cells x responses x stored values per response) when
 # ``block_size=None`` picks the block size.
 _BLOCK_BYTES = 64 * 2**20
 # Bytes of one resample chunk's output (resamples x block width): small enough to stay in cache
@@ -320,7 +320,7 @@ class BaseStatistic(BaseEstimator):
             return self._evaluate(R, cols, out)
 
     def _evaluate(self, R, cols, out):
-
+        """Schedule the gather: blocks of responses x chunks of resamples, into ``out``."""
         G = self.n_responses_
         n_cells = self.n_cells_
         touched = np.zeros(n_cells, dtype=bool)
@@ -328,12 +328,14 @@ class BaseStatistic(BaseEstimator):
         n_touched = int(np.count_nonzero(touched))
         cells = np.flatnonzero(touched) if n_touched < _COMPACT_FRACTION * n_cells else None
 
-        # Gather from the stored pieces without a copy (all responses at once, then pick the
+        # Work on the distinct selected responses in increasing order (cheaper column copies);
+        # gather from the stored pieces of all responses without a copy (then pick the
         # selected ones) when they exist and the selection covers most of them.
+        targets, inverse = np.unique(cols, return_inverse=True)
         stored = self._stored_pieces() if cells is None and self.block_size is None else None
-        targets = cols
-        if stored is not None and np.unique(cols).size >= _FULL_FRACTION * G:
+        if stored is not None and targets.size >= _FULL_FRACTION * G:
             targets = np.arange(G)
+            inverse = cols
         else:
             stored = None
 
@@ -347,10 +349,8 @@ class BaseStatistic(BaseEstimator):
         k = min(k, targets.size)
         chunks = self._chunks(R, cells, _OUTPUT_BYTES // (k * self._gathered_per_response * 8))
 
-        if targets is cols:
-            dest = out
-        else:
-            dest = np.empty((R.shape[0], G))
+        identity = targets.size == cols.size and np.array_equal(targets, cols)
+        dest = out if identity else np.empty((R.shape[0], targets.size))
         scratch: dict = {}
         for start in range(0, targets.size, k):
             block = targets[start : start + k]
@@ -358,8 +358,8 @@ class BaseStatistic(BaseEstimator):
             for chunk, shared in chunks:
                 sums = self._gather(chunk, shared, pieces)
                 dest[chunk.rows, start : start + block.size] = self._finish(sums, shared, block)
-        if dest is not out:
-            np.take(dest, cols, axis=1, out=out)
+        if not identity:
+            np.take(dest, inverse, axis=1, out=out)
         return out
 
     def observed(self, x, columns=None) -> dict:

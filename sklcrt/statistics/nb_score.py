@@ -24,6 +24,12 @@ _PAIR_BYTES = 256 * 2**20
 # information (sum of weights) lies (numerically) in the span of the covariates: NaN.
 _COLLINEAR_TOL = 1e-10
 _MAX_HALVINGS = 30
+# Bound on the treatment coefficient (natural log scale) in the effect fits: where one arm has
+# no counts its maximum-likelihood estimate is infinite; the fit stops at ±20 (about ±28.9 log2).
+_GAMMA_MAX = 20.0
+# The linearized effect fit is trusted while it moves no control cell's linear predictor by more
+# than this (bounded by max_i ‖q_i‖ · ‖δ‖); beyond it the full fit is used for that response.
+_LINEARIZED_MAX_SHIFT = 0.25
 # Rounds of (theta | mu, beta | theta) alternation and their stopping rule (change in log theta).
 _MAX_ROUNDS = 10
 _ROUND_TOL = 1e-6
@@ -99,7 +105,7 @@ def _glm_loglik(Y, eta, mu, theta) -> np.ndarray:
     return np.einsum("ij,ij->i", Y, eta) - ((Y + theta) * np.log1p(mu / theta)).sum(axis=1)
 
 
-def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol):
+def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
     """Batched Fisher scoring for ``log E[y] = X beta``, y ~ NB(theta) (Poisson: theta=inf).
 
     Each response's step is halved until its log-likelihood does not decrease; responses are
@@ -112,6 +118,8 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol):
     Y : ndarray (k, n)
     beta : ndarray (k, p), start
     theta : ndarray (k,)
+    cap_last : float or None
+        Bound ``|beta[:, -1]| <= cap_last`` (a treatment coefficient whose MLE is infinite).
 
     Returns
     -------
@@ -131,6 +139,12 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol):
         score = ((Ya - mu) / denom) @ XT.T  # (ka, p)
         step = _solve(gram(mu / denom), score)  # (ka, p)
         b = beta[active]
+        if cap_last is not None:
+            # Shorten the step so that the capped coefficient stays within its bound.
+            target = np.clip(b[:, -1] + step[:, -1], -cap_last, cap_last)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shrink = np.where(step[:, -1] != 0, (target - b[:, -1]) / step[:, -1], 1.0)
+            step = step * np.clip(shrink, 0.0, 1.0)[:, None]
         new_b = b + step
         new_eta = new_b @ XT
         new_mu = _mean(new_eta)
@@ -148,7 +162,10 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol):
             ok = cand_ll >= ll[bad] - 1e-12 * np.abs(ll[bad])
             acc = bad[ok]
             new_b[acc], new_eta[acc], new_mu[acc], new_ll[acc] = (
-                cand_b[ok], cand_eta[ok], cand_mu[ok], cand_ll[ok]
+                cand_b[ok],
+                cand_eta[ok],
+                cand_mu[ok],
+                cand_ll[ok],
             )
             bad = bad[~ok]
         # Where no step improves the likelihood the fit is at its (numerical) optimum.
@@ -261,7 +278,7 @@ def _theta_mle(Y, mu, theta0, bounds, table, *, max_iter, tol):
         done |= moved <= tol
         if done.all():
             break
-    return np.exp(phi)
+    return np.clip(np.exp(phi), bounds[0], bounds[1])
 
 
 def _moments_theta(Y, mu, bounds):
@@ -368,7 +385,12 @@ class NBScoreStatistic(BaseStatistic):
       the stored null information), so it only touches the treated cells. It differs from the
       full fit by terms of second order in the shift of β, which is of order
       ``n_treated / n_cells``; it is the default because a screen calls :meth:`observed` once
-      per unit.
+      per unit. Where the shift could move a control cell's linear predictor by more than 0.25
+      (so the expansion is not to be trusted), that response gets the full fit instead.
+
+    Where one arm has no counts the maximum-likelihood ``γ`` is infinite; the fits stop at
+    ``|γ| = 20`` (about 28.9 in log2) and the standard error there is huge. Responses with no
+    counts at all get NaN.
 
     Examples
     --------
@@ -444,6 +466,7 @@ class NBScoreStatistic(BaseStatistic):
         self.no_counts_ = totals <= 0
 
         QT = np.ascontiguousarray(Q.T)
+        self._max_leverage = float(np.sqrt(np.max(np.einsum("ij,ij->i", Q, Q))))
         gram = _Gram(Q)
         ones_coef = Q.sum(axis=0)  # Q @ ones_coef = 1, as 1 is in the span of Q
         fitted = np.flatnonzero(~self.no_counts_)
@@ -568,22 +591,25 @@ class NBScoreStatistic(BaseStatistic):
     # ---------------------------------------------------------------- effect
     def _effects(self, x, cols):
         effect = np.full(cols.size, np.nan)
-        se = np.full(cols.size, np.nan)
+        var = np.full(cols.size, np.nan)
         ok = np.flatnonzero(~self.no_counts_[cols])
         treated = np.flatnonzero(x)
+        full_k = max(1, _FIT_BLOCK_BYTES // (8 * self.n_cells_))
         if self.effect_fit == "full":
-            fit = self._effect_full
-            k = max(1, _FIT_BLOCK_BYTES // (8 * self.n_cells_))
+            redo = ok
         else:
-            fit = self._effect_linearized
             k = max(1, _FIT_BLOCK_BYTES // (8 * treated.size * (self.rank_ + 2) ** 2))
-        for start in range(0, ok.size, k):
-            pos = ok[start : start + k]
-            gamma, var = fit(x, treated, cols[pos])
-            effect[pos] = gamma / _LN2
-            with np.errstate(invalid="ignore"):
-                se[pos] = np.sqrt(var) / _LN2
-        return effect, se
+            redo = []
+            for start in range(0, ok.size, k):
+                pos = ok[start : start + k]
+                gamma, v, shift = self._effect_linearized(treated, cols[pos])
+                effect[pos], var[pos] = gamma, v
+                redo.append(pos[~(shift <= _LINEARIZED_MAX_SHIFT)])
+            redo = np.concatenate(redo) if redo else ok[:0]
+        for start in range(0, redo.size, full_k):
+            pos = redo[start : start + full_k]
+            effect[pos], var[pos] = self._effect_full(x, treated, cols[pos])
+        return effect / _LN2, np.sqrt(var) / _LN2
 
     def _gamma_start(self, y_t, mu_t):
         """Start for γ: log of treated counts over their null expectation (clipped)."""
@@ -601,13 +627,15 @@ class NBScoreStatistic(BaseStatistic):
         beta0 = self.coef_[block]
         mu_t = _mean(beta0 @ Q[treated].T)
         start = np.column_stack([beta0, self._gamma_start(Yb[:, treated], mu_t)])
-        beta, _ = _fit_glm(XT, gram, Yb, start, theta, max_iter=self.max_iter, tol=self.tol)
+        beta, _ = _fit_glm(
+            XT, gram, Yb, start, theta, max_iter=self.max_iter, tol=self.tol, cap_last=_GAMMA_MAX
+        )
         mu = _mean(beta @ XT)
         info = gram(mu / (1.0 + mu / theta[:, None]))
         return beta[:, -1], self._inverse_last(info)
 
-    def _effect_linearized(self, x, treated, block):
-        """γ and Var(γ) with exact treated cells and the controls expanded around the null fit.
+    def _effect_linearized(self, treated, block):
+        """γ, Var(γ) and the control shift bound, with the controls expanded around the null fit.
 
         Maximises ``F(δ, γ) = ℓ_T(β₀ + δ, γ) + s_Cᵀδ - ½ δᵀ H_C δ`` over (δ, γ): ``ℓ_T`` is the
         treated cells' NB log-likelihood, ``s_C = -Σ_T q_i a_i(β₀)`` the controls' score at the
@@ -643,14 +671,20 @@ class NBScoreStatistic(BaseStatistic):
             denom = 1.0 + mu / theta
             a, w = (y - mu) / denom, mu / denom
             info = self._joint_info(h_c, gram_t(w), w @ Qt, w.sum(axis=1))
-            score = np.column_stack([s_c - np.einsum("kab,kb->ka", h_c, delta) + a @ Qt,
-                                     a.sum(axis=1)])
+            score = np.column_stack(
+                [s_c - np.einsum("kab,kb->ka", h_c, delta) + a @ Qt, a.sum(axis=1)]
+            )
             step = _solve(info, score)
             step[~active] = 0.0
+            target = np.clip(gamma + step[:, r], -_GAMMA_MAX, _GAMMA_MAX)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shrink = np.where(step[:, r] != 0, (target - gamma) / step[:, r], 1.0)
+            step *= np.clip(shrink, 0.0, 1.0)[:, None]
             t = np.ones(k)
             for _ in range(_MAX_HALVINGS):
-                new_value, new_mu = objective(delta + t[:, None] * step[:, :r],
-                                              gamma + t * step[:, r])
+                new_value, new_mu = objective(
+                    delta + t[:, None] * step[:, :r], gamma + t * step[:, r]
+                )
                 worse = ~(new_value >= value - 1e-12 * np.abs(value)) & active
                 if not worse.any():
                     break
@@ -667,7 +701,8 @@ class NBScoreStatistic(BaseStatistic):
         denom = 1.0 + mu / theta
         w = mu / denom
         info = self._joint_info(h_c, gram_t(w), w @ Qt, w.sum(axis=1))
-        return gamma, self._inverse_last(info)
+        shift = self._max_leverage * np.sqrt(np.einsum("ka,ka->k", delta, delta))
+        return gamma, self._inverse_last(info), shift
 
     @staticmethod
     def _joint_info(h_c, h_t, cross, w_sum):
@@ -682,7 +717,12 @@ class NBScoreStatistic(BaseStatistic):
 
     @staticmethod
     def _inverse_last(info):
-        """Last diagonal element of each inverse information matrix (Var of γ)."""
-        e = np.zeros(info.shape[:2])
-        e[:, -1] = 1.0
-        return _solve(info, e)[:, -1]
+        """Var of γ: the last diagonal element of each inverse information matrix.
+
+        Computed as the inverse Schur complement ``1 / (I_γγ - I_γβ I_ββ⁻¹ I_βγ)``; infinite
+        where that complement vanishes (no information about γ, e.g. all treated means ~0).
+        """
+        h_bb, cross, h_gg = info[:, :-1, :-1], info[:, :-1, -1], info[:, -1, -1]
+        schur = h_gg - np.einsum("ka,ka->k", cross, _solve(h_bb, cross))
+        ok = (schur > 1e-12 * np.abs(h_gg)) & (h_gg > 0)
+        return np.where(ok, 1.0 / np.where(ok, schur, 1.0), np.inf)
