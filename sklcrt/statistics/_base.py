@@ -154,7 +154,9 @@ def _check_responses(Y, *, counts: bool):
     """Return ``Y`` as a float64 2-D dense array or CSC matrix, checking finiteness (and counts)."""
     if sp.issparse(Y):
         Y = sp.csc_matrix(Y, dtype=np.float64)
-        Y.sum_duplicates()
+        if not Y.has_canonical_format:
+            Y = Y.copy()
+            Y.sum_duplicates()
         values = Y.data
     else:
         if hasattr(Y, "to_numpy"):
@@ -348,6 +350,10 @@ class BaseStatistic(BaseEstimator):
             k = max(1, _BLOCK_BYTES // (n_rows * self._stored_per_response * 8))
         k = min(k, targets.size)
         chunks = self._chunks(R, cells, _OUTPUT_BYTES // (k * self._gathered_per_response * 8))
+        if k < targets.size:
+            # Several blocks reuse the prepared chunks; a single block prepares them lazily, so
+            # only one chunk's per-resample terms are alive at a time.
+            chunks = list(chunks)
 
         identity = targets.size == cols.size and np.array_equal(targets, cols)
         dest = out if identity else np.empty((R.shape[0], targets.size))
@@ -422,13 +428,12 @@ class BaseStatistic(BaseEstimator):
             )
         return cols
 
-    def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int) -> list:
-        """Split the resamples into runs whose gather output stays in cache."""
+    def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int):
+        """Split the resamples into runs whose gather output stays in cache (a generator)."""
         chunk_rows = max(1, int(chunk_rows))
         if cells is not None:
             position = np.empty(self.n_cells_, dtype=R.indices.dtype)
             position[cells] = np.arange(cells.size, dtype=R.indices.dtype)
-        chunks = []
         for start in range(0, R.shape[0], chunk_rows):
             rows = slice(start, min(R.shape[0], start + chunk_rows))
             part = R if chunk_rows >= R.shape[0] else R[rows]
@@ -438,8 +443,7 @@ class BaseStatistic(BaseEstimator):
                     shape=(part.shape[0], cells.size),
                 )
             chunk = _Chunk(rows, part, cells)
-            chunks.append((chunk, self._prepare(chunk)))
-        return chunks
+            yield chunk, self._prepare(chunk)
 
     # ---------------------------------------------------------------- subclass hooks
     # Dense values per cell and response in the pieces, and gathered sums per resample and

@@ -31,9 +31,9 @@ class OLSStatistic(BaseStatistic):
     Parameters
     ----------
     block_size : int or None, default=None
-        Responses per sparse @ dense product. ``None`` evaluates all responses in one product
-        when ``columns`` selects all of them (no copy of the residuals), otherwise picks the
-        block from a memory budget.
+        Responses per sparse @ dense product. ``None`` gathers straight from the stored
+        residuals of all responses (no copy) when ``columns`` selects at least half of them,
+        and otherwise picks the block from a memory budget.
 
     Attributes
     ----------
@@ -65,7 +65,8 @@ class OLSStatistic(BaseStatistic):
     Examples
     --------
     >>> import numpy as np
-    >>>     >>> from sklcrt.statistics import OLSStatistic
+    >>> import scipy.sparse as sp
+    >>> from sklcrt.statistics import OLSStatistic
     >>> rng = np.random.default_rng(0)
     >>> C = rng.normal(size=(200, 2))
     >>> Y = rng.normal(size=(200, 3))
