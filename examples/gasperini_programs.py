@@ -89,7 +89,9 @@ def add_nmf_programs(adata, n_programs: int, seed: int) -> NMF:
     size = np.asarray(counts.sum(axis=1)).ravel()
     norm = sp.diags(1e4 / np.maximum(size, 1.0)) @ counts
     norm.data = np.log1p(norm.data)
-    model = NMF(n_components=n_programs, init="nndsvda", max_iter=500, random_state=seed)
+    model = NMF(
+        n_components=n_programs, init="nndsvda", tol=1e-3, max_iter=1000, random_state=seed
+    )
     usage = model.fit_transform(norm)
     total = usage.sum(axis=1, keepdims=True)
     usage = np.divide(usage, total, out=np.full_like(usage, 1.0 / n_programs), where=total > 0)

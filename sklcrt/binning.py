@@ -55,6 +55,10 @@ def _check_clip_quantiles(clip_quantiles, name: str = "clip_quantiles") -> tuple
     return lo, hi
 
 
+# Up to this many inner edges, bins are assigned by comparisons instead of a binary search.
+_COMPARE_EDGES = 32
+
+
 def _edges(values: np.ndarray, n_bins: int, method: str, lo: float, hi: float) -> np.ndarray:
     """Unique, increasing bin edges for finite ``values``; always at least two entries."""
     if (lo, hi) != (0.0, 1.0):
@@ -75,7 +79,16 @@ def _assign(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
     Bins are half-open ``[e_k, e_{k+1})`` except the last, which holds its right edge (the maximum).
     """
-    return np.searchsorted(edges[1:-1], values, side="right").astype(np.int64, copy=False)
+    inner = edges[1:-1]
+    if inner.size > _COMPARE_EDGES:
+        return np.searchsorted(inner, values, side="right").astype(np.int64, copy=False)
+    # Few edges: count the edges at or below each value (what searchsorted(side="right")
+    # returns), one vectorised comparison per edge; a binary search per value on unsorted
+    # values is several times slower (mispredicted branches).
+    out = np.zeros(values.shape, dtype=np.int64)
+    for edge in inner:
+        out += values >= edge
+    return out
 
 
 def compute_bins(

@@ -277,6 +277,11 @@ def unit_treatment(inputs: dict, guides: str | Iterable[str]) -> np.ndarray:
     matrix = inputs["guides"]
     cols = np.unique([position[g] for g in guides])
     if sp.issparse(matrix):
+        if matrix.format == "csc":  # cheap column slices (the runners pass CSC)
+            sub = matrix[:, cols]
+            x = np.zeros(matrix.shape[0], dtype=bool)
+            x[sub.indices[sub.data != 0]] = True
+            return x
         sub = sp.csr_matrix(matrix)[:, cols]
         return (sub != 0).getnnz(axis=1) > 0
     return np.any(np.asarray(matrix)[:, cols] != 0, axis=1)

@@ -15,15 +15,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy import stats
 from sklearn.base import clone
+from threadpoolctl import threadpool_limits
 
 from sklcrt._random import as_generator, seed_sequence
 from sklcrt.crt import CRTTest
 from sklcrt.inputs import prepare_crt_inputs, unit_treatment
 from sklcrt.resampling import resolve_resampling
 from sklcrt.statistics import NBScoreStatistic, OLSStatistic
+from sklcrt.strata import factorize_batch
 
 __all__ = [
     "fit_null_model",
@@ -250,6 +252,61 @@ def _unit_file(checkpoint_dir: str, unit: str) -> str:
     return os.path.join(checkpoint_dir, f"unit_{digest}.pkl")
 
 
+# Inputs a unit's test reads (the rest of the inputs dict stays in the parent process).
+_UNIT_INPUT_KEYS = ("response_names", "response_kind", "C", "guides", "guide_names")
+# Most units per task when units run in parallel (see _run_units).
+_MAX_CHUNK = 32
+
+
+def _unit_inputs(inputs: dict) -> dict:
+    """The part of ``inputs`` that :func:`_test_unit` reads, with the guides in CSC form."""
+    shared = {k: inputs[k] for k in _UNIT_INPUT_KEYS}
+    if inputs["response_kind"] == "counts":
+        shared["Y"] = inputs["Y"]
+    if sp.issparse(shared["guides"]):
+        shared["guides"] = sp.csc_matrix(shared["guides"])  # a unit reads a few columns
+    return shared
+
+
+def _chunk_size(n_units: int, n_jobs) -> int:
+    """Units per task: one at a time in this process, else about 4 tasks per worker (<= 32)."""
+    workers = effective_n_jobs(n_jobs)
+    if workers == 1 or n_units == 0:
+        return 1
+    return max(1, min(_MAX_CHUNK, -(-n_units // (4 * workers))))
+
+
+def _work_chunk(
+    chunk, *, template, inputs, statistic, batch, burden, random_state, min_nonzero,
+    checkpoint_dir,
+):
+    """Test the units of one task; returns ``[(unit, frame), ...]``."""
+    out = []
+    # The products of a unit's test are thin (cells x a few columns): threaded BLAS gains
+    # nothing there and oversubscribes the cores when units run in parallel.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for unit, target, guides, columns in chunk:
+            frame = _test_unit(
+                template,
+                inputs,
+                statistic,
+                unit,
+                target,
+                guides,
+                columns,
+                batch,
+                burden,
+                seed_sequence(random_state, unit),
+                min_nonzero,
+            )
+            if checkpoint_dir is not None:
+                tmp = _unit_file(checkpoint_dir, unit) + ".tmp"
+                frame.to_pickle(tmp)
+                os.replace(tmp, _unit_file(checkpoint_dir, unit))
+            out.append((unit, frame))
+    return out
+
+
 def _run_units(
     inputs: dict,
     jobs: list[tuple[str, str, list[str], np.ndarray]],
@@ -294,34 +351,47 @@ def _run_units(
                 done[unit] = pd.read_pickle(path)
 
     todo = [job for job in jobs if job[0] not in done]
-
-    def work(unit, target, guides, columns):
-        frame = _test_unit(
-            template,
-            inputs,
-            statistic,
-            unit,
-            target,
-            guides,
-            columns,
-            batch,
-            burden,
-            seed_sequence(random_state, unit),
-            min_nonzero,
-        )
-        if checkpoint_dir is not None:
-            tmp = _unit_file(checkpoint_dir, unit) + ".tmp"
-            frame.to_pickle(tmp)
-            os.replace(tmp, _unit_file(checkpoint_dir, unit))
-        return unit, frame
-
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(work)(*job) for job in todo)
+    if batch is not None:
+        # Integer codes in the order of the sorted labels: the strata are the same, and each
+        # unit factorizes small integers instead of (e.g.) 200,000 strings.
+        try:
+            batch = factorize_batch(batch, "batch")[0]
+        except ValueError:
+            pass  # e.g. missing labels: left to the encoder, which says so if it uses them
+    shared = _unit_inputs(inputs)
+    options = dict(
+        template=template,
+        inputs=shared,
+        statistic=statistic,
+        batch=batch,
+        burden=burden,
+        random_state=random_state,
+        min_nonzero=min_nonzero,
+        checkpoint_dir=checkpoint_dir,
+    )
+    # Units go to the workers in chunks: every task ships the shared inputs and the fitted null
+    # model (joblib hashes and memory-maps the large arrays once per task), which costs about as
+    # much as testing a few units; chunks spread that over many units.
+    size = _chunk_size(len(todo), n_jobs)
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_work_chunk)(chunk, **options) for chunk in chunks
+    )
     if progress and todo:
         from tqdm.auto import tqdm
 
-        results = tqdm(results, total=len(todo), desc=desc)
-    for unit, frame in results:
-        done[unit] = frame
+        bar = tqdm(total=len(todo), desc=desc)
+        try:
+            for pairs in results:
+                for unit, frame in pairs:
+                    done[unit] = frame
+                bar.update(len(pairs))
+        finally:
+            bar.close()
+    else:
+        for pairs in results:
+            for unit, frame in pairs:
+                done[unit] = frame
     frames = [done[unit] for unit, *_ in jobs]
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)
@@ -449,7 +519,6 @@ def _execute(
         fingerprint_extra={
             **fingerprint_extra,
             "desc": desc,
-            "n_jobs_free": True,
             "statistic": repr(run.get("statistic")),
         },
     )
@@ -690,33 +759,46 @@ def run_ntc_groups(
 _add_shared_doc(run_ntc_groups)
 
 
-def run_ntc_ensemble(data, *, n_ensemble: int = 5, **kwargs) -> pd.DataFrame:
+def run_ntc_ensemble(
+    data,
+    *,
+    n_ensemble: int = 5,
+    group_size: int | None = None,
+    responses=None,
+    n_pairs: int | None = None,
+    **kwargs,
+) -> pd.DataFrame:
     """Repeat :func:`run_ntc_groups` over ``n_ensemble`` random groupings of the NTC guides.
 
-    Returns the concatenated table with an ``ensemble`` column (0..n_ensemble-1); the
-    Benjamini-Hochberg adjustment is done within each grouping.
+    The null model is fitted once and shared by every grouping. Options are those of
+    :func:`run_ntc_groups`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The concatenated tables with an ``ensemble`` column (0 .. n_ensemble - 1); the
+        Benjamini-Hochberg adjustment is done within each grouping.
     """
     if n_ensemble < 1:
         raise ValueError(f"n_ensemble must be >= 1, got {n_ensemble}.")
-    key_added = kwargs.pop("key_added", None)
-    checkpoint_dir = kwargs.pop("checkpoint_dir", None)
-    if not isinstance(data, dict):
-        input_kwargs = {
-            k: kwargs.pop(k)
-            for k in list(kwargs)
-            if k not in _RUN_OPTIONS
-            and k not in _common({})
-            and k not in ("group_size", "responses", "n_pairs")
-        }
-        inputs = prepare_crt_inputs(data, **input_kwargs)
-    else:
-        inputs = data
-    if "statistic" not in kwargs or not hasattr(kwargs["statistic"], "n_responses_"):
-        kwargs["statistic"] = fit_null_model(inputs, kwargs.get("statistic"))
+    common, run, input_kwargs = _split_kwargs(dict(kwargs))
+    inputs = _as_inputs(data, input_kwargs)
+    run["statistic"] = fit_null_model(inputs, run.get("statistic"))
+    key_added = run.pop("key_added", None)
+    checkpoint_dir = run.pop("checkpoint_dir", None)
     frames = []
     for e in range(n_ensemble):
         ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"ensemble_{e}")
-        frame = run_ntc_groups(inputs, grouping_key=f"e{e}", checkpoint_dir=ckpt, **kwargs)
+        frame = run_ntc_groups(
+            inputs,
+            group_size=group_size,
+            responses=responses,
+            n_pairs=n_pairs,
+            grouping_key=f"e{e}",
+            checkpoint_dir=ckpt,
+            **common,
+            **run,
+        )
         frame.insert(0, "ensemble", e)
         frames.append(frame)
     results = pd.concat(frames, ignore_index=True)

@@ -157,7 +157,11 @@ class _Groups:
     def __init__(self, codes: np.ndarray, n_groups: int):
         n_cells = codes.size
         inside = codes >= 0
-        self.members = np.flatnonzero(inside)[np.argsort(codes[inside], kind="stable")]
+        inner = codes[inside]
+        if n_groups <= np.iinfo(np.int16).max:
+            # Same (stable) order; numpy radix-sorts 16-bit keys in O(n).
+            inner = inner.astype(np.int16)
+        self.members = np.flatnonzero(inside)[np.argsort(inner, kind="stable")]
         self.sizes = np.bincount(codes[inside], minlength=n_groups).astype(np.int64)
         self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
         self.group_of_cell = np.full(n_cells, -1, dtype=np.int64)
