@@ -110,7 +110,9 @@ def main(argv=None) -> None:
         t_sum, _, _ = best_of(lambda: Yt.sum(0), args.repeats)
         r_sum = row("stream: Ytilde.sum(0)", t_sum, Yt.size, f"{Yt.nbytes / t_sum / 1e9:.2f} GB/s")
         t_copy, _, _ = best_of(lambda: Yt.copy(), args.repeats)
-        row("stream: Ytilde.copy()", t_copy, Yt.size, f"{2 * Yt.nbytes / t_copy / 1e9:.2f} GB/s r+w")
+        row(
+            "stream: Ytilde.copy()", t_copy, Yt.size, f"{2 * Yt.nbytes / t_copy / 1e9:.2f} GB/s r+w"
+        )
         print(
             f"OLS gather / naive = {r_ols / r_naive:.1f}x; OLS gather / stream sum = "
             f"{r_ols / r_sum:.1f}x (>1: each streamed cell row feeds several resamples)"
@@ -120,7 +122,6 @@ def main(argv=None) -> None:
             f"target 1e9 gathered values/s/core: {'MET' if r_ols >= target else 'MISSED'} "
             f"({r_ols / 1e9:.2f}e9)"
         )
-        del ols, Yt
 
         if not args.skip_nb:
             Gn = args.nb_responses

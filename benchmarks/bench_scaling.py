@@ -49,7 +49,7 @@ def table(name, xs, ts):
     xs, ts = np.asarray(xs, float), np.asarray(ts, float)
     b, a = np.polyfit(xs, ts, 1)
     print(f"{name:>10s} {'time (s)':>10s} {'s per x':>12s}")
-    for x, t in zip(xs, ts):
+    for x, t in zip(xs, ts, strict=True):
         print(f"{x:10,.0f} {t:10.2f} {t / x:12.3e}")
     print(
         f"  fit: time = {a:.3f} + {b:.3e} * {name}; t_max/t_min = {ts[-1] / ts[0]:.2f} for "
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         return min(fn() for _ in range(args.repeats))
 
     with threadpool_limits(1):
-        print("against cells (units = %d, B = 1,023)" % args.units)
+        print(f"against cells (units = {args.units}, B = 1,023)")
         xs, ts = [], []
         for n in (25_000, 50_000, 100_000, 200_000):
             inputs = make_inputs(n_cells=n, n_targets=2_000, n_ntc_groups=2)

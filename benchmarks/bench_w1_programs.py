@@ -65,7 +65,11 @@ RESAMPLING = dict(
 
 # ---------------------------------------------------------------------- inputs
 def make_inputs(
-    n_cells=200_000, n_targets=FULL_UNITS, n_ntc_groups=FULL_NTC_GROUPS, n_programs=100, moi=10.0,
+    n_cells=200_000,
+    n_targets=FULL_UNITS,
+    n_ntc_groups=FULL_NTC_GROUPS,
+    n_programs=100,
+    moi=10.0,
     seed=0,
 ) -> dict:
     """The inputs dict of ``prepare_crt_inputs(adata, response="programs")`` for a big screen."""
@@ -275,11 +279,22 @@ def stage_times(inputs, n_units, B):
         compute_pvalues(obs["statistic"], null, alternative="two-sided", method="empirical")
         t5 = time.perf_counter()
         _test_unit(
-            template, inputs, statistic, name, name, guides, cols, batch, burden,
-            seed_sequence(0, name), 7,
+            template,
+            inputs,
+            statistic,
+            name,
+            name,
+            guides,
+            cols,
+            batch,
+            burden,
+            seed_sequence(0, name),
+            7,
         )
         t6 = time.perf_counter()
-        for key, dt in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+        for key, dt in zip(
+            acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True
+        ):
             acc[key] += dt
 
     one_unit(names[0])  # warm up (not counted)
@@ -361,8 +376,10 @@ def main(argv=None) -> None:
             f"peak RSS: process tree {peak_mb:.0f} MB (sampled); ru_maxrss self {self_mb:.0f} MB, "
             f"largest reaped child {child_mb:.0f} MB"
         )
-        print(f"pairs: {len(gene):,} targeting + {len(ntc):,} NTC; "
-              f"NTC frac p<0.05 {np.mean(ntc['p_value'] < 0.05):.3f}")
+        print(
+            f"pairs: {len(gene):,} targeting + {len(ntc):,} NTC; "
+            f"NTC frac p<0.05 {np.mean(ntc['p_value'] < 0.05):.3f}"
+        )
 
     if args.stage_units:
         per_unit = stage_times(inputs, args.stage_units, args.n_resamples)

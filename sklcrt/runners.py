@@ -261,8 +261,9 @@ _MAX_CHUNK = 32
 def _unit_inputs(inputs: dict) -> dict:
     """The part of ``inputs`` that :func:`_test_unit` reads, with the guides in CSC form."""
     shared = {k: inputs[k] for k in _UNIT_INPUT_KEYS}
-    if inputs["response_kind"] == "counts":
-        shared["Y"] = inputs["Y"]
+    if inputs["response_kind"] == "counts":  # read by the pairwise QC, a few columns per unit
+        Y = inputs["Y"]
+        shared["Y"] = sp.csc_matrix(Y) if sp.issparse(Y) else Y
     if sp.issparse(shared["guides"]):
         shared["guides"] = sp.csc_matrix(shared["guides"])  # a unit reads a few columns
     return shared
@@ -277,7 +278,15 @@ def _chunk_size(n_units: int, n_jobs) -> int:
 
 
 def _work_chunk(
-    chunk, *, template, inputs, statistic, batch, burden, random_state, min_nonzero,
+    chunk,
+    *,
+    template,
+    inputs,
+    statistic,
+    batch,
+    burden,
+    random_state,
+    min_nonzero,
     checkpoint_dir,
 ):
     """Test the units of one task; returns ``[(unit, frame), ...]``."""
