@@ -1,4 +1,4 @@
-"""Gasperini et al. 2019 (high MOI): calibration, power and discoveries for three resampling methods.
+"""Gasperini et al. 2019 (high MOI): calibration, power and discoveries for 3 resampling methods.
 
 The real high-MOI CRISPRi screen that SCEPTRE ships as example data (K562, 40,002 cells x 366
 genes, 79 gRNAs; ``../shared/data/gasperini2019_highmoi.h5ad``). gRNAs are assigned by thresholding
@@ -18,7 +18,7 @@ and ``stratified_perm`` with 8 quantile bins of ``log1p_non_ntc_guides_per_cell`
 high-MOI settings). Writes ``gasperini_highmoi_comparison.csv``, ``gasperini_highmoi_positive_
 controls.csv`` and ``gasperini_highmoi_qq.png`` to ``--out``.
 
-Run it with ``python examples/gasperini_highmoi.py`` (about 2 minutes on 2 cores).
+Run it with ``python examples/gasperini_highmoi.py`` (under a minute on 2 cores).
 """
 
 from __future__ import annotations

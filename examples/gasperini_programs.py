@@ -16,7 +16,7 @@ Methods: ``bernoulli_index``, ``stratified_perm`` (batch x 20 propensity bins) a
 ``stratified_perm`` with 8 quantile bins of ``log1p_non_ntc_guides_per_cell``. Writes
 ``gasperini_programs_comparison.csv`` and ``gasperini_programs_qq.png`` to ``--out``.
 
-Run it with ``python examples/gasperini_programs.py`` (about a minute on 2 cores).
+Run it with ``python examples/gasperini_programs.py`` (under a minute on 2 cores).
 """
 
 from __future__ import annotations
@@ -89,9 +89,7 @@ def add_nmf_programs(adata, n_programs: int, seed: int) -> NMF:
     size = np.asarray(counts.sum(axis=1)).ravel()
     norm = sp.diags(1e4 / np.maximum(size, 1.0)) @ counts
     norm.data = np.log1p(norm.data)
-    model = NMF(
-        n_components=n_programs, init="nndsvda", tol=1e-3, max_iter=1000, random_state=seed
-    )
+    model = NMF(n_components=n_programs, init="nndsvda", tol=1e-3, max_iter=1000, random_state=seed)
     usage = model.fit_transform(norm)
     total = usage.sum(axis=1, keepdims=True)
     usage = np.divide(usage, total, out=np.full_like(usage, 1.0 / n_programs), where=total > 0)

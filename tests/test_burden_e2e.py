@@ -25,7 +25,7 @@ treated as independent given the strata. The accepted range is the central 99.9 
 interval of ``Binomial(n_eff, 0.01) / n_eff``.
 
 Size and speed: 8,000 cells, 60 NTC guides (30 groups of 2, the median guides per target),
-20 programs and 100 genes, 499 resamples, no adaptive stage; about 15 s on 2 cores.
+20 programs and 100 genes, 499 resamples, no adaptive stage; about 12 s on 2 cores.
 """
 
 import numpy as np

@@ -15,7 +15,7 @@ batch, 20 propensity bins and 8 quantile bins of ``log1p_non_ntc_guides_per_cell
   p < 1e-3 with a negative log2 fold change; 499 first-stage resamples and an adaptive second
   stage of 4,999 (smallest two-sided p-value 2/5000 = 4e-4).
 
-Needs ``../shared/data`` next to the repository (skipped with a reason otherwise); about 45 s on
+Needs ``../shared/data`` next to the repository (skipped with a reason otherwise); about 15 s on
 2 cores, most of it the NB null fit of 366 genes on 40,002 cells.
 """
 

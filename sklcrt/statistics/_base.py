@@ -41,6 +41,9 @@ _COMPACT_FRACTION = 0.5
 # A selection of at least this fraction of the responses is gathered from the stored pieces of
 # all responses (no copy) and subset afterwards.
 _FULL_FRACTION = 0.5
+# Pieces up to this size are gathered from the CSR resamples (they stay in cache, so the
+# row-wise product's scattered reads are cheap and the CSR -> CSC conversion is saved).
+_CACHED_PIECES_BYTES = 1 * 2**20
 
 
 _BLAS_CONTROLLER = None
@@ -75,14 +78,34 @@ class _Chunk:
         The cells the columns stand for (None: all cells).
     """
 
-    __slots__ = ("rows", "csr", "csc", "n_in_row", "cells")
+    __slots__ = ("rows", "csr", "_csc", "n_in_row", "cells", "plan")
 
-    def __init__(self, rows, csr, cells):
+    def __init__(self, rows, csr, cells, plan=None):
         self.rows = rows
         self.csr = csr
-        self.csc = csr.tocsc()
+        self._csc = None
         self.n_in_row = np.diff(csr.indptr).astype(np.float64)
         self.cells = cells
+        self.plan = plan
+
+    @property
+    def csc(self):
+        """The chunk as CSC (converted on first use)."""
+        if self._csc is None:
+            self._csc = self.csr.tocsc()
+        return self._csc
+
+    def gather(self, pieces: np.ndarray) -> np.ndarray:
+        """``R_chunk @ pieces`` with the kernel that suits the size of ``pieces``.
+
+        Pieces that fit in cache are gathered row by row from the CSR matrix (no conversion);
+        larger ones column by column from the CSC matrix, which streams through them. Both add
+        each output element's terms in increasing cell order (the indices are sorted), so the
+        sums are the same.
+        """
+        if pieces.shape[0] * pieces.shape[1] * pieces.itemsize <= _CACHED_PIECES_BYTES:
+            return np.asarray(self.csr @ pieces)
+        return np.asarray(self.csc @ pieces)
 
 
 def _check_resamples(R, n_cells: int, *, name: str = "R") -> sp.csr_matrix:
@@ -341,15 +364,18 @@ class BaseStatistic(BaseEstimator):
         else:
             stored = None
 
+        n_rows = n_cells if cells is None else cells.size
+        plan, per_response = self._plan(n_rows, R.nnz, targets.size, stored is not None)
         if stored is not None:
             k = G
         elif self.block_size is not None:
             k = int(self.block_size)
         else:
-            n_rows = n_cells if cells is None else cells.size
-            k = max(1, _BLOCK_BYTES // (n_rows * self._stored_per_response * 8))
+            k = max(1, _BLOCK_BYTES // (n_rows * per_response * 8))
         k = min(k, targets.size)
-        chunks = self._chunks(R, cells, _OUTPUT_BYTES // (k * self._gathered_per_response * 8))
+        chunks = self._chunks(
+            R, cells, _OUTPUT_BYTES // (k * self._gathered_per_response * 8), plan
+        )
         if k < targets.size:
             # Several blocks reuse the prepared chunks; a single block prepares them lazily, so
             # only one chunk's per-resample terms are alive at a time.
@@ -357,7 +383,7 @@ class BaseStatistic(BaseEstimator):
 
         identity = targets.size == cols.size and np.array_equal(targets, cols)
         dest = out if identity else np.empty((R.shape[0], targets.size))
-        scratch: dict = {}
+        scratch: dict = {"plan": plan}
         for start in range(0, targets.size, k):
             block = targets[start : start + k]
             pieces = stored if stored is not None else self._pieces(cells, block, scratch)
@@ -428,7 +454,7 @@ class BaseStatistic(BaseEstimator):
             )
         return cols
 
-    def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int):
+    def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int, plan=None):
         """Split the resamples into runs whose gather output stays in cache (a generator)."""
         chunk_rows = max(1, int(chunk_rows))
         if cells is not None:
@@ -442,7 +468,7 @@ class BaseStatistic(BaseEstimator):
                     (part.data, position[part.indices], part.indptr),
                     shape=(part.shape[0], cells.size),
                 )
-            chunk = _Chunk(rows, part, cells)
+            chunk = _Chunk(rows, part, cells, plan)
             yield chunk, self._prepare(chunk)
 
     # ---------------------------------------------------------------- subclass hooks
@@ -453,6 +479,16 @@ class BaseStatistic(BaseEstimator):
 
     def _fit(self, Y, Q):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _plan(self, n_rows: int, nnz: int, n_targets: int, stored: bool):
+        """How one :meth:`evaluate` call gathers, and the dense values per cell and response.
+
+        ``n_rows`` cells, ``nnz`` treated cells over all resamples, ``n_targets`` distinct
+        responses, ``stored``: whether the stored pieces of all responses are gathered. The plan
+        is passed to :meth:`_prepare` (as ``chunk.plan``) and :meth:`_pieces` (as
+        ``scratch["plan"]``).
+        """
+        return None, self._stored_per_response
 
     def _stored_pieces(self):
         """Pieces of all responses and cells, (n_cells, n_responses * width), or None."""
@@ -471,7 +507,7 @@ class BaseStatistic(BaseEstimator):
 
     def _gather(self, chunk: _Chunk, shared, pieces):
         """Sums of the pieces over each resample's treated cells: ``R @ pieces``."""
-        return np.asarray(chunk.csc @ pieces)
+        return chunk.gather(pieces)
 
     def _finish(self, sums, shared, block: np.ndarray) -> np.ndarray:
         """Statistics (n_in_chunk, len(block)) from the gathered sums of the pieces."""

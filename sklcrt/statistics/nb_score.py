@@ -217,6 +217,17 @@ class _CountTable:
     def sum(self, terms: np.ndarray) -> np.ndarray:
         return np.bincount(self.resp, self.weight * terms, minlength=self.k)
 
+    def subset(self, rows: np.ndarray) -> _CountTable:
+        """The table of the responses ``rows`` (increasing), renumbered 0..len(rows)-1."""
+        sub = object.__new__(_CountTable)
+        position = np.full(self.k, -1, dtype=np.int64)
+        position[rows] = np.arange(rows.size)
+        new_resp = position[self.resp]
+        keep = new_resp >= 0
+        sub.resp, sub.value, sub.weight = new_resp[keep], self.value[keep], self.weight[keep]
+        sub.k = int(rows.size)
+        return sub
+
 
 def _theta_loglik(th, Y, mu, table: _CountTable, *, derivatives: bool):
     """Profile NB log-likelihood in theta for fixed mu (and d/dθ, d²/dθ²), per response.
@@ -226,16 +237,26 @@ def _theta_loglik(th, Y, mu, table: _CountTable, *, derivatives: bool):
     """
     thc = th[:, None]
     l1p = np.log1p(mu / thc)
-    ll = -((Y + thc) * l1p).sum(axis=1)
+    y_th = Y + thc
+    ll = -(y_th * l1p).sum(axis=1)
     y = table.value
     t = th[table.resp]
     ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
     if not derivatives:
         return ll
-    tpm = thc + mu
-    ratio = (Y + thc) * mu / (thc * tpm)
-    g = -(l1p - ratio).sum(axis=1)
-    h = (2.0 * mu / (thc * tpm) - ratio * (2.0 * thc + mu) / (thc * tpm)).sum(axis=1)
+    # The same expressions as d/dθ and d²/dθ² written out, with common terms computed once.
+    den = thc * (thc + mu)
+    ratio = y_th * mu
+    ratio /= den
+    l1p -= ratio
+    g = -l1p.sum(axis=1)
+    first = 2.0 * mu
+    first /= den
+    second = 2.0 * thc + mu
+    second *= ratio
+    second /= den
+    first -= second
+    h = first.sum(axis=1)
     g += table.sum(psi(y + t) - psi(t) - y / t)
     h += table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2)
     return ll, g, h
@@ -253,29 +274,42 @@ def _theta_mle(Y, mu, theta0, bounds, table, *, max_iter, tol):
     phi = np.clip(np.log(theta0), lo, hi)
     ll, g, h = _theta_loglik(np.exp(phi), Y, mu, table, derivatives=True)
     done = np.zeros(phi.size, dtype=bool)
+    # Responses that are done keep their theta; only the others are evaluated (each response's
+    # terms are computed on their own, so this gives the same values as evaluating all).
     for _ in range(max_iter):
-        th = np.exp(phi)
-        g_phi = th * g
-        h_phi = th * th * h + g_phi
+        act = np.flatnonzero(~done)
+        if act.size == phi.size:
+            Ya, mua, ta = Y, mu, table
+        else:
+            Ya, mua, ta = Y[act], mu[act], table.subset(act)
+        pa = phi[act]
+        th = np.exp(pa)
+        g_phi = th * g[act]
+        h_phi = th * th * h[act] + g_phi
         concave = h_phi < 0
         step = np.where(concave, -g_phi / np.where(concave, h_phi, -1.0), np.sign(g_phi))
         step = np.clip(step, -2.0, 2.0)
-        step[done] = 0.0
-        new_phi = np.clip(phi + step, lo, hi)
-        new = _theta_loglik(np.exp(new_phi), Y, mu, table, derivatives=True)
+        new_phi = np.clip(pa + step, lo, hi)
+        new_ll, new_g, new_h = _theta_loglik(np.exp(new_phi), Ya, mua, ta, derivatives=True)
+        ll_a = ll[act]
         for _ in range(_MAX_HALVINGS):
-            worse = new[0] < ll - 1e-12 * np.abs(ll)
+            worse = new_ll < ll_a - 1e-12 * np.abs(ll_a)
             if not worse.any():
                 break
             step[worse] *= 0.5
-            new_phi = np.where(worse, np.clip(phi + step, lo, hi), new_phi)
-            new = _theta_loglik(np.exp(new_phi), Y, mu, table, derivatives=True)
-        worse = new[0] < ll - 1e-12 * np.abs(ll)
-        moved = np.abs(new_phi - phi)
+            new_phi = np.where(worse, np.clip(pa + step, lo, hi), new_phi)
+            w = np.flatnonzero(worse)
+            new_ll[w], new_g[w], new_h[w] = _theta_loglik(
+                np.exp(new_phi[w]), Ya[w], mua[w], ta.subset(w), derivatives=True
+            )
+        worse = new_ll < ll_a - 1e-12 * np.abs(ll_a)
+        moved = np.abs(new_phi - pa)
         moved[worse] = 0.0
-        phi = np.where(worse, phi, new_phi)
-        ll, g, h = (np.where(worse, old, n) for old, n in zip((ll, g, h), new, strict=True))
-        done |= moved <= tol
+        phi[act] = np.where(worse, pa, new_phi)
+        ll[act] = np.where(worse, ll_a, new_ll)
+        g[act] = np.where(worse, g[act], new_g)
+        h[act] = np.where(worse, h[act], new_h)
+        done[act] |= moved <= tol
         if done.all():
             break
     return np.clip(np.exp(phi), bounds[0], bounds[1])
@@ -488,7 +522,28 @@ class NBScoreStatistic(BaseStatistic):
         self.pieces_cached_ = bool(piece_bytes <= self.cache_bytes)
         self._cache = None
         if self.pieces_cached_:
-            self._cache = self._build_pieces(None, np.arange(G))
+            self._cache = self._build_cache(k)
+
+    def _build_cache(self, k):
+        """``_build_pieces`` of all responses and cells, with small temporaries.
+
+        The linear predictor comes from one product (as in ``_build_pieces``, so the values are
+        the same), written into ``W``; the rest is done ``k`` responses at a time.
+        """
+        G = self.n_responses_
+        a, W = np.empty((self.n_cells_, G)), np.empty((self.n_cells_, G))
+        np.matmul(self.basis_, self.coef_.T, out=W)
+        for start in range(0, G, k):
+            part = slice(start, min(G, start + k))
+            mu = np.minimum(W[:, part], _ETA_MAX)
+            np.exp(mu, out=mu)
+            inv = mu * (1.0 / self.theta_[part])
+            inv += 1.0
+            np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
+            np.multiply(mu, inv, out=W[:, part])
+            np.subtract(_dense_block(self._Y, np.arange(start, part.stop)), mu, out=a[:, part])
+            a[:, part] *= inv
+        return a, W
 
     def _fit_block(self, QT, gram, Yb, beta, bounds):
         kw = {"max_iter": self.max_iter, "tol": self.tol}
@@ -514,10 +569,24 @@ class NBScoreStatistic(BaseStatistic):
         return beta, theta, conv
 
     # ---------------------------------------------------------------- evaluate
-    # The pieces of a block of k responses are two dense (cells x k) arrays, a and W. The sums
-    # Σ_{i∈x} W_i q_i come from the same W gathered with weights q_i: the resample matrix is
-    # stacked with copies of itself whose entries are the cells' basis values (built once per
-    # chunk of resamples, shared by all responses), and M is applied after the gather.
+    # The pieces of a block of k responses are two dense (cells x k) arrays, a and W; the
+    # statistic needs Σ_{i∈x} a_i, Σ_{i∈x} W_i and Σ_{i∈x} W_i q_i per resample. Two plans:
+    #
+    # - "direct": the pieces are [a, W, W q_1, ..., W q_r] per cell ((r + 2) k values), built
+    #   per block, and one gather gives all sums. Costs (r + 2) values per cell and response.
+    # - "stacked": the resample matrix is stacked with copies of itself whose entries are the
+    #   cells' basis values ([R; R diag(q_1); ...], built once per chunk of resamples and shared
+    #   by all responses), so that one gather of W gives ΣW and ΣWq. Used with the stored pieces
+    #   of all responses (no copy), or where building W q for every response would cost more
+    #   than stacking the resamples.
+    #
+    # Both add the same products in the same (cell) order, so they give the same sums.
+    def _plan(self, n_rows, nnz, n_targets, stored):
+        r = self.rank_
+        if stored or n_rows * n_targets * r > 4 * nnz * (r + 1):
+            return "stacked", 2
+        return "direct", r + 2
+
     def _build_pieces(self, cells, block, a=None, W=None):
         """Dense ``a`` and ``W`` of shape (n_rows, len(block)), cell-major."""
         Q = self.basis_ if cells is None else self.basis_[cells]
@@ -539,16 +608,34 @@ class NBScoreStatistic(BaseStatistic):
         return self._cache
 
     def _pieces(self, cells, block, scratch):
+        n = self.n_cells_ if cells is None else cells.size
+        k = block.size
+        if scratch.get("plan") == "direct":
+            width = (self.rank_ + 2) * k
+            buf = scratch.get("direct")
+            if buf is None or buf.size < n * width:
+                buf = scratch["direct"] = np.empty(n * width)
+            P = buf[: n * width].reshape(n, self.rank_ + 2, k)
+            if self._cache is None:
+                a, W = self._build_pieces(cells, block, P[:, 0], P[:, 1])
+            else:
+                a, W = self._cached_pieces(cells, block)
+                P[:, 0], P[:, 1] = a, W
+            Q = self.basis_ if cells is None else self.basis_[cells]
+            np.multiply(P[:, 1, None, :], Q[:, :, None], out=P[:, 2:])
+            return P.reshape(n, width)
         if self._cache is None:
-            n = self.n_cells_ if cells is None else cells.size
-            size = n * block.size
+            size = n * k
             buf = scratch.get("pieces")
             if buf is None or buf.shape[1] < size:
                 buf = scratch["pieces"] = np.empty((2, size))
-            shape = (n, block.size)
+            shape = (n, k)
             return self._build_pieces(
                 cells, block, buf[0, :size].reshape(shape), buf[1, :size].reshape(shape)
             )
+        return self._cached_pieces(cells, block)
+
+    def _cached_pieces(self, cells, block):
         if cells is None:
             return tuple(np.take(part, block, axis=1) for part in self._cache)
         return tuple(part[np.ix_(cells, block)] for part in self._cache)
@@ -557,8 +644,10 @@ class NBScoreStatistic(BaseStatistic):
         """``[R; R diag(q_1); ...; R diag(q_r)]`` as CSC: one gather of W gives ΣW and ΣWq.
 
         Built straight in CSC order: each entry of ``R`` becomes r + 1 consecutive entries of
-        its column (the gather does not need sorted row indices).
+        its column (the gather does not need sorted row indices). None for the direct plan.
         """
+        if chunk.plan == "direct":
+            return None
         R = chunk.csc
         Q = self.basis_ if chunk.cells is None else self.basis_[chunk.cells]
         r, (b, n) = self.rank_, R.shape
@@ -573,6 +662,9 @@ class NBScoreStatistic(BaseStatistic):
         return sp.csc_matrix((data.ravel(), indices, indptr), shape=((r + 1) * b, n))
 
     def _gather(self, chunk, stacked, pieces):
+        if stacked is None:
+            sums = chunk.gather(pieces).reshape(chunk.csr.shape[0], self.rank_ + 2, -1)
+            return sums[:, 0], sums[:, 1:].transpose(1, 0, 2)
         a, W = pieces
         s_a = np.asarray(chunk.csc @ a)
         s_w = np.asarray(stacked @ W).reshape(self.rank_ + 1, s_a.shape[0], -1)
