@@ -87,7 +87,7 @@ def _docstring_summary(path: Path) -> str | None:
 
 
 def _examples_rst() -> str:
-    files = sorted(EXAMPLES.glob("*.py")) if EXAMPLES.is_dir() else []
+    files = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
     configs = sorted(EXAMPLES.glob("*.toml")) if EXAMPLES.is_dir() else []
     if not files and not configs:
         return "\n.. note::\n\n   No example scripts are in ``examples/`` yet.\n"

@@ -23,21 +23,16 @@ Run it with ``python examples/gasperini_highmoi.py`` (under a minute on 2 cores)
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import anndata as ad
-import matplotlib
+import pandas as pd
+from _common import base_parser, high_moi_methods, save_positive_controls, save_qq_panels
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from sklcrt.assignment import add_burden_covariates, assign_guides  # noqa: E402
-from sklcrt.inputs import prepare_crt_inputs  # noqa: E402
-from sklcrt.plotting import qq_plot  # noqa: E402
-from sklcrt.runners import (  # noqa: E402
+from sklcrt.assignment import add_burden_covariates, assign_guides
+from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.runners import (
     calibration_summary,
     discovery_analysis,
     fit_null_model,
@@ -45,7 +40,6 @@ from sklcrt.runners import (  # noqa: E402
     run_ntc_groups,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 COVARIATES = [
     "batch",
     "log1p_response_n_umis",
@@ -53,31 +47,11 @@ COVARIATES = [
     "log1p_grna_n_umis",
     "log1p_grna_n_nonzero",
 ]
-STRATIFIED = dict(n_bins=20, stratify_by_batch=True, batch_key="batch")
-METHODS = {
-    "bernoulli_index": dict(resampling_method="bernoulli_index", resampling_kwargs=None),
-    "stratified_perm": dict(resampling_method="stratified_perm", resampling_kwargs=STRATIFIED),
-    "stratified_perm + burden bins": dict(
-        resampling_method="stratified_perm",
-        resampling_kwargs=dict(
-            STRATIFIED,
-            burden_key="log1p_non_ntc_guides_per_cell",
-            n_burden_bins=8,
-            burden_bin_method="quantile",
-        ),
-    ),
-}
+METHODS = high_moi_methods()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".." / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "_static" / "validation")
-    parser.add_argument("--n-resamples", type=int, default=499)
-    parser.add_argument("--n-resamples-adaptive", type=int, default=4999)
-    parser.add_argument("--alpha", type=float, default=0.1, help="BH level for discoveries")
-    parser.add_argument("--n-jobs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = base_parser(__doc__.splitlines()[0])
     return parser.parse_args(argv)
 
 
@@ -139,25 +113,18 @@ def main(argv=None):
 
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "gasperini_highmoi_comparison.csv", index=False)
-    pcs = pd.concat(pc_tables, ignore_index=True)
-    wide = pcs.pivot(index="grna_target", columns="method", values="p_value")[list(METHODS)]
-    first = pcs[pcs["method"] == "stratified_perm + burden bins"].set_index("grna_target")
-    wide.insert(0, "log2FC", first["effect"].round(3))
-    wide.insert(0, "n_treated", first["n_treated"])
-    wide.columns = [c if c in ("n_treated", "log2FC") else f"p ({c})" for c in wide.columns]
-    wide.reset_index().to_csv(
-        args.out / "gasperini_highmoi_positive_controls.csv", index=False, float_format="%.4g"
+    save_positive_controls(
+        pc_tables,
+        METHODS,
+        "stratified_perm + burden bins",
+        args.out / "gasperini_highmoi_positive_controls.csv",
     )
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    qq_plot(ntc_p, ax=axes[0])
-    axes[0].set_title("NTC groups x genes (null)")
-    qq_plot(disc_p, ax=axes[1])
-    axes[1].set_title("Discovery pairs (enhancer -> gene)")
-    fig.suptitle("Gasperini 2019, high MOI, NB score")
-    fig.tight_layout()
-    fig.savefig(args.out / "gasperini_highmoi_qq.png", dpi=110)
-    plt.close(fig)
+    save_qq_panels(
+        {"NTC groups x genes (null)": ntc_p, "Discovery pairs (enhancer -> gene)": disc_p},
+        "Gasperini 2019, high MOI, NB score",
+        args.out / "gasperini_highmoi_qq.png",
+    )
     print(table.to_string(index=False))
     print(f"total: {time.perf_counter() - start:.1f} s")
 

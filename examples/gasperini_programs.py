@@ -21,31 +21,24 @@ Run it with ``python examples/gasperini_programs.py`` (under a minute on 2 cores
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import anndata as ad
-import matplotlib
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from _common import base_parser, high_moi_methods, save_qq_panels
+from sklearn.decomposition import NMF
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from sklearn.decomposition import NMF  # noqa: E402
-
-from sklcrt.assignment import add_burden_covariates, assign_guides  # noqa: E402
-from sklcrt.inputs import prepare_crt_inputs  # noqa: E402
-from sklcrt.plotting import qq_plot  # noqa: E402
-from sklcrt.runners import (  # noqa: E402
+from sklcrt.assignment import add_burden_covariates, assign_guides
+from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.runners import (
     calibration_summary,
     fit_null_model,
     run_gene_loop,
     run_ntc_ensemble,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 COVARIATES = [
     "batch",
     "log1p_response_n_umis",
@@ -53,33 +46,13 @@ COVARIATES = [
     "log1p_grna_n_umis",
     "log1p_grna_n_nonzero",
 ]
-STRATIFIED = dict(n_bins=20, stratify_by_batch=True, batch_key="batch")
-METHODS = {
-    "bernoulli_index": dict(resampling_method="bernoulli_index", resampling_kwargs=None),
-    "stratified_perm": dict(resampling_method="stratified_perm", resampling_kwargs=STRATIFIED),
-    "stratified_perm + burden bins": dict(
-        resampling_method="stratified_perm",
-        resampling_kwargs=dict(
-            STRATIFIED,
-            burden_key="log1p_non_ntc_guides_per_cell",
-            n_burden_bins=8,
-            burden_bin_method="quantile",
-        ),
-    ),
-}
+METHODS = high_moi_methods()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".." / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "_static" / "validation")
+    parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n-programs", type=int, default=15)
-    parser.add_argument("--n-resamples", type=int, default=499)
-    parser.add_argument("--n-resamples-adaptive", type=int, default=4999)
     parser.add_argument("--n-ensemble", type=int, default=5)
-    parser.add_argument("--alpha", type=float, default=0.1, help="BH level for discoveries")
-    parser.add_argument("--n-jobs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -160,15 +133,14 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "gasperini_programs_comparison.csv", index=False)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    qq_plot(ntc_p, ax=axes[0])
-    axes[0].set_title(f"NTC ensemble ({args.n_ensemble} groupings) x programs (null)")
-    qq_plot(loop_p, ax=axes[1])
-    axes[1].set_title("Gene loop: targets x programs")
-    fig.suptitle(f"Gasperini 2019, {args.n_programs} NMF programs, OLS on CLR usages")
-    fig.tight_layout()
-    fig.savefig(args.out / "gasperini_programs_qq.png", dpi=110)
-    plt.close(fig)
+    save_qq_panels(
+        {
+            f"NTC ensemble ({args.n_ensemble} groupings) x programs (null)": ntc_p,
+            "Gene loop: targets x programs": loop_p,
+        },
+        f"Gasperini 2019, {args.n_programs} NMF programs, OLS on CLR usages",
+        args.out / "gasperini_programs_qq.png",
+    )
     print(table.to_string(index=False))
     print(f"total: {time.perf_counter() - start:.1f} s")
 

@@ -18,55 +18,27 @@ Run it with ``python examples/simulated_burden.py`` (about 2 minutes on 2 cores;
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from _common import base_parser, high_moi_methods, save_qq_panels
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from sklcrt.datasets import simulate_screen  # noqa: E402
-from sklcrt.inputs import prepare_crt_inputs  # noqa: E402
-from sklcrt.plotting import qq_plot  # noqa: E402
-from sklcrt.runners import (  # noqa: E402
+from sklcrt.datasets import simulate_screen
+from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.runners import (
     calibration_summary,
     discovery_analysis,
     fit_null_model,
     run_ntc_groups,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 COVARIATES = ["batch", "log1p_response_n_umis"]  # batch + library size, no burden
-STRATIFIED = dict(n_bins=20, stratify_by_batch=True, batch_key="batch")
-METHODS = {
-    "bernoulli_index": dict(resampling_method="bernoulli_index", resampling_kwargs=None),
-    "stratified_perm": dict(resampling_method="stratified_perm", resampling_kwargs=STRATIFIED),
-    "stratified_perm + burden bins": dict(
-        resampling_method="stratified_perm",
-        resampling_kwargs=dict(
-            STRATIFIED,
-            burden_key="log1p_non_ntc_guides_per_cell",
-            n_burden_bins=8,
-            burden_bin_method="quantile",
-        ),
-    ),
-}
+METHODS = high_moi_methods()
 RESPONSES = {"counts": "gene", "programs": "program"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".." / "shared" / "data",
-                        help="unused: the screen is simulated")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "_static" / "validation")
-    parser.add_argument("--n-resamples", type=int, default=499)
-    parser.add_argument("--n-resamples-adaptive", type=int, default=4999)
-    parser.add_argument("--alpha", type=float, default=0.1, help="BH level for discoveries")
-    parser.add_argument("--n-jobs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = base_parser(__doc__.splitlines()[0], data_help="unused: the screen is simulated")
     return parser.parse_args(argv)
 
 
@@ -131,14 +103,11 @@ def main(argv=None):
 
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "simulated_burden_comparison.csv", index=False)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    for ax, (response, sets) in zip(axes, qq.items(), strict=True):
-        qq_plot(sets, ax=ax)
-        ax.set_title(f"NTC groups x {response} (null)")
-    fig.suptitle("Simulated high-MOI screen, propensity on batch + library size only")
-    fig.tight_layout()
-    fig.savefig(args.out / "simulated_burden_qq.png", dpi=110)
-    plt.close(fig)
+    save_qq_panels(
+        {f"NTC groups x {response} (null)": sets for response, sets in qq.items()},
+        "Simulated high-MOI screen, propensity on batch + library size only",
+        args.out / "simulated_burden_qq.png",
+    )
     print(table.to_string(index=False))
     print(f"total: {time.perf_counter() - start:.1f} s")
 
