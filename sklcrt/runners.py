@@ -148,6 +148,7 @@ def _make_test(
     resampling_kwargs,
     n_resamples,
     n_resamples_adaptive,
+    adaptive_threshold,
     alternative,
     pvalue_method,
     propensity,
@@ -160,6 +161,7 @@ def _make_test(
         resampling_kwargs=None if resampling_kwargs is None else dict(resampling_kwargs),
         n_resamples=n_resamples,
         n_resamples_adaptive=n_resamples_adaptive,
+        adaptive_threshold=adaptive_threshold,
         alternative=alternative,
         pvalue_method=pvalue_method,
     )
@@ -445,7 +447,7 @@ _SHARED_DOC = """
     statistic : BaseStatistic, default=None
         Fitted or unfitted statistic; default by response kind (NB score for counts, OLS for
         programs). Pass a fitted one to reuse its null model across analyses.
-    n_resamples, n_resamples_adaptive, alternative, pvalue_method, propensity
+    n_resamples, n_resamples_adaptive, adaptive_threshold, alternative, pvalue_method, propensity
         As in :class:`CRTTest`.
     test : CRTTest, default=None
         A configured template that replaces the options above (its statistic is ignored).
@@ -482,6 +484,7 @@ def _common(kwargs: dict):
         resampling_kwargs=kwargs.pop("resampling_kwargs", None),
         n_resamples=kwargs.pop("n_resamples", 499),
         n_resamples_adaptive=kwargs.pop("n_resamples_adaptive", 4999),
+        adaptive_threshold=kwargs.pop("adaptive_threshold", 0.02),
         alternative=kwargs.pop("alternative", "two-sided"),
         pvalue_method=kwargs.pop("pvalue_method", "empirical"),
         propensity=kwargs.pop("propensity", None),

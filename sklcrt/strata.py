@@ -50,6 +50,10 @@ def factorize_batch(batch, name: str = "batch") -> tuple[np.ndarray, np.ndarray]
         batch = batch.iloc[:, 0]
     if np.ndim(batch) != 1:
         raise ValueError(f"{name} must be 1-D (one label per cell), got shape {np.shape(batch)}.")
+    if isinstance(batch, np.ndarray) and batch.dtype.kind in "iu" and batch.size:
+        codes = _factorize_small_ints(batch)
+        if codes is not None:
+            return codes
     series = batch if isinstance(batch, pd.Series) else pd.Series(batch)
     codes, uniques = pd.factorize(series)  # order of appearance; missing -> -1
     if codes.size and codes.min() < 0:
@@ -69,6 +73,20 @@ def factorize_batch(batch, name: str = "batch") -> tuple[np.ndarray, np.ndarray]
     codes = rank[codes]
     labels = np.asarray(uniques)[order]
     return codes.astype(np.int64, copy=False), labels
+
+
+def _factorize_small_ints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """What :func:`factorize_batch` returns, by counting, for non-negative integer codes.
+
+    Stratum ids and pre-factorised batches are small non-negative integers, factorised once per
+    unit; counting is several times faster than hashing. None when the values are not small.
+    """
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi > 4 * values.size + 1024:
+        return None
+    present = np.bincount(values, minlength=hi + 1) > 0
+    rank = np.cumsum(present) - 1
+    return rank[values].astype(np.int64, copy=False), np.flatnonzero(present).astype(values.dtype)
 
 
 class StratumEncoder(BaseEstimator):

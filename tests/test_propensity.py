@@ -180,12 +180,34 @@ def test_labels_attributes_and_predictions():
     np.testing.assert_allclose(NewtonLogisticRegression().fit(X, y).predict_proba(X), proba)
 
 
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.arange(30) % 2,
+        (np.arange(30) % 2).astype(bool),
+        (np.arange(30) % 2 + 4).astype(np.uint8),
+        np.where(np.arange(30) % 2, 7, -2),
+    ],
+)
+def test_integer_labels(y):
+    X = np.random.default_rng(7).normal(size=(30, 2))
+    model = NewtonLogisticRegression().fit(X, y)
+    np.testing.assert_array_equal(model.classes_, np.unique(y))
+    assert model.classes_.dtype == np.unique(y).dtype
+
+
 def test_binary_only_and_one_class_errors():
     X = np.random.default_rng(7).normal(size=(30, 2))
     with pytest.raises(ValueError, match="Only binary classification"):
         NewtonLogisticRegression().fit(X, np.arange(30) % 3)
+    with pytest.raises(ValueError, match="Only binary classification"):
+        NewtonLogisticRegression().fit(X, (np.arange(30) % 3).astype(np.uint8))
     with pytest.raises(ValueError, match="only one class"):
         NewtonLogisticRegression().fit(X, np.ones(30))
+    with pytest.raises(ValueError, match="only one class"):
+        NewtonLogisticRegression().fit(X, np.ones(30, dtype=int))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        NewtonLogisticRegression().fit(X, np.linspace(0, 1, 30))
     with pytest.raises(ValueError, match="both classes"):
         NewtonLogisticRegression().fit(X, np.arange(30) % 2, sample_weight=np.arange(30) % 2)
     with pytest.raises(ValueError, match="sample_weight"):

@@ -122,10 +122,26 @@ def test_batch_factorization_is_sorted_and_order_independent():
     np.testing.assert_array_equal(a[perm], b)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 3000), min_size=1, max_size=300),
+    dtype=st.sampled_from([np.int64, np.int32, np.uint16]),
+)
+def test_integer_factorization_matches_the_general_path(values, dtype):
+    # Small non-negative integers are factorised by counting; same codes and labels as pandas.
+    arr = np.array(values, dtype=dtype)
+    codes, labels = factorize_batch(arr)
+    ref_codes, ref_labels = factorize_batch(pd.Series(arr))
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(labels, ref_labels)
+    assert codes.dtype == ref_codes.dtype and labels.dtype == ref_labels.dtype
+
+
 @pytest.mark.parametrize(
     "batch",
     [
         np.array([10, 2, 2, 10]),
+        np.array([2**40, -3, -3, 2**40]),
         pd.Series(["y", "x", "x", "y"]),
         pd.Categorical(["y", "x", "x", "y"]),
         ["y", "x", "x", "y"],
