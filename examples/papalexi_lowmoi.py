@@ -9,15 +9,19 @@ formula (``log(response_n_nonzero) + log(response_n_umis) + bio_rep``). Then, fo
 
 - the calibration check: an NTC ensemble (5 random groupings of the 9 non-targeting gRNAs into
   groups of 4, the median number of gRNAs per target) against every gene, twice: with the other
-  cells that carry a non-targeting gRNA as controls (SCEPTRE's ``"nt_cells"`` control group, a true
-  null: the data are subset to the NTC cells and get their own null model), and with every other
-  cell as controls (the runners' default, the complement set). At low MOI the complement of an NTC
+  cells that carry only non-targeting gRNAs as controls (``control_group="nt_cells"``, SCEPTRE's
+  low-MOI default: a true null), and with every other cell as controls
+  (``control_group="complement"``, the runners' default). At low MOI the complement of an NTC
   group is mostly knocked-out cells, and trans effects of those knockouts (the IFN-gamma pathway:
   IFNGR1/2, JAK2, STAT1, IRF1...) make NTC cells genuinely differ from them, so the second check is
-  expected to reject often: it shows why low-MOI calibration checks use NTC cells as controls;
+  expected to reject often: it shows why low-MOI analyses use NTC cells as controls;
 - the power check: the 9 positive-control pairs (knocked-out gene -> its own expression);
 - the discovery analysis: the 7,765 trans pairs (every target x every other gene),
   Benjamini-Hochberg at 0.1.
+
+The power check and the discovery analysis also use ``control_group="nt_cells"``: each target's
+cells are compared with the NTC cells, not with the knock-outs of the other targets. One NB null
+model per gene, fitted on all cells, serves every analysis and both control groups.
 
 Methods: ``perm`` (one stratum: the classic permutation test of a low-MOI screen) and
 ``stratified_perm`` by biological replicate (``batch_key="bio_rep"``, no propensity bins). Writes
@@ -37,7 +41,7 @@ import pandas as pd
 from _common import base_parser, save_positive_controls, save_qq_panels
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
-from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.inputs import prepare_crt_inputs, unit_treatment
 from sklcrt.runners import (
     calibration_summary,
     discovery_analysis,
@@ -60,16 +64,6 @@ def parse_args(argv=None):
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n-ensemble", type=int, default=5)
     return parser.parse_args(argv)
-
-
-def ntc_cells_only(adata):
-    """The cells that carry a non-targeting gRNA (at low MOI: exactly one), with burden columns."""
-    names = [str(g) for g in adata.uns["guide_names"]]
-    ntc = [j for j, g in enumerate(names) if adata.uns["guide2gene"][g] == "non-targeting"]
-    carries = adata.obsm["guide_assignment"][:, ntc].getnnz(axis=1) > 0
-    sub = adata[carries].copy()
-    add_burden_covariates(sub)
-    return sub
 
 
 def load(data_dir: Path):
@@ -104,14 +98,10 @@ def main(argv=None):
         adata, response="counts", covariates=COVARIATES, batch_key="bio_rep"
     )
     statistic = fit_null_model(inputs)  # NB GLM per gene, shared by every method and analysis
-    ntc_adata = ntc_cells_only(adata)
-    ntc_inputs = prepare_crt_inputs(
-        ntc_adata, response="counts", covariates=COVARIATES, batch_key="bio_rep"
-    )
-    ntc_statistic = fit_null_model(ntc_inputs)  # null model of the NTC cells only
+    n_ntc = int(unit_treatment(inputs, inputs["ntc_guides"]).sum())
     print(
-        f"{adata.n_obs} cells ({ntc_adata.n_obs} with an NTC gRNA); inputs and NB null models: "
-        f"{time.perf_counter() - start:.1f} s"
+        f"{adata.n_obs} cells ({n_ntc} with an NTC gRNA, the nt_cells control group); inputs "
+        f"and NB null model: {time.perf_counter() - start:.1f} s"
     )
 
     data_dir = args.data_dir
@@ -130,18 +120,13 @@ def main(argv=None):
     rows, ntc_p, disc_p, pc_tables = [], {}, {}, []
     for name, method in METHODS.items():
         tic = time.perf_counter()
-        ntc = run_ntc_ensemble(
-            ntc_inputs,
-            n_ensemble=args.n_ensemble,
-            group_size=median_group,
-            **{**run, "statistic": ntc_statistic},
-            **method,
+        ensemble = dict(n_ensemble=args.n_ensemble, group_size=median_group, **run, **method)
+        ntc = run_ntc_ensemble(inputs, control_group="nt_cells", **ensemble)
+        ntc_all = run_ntc_ensemble(inputs, control_group="complement", **ensemble)
+        pc = power_check(inputs, positive, control_group="nt_cells", **run, **method)
+        disc = discovery_analysis(
+            inputs, discovery, alpha=args.alpha, control_group="nt_cells", **run, **method
         )
-        ntc_all = run_ntc_ensemble(
-            inputs, n_ensemble=args.n_ensemble, group_size=median_group, **run, **method
-        )
-        pc = power_check(inputs, positive, **run, **method)
-        disc = discovery_analysis(inputs, discovery, alpha=args.alpha, **run, **method)
         summary = calibration_summary(ntc, alpha=args.alpha)
         summary_all = calibration_summary(ntc_all, alpha=args.alpha)
         found = (pc["p_value"] < 1e-3) & (pc["effect"] < 0)

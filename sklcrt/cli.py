@@ -45,6 +45,8 @@ RESPONSE_KINDS = ("counts", "programs")
 RESAMPLING_METHODS = ("bernoulli_index", "crt", "stratified_perm", "perm")
 ALTERNATIVES = ("two-sided", "less", "greater")
 PVALUE_METHODS = ("empirical", "skew_normal")
+#: Same as :data:`sklcrt.runners.CONTROL_GROUPS` (kept here so ``--help`` stays light).
+CONTROL_GROUPS = ("complement", "nt_cells")
 #: Same as :data:`sklcrt.assignment.DEFAULT_NTC_LABELS` (kept here so ``--help`` stays light).
 NTC_LABELS = ("non-targeting", "non_targeting", "nontargeting", "NTC")
 
@@ -176,6 +178,14 @@ _TOP = (
         "bernoulli_index (= crt, the classic "
         "CRT), stratified_perm (recommended at high MOI) or perm.",
         choices=RESAMPLING_METHODS,
+    ),
+    Option(
+        "control_group",
+        "str",
+        "complement",
+        "Cells each unit is compared with: complement (every other cell) or nt_cells (the "
+        "cells with non-targeting guides only; SCEPTRE's recommendation at low MOI).",
+        choices=CONTROL_GROUPS,
     ),
     Option("n_resamples", "int", 499, "First-stage resamples per unit.", minimum=1),
     Option(
@@ -957,6 +967,7 @@ def run_analysis(
     common = dict(
         statistic=statistic,
         resampling_method=config["resampling_method"],
+        control_group=config["control_group"],
         n_resamples=config["n_resamples"],
         n_resamples_adaptive=config["n_resamples_adaptive"],
         alternative=config["alternative"],
@@ -1114,7 +1125,8 @@ def _summary_text(summary: dict, config: dict, out_dir: Path) -> str:
         f"sklcrt {summary['command']}: {source}",
         f"screen: {screen['n_cells']} cells, {screen['n_responses']} {screen['response_kind']} "
         f"responses, {screen['n_targets']} targets, {screen['n_ntc_guides']} NTC guides",
-        f"resampling: {config['resampling_method']} {_resampling_kwargs(config)}",
+        f"resampling: {config['resampling_method']} {_resampling_kwargs(config)}, "
+        f"control_group={config['control_group']}",
         f"n_resamples={config['n_resamples']}, n_resamples_adaptive="
         f"{config['n_resamples_adaptive']}, alternative={config['alternative']}, "
         f"pvalue_method={config['pvalue_method']}, random_state={config['random_state']}",

@@ -32,6 +32,35 @@ from sklcrt.strata import StratumEncoder
 __all__ = ["CRTTest"]
 
 
+def _resamples_on_cells(resamples: sp.csr_matrix, cells: np.ndarray, n_cells: int) -> sp.csr_matrix:
+    """Resamples drawn on a subset of the cells, as rows over all ``n_cells`` cells.
+
+    Column ``j`` of ``resamples`` is cell ``cells[j]``; ``cells`` is increasing (e.g.
+    ``np.flatnonzero(eligible)``), so the mapped column indices stay sorted within every row and
+    the result is canonical CSR, shape ``(n_resamples, n_cells)``; the cells outside ``cells`` are
+    untreated in every resample. Cost ``O(nnz)``.
+
+    Why the test stays valid: the null model of each response is fitted once on all cells
+    without the treatment, so the statistic is a fixed function of the treatment vector, and
+    under the null hypothesis the treatment is exchangeable among the eligible cells (within
+    strata) given the covariates. Permuting the treated cells among the eligible cells only, with
+    every other cell left untreated as observed, is a valid randomization test of that null: the
+    p-value compares the treated cells with the eligible controls only.
+    """
+    index_dtype = resamples.indices.dtype if n_cells < 2**31 - 1 else np.int64
+    out = sp.csr_matrix(
+        (
+            resamples.data,
+            cells[resamples.indices].astype(index_dtype, copy=False),
+            resamples.indptr.astype(index_dtype, copy=False),
+        ),
+        shape=(resamples.shape[0], n_cells),
+    )
+    out.has_sorted_indices = True
+    out.has_canonical_format = True
+    return out
+
+
 class CRTTest(BaseEstimator):
     """Conditional randomization / stratified permutation test of one unit against many responses.
 
@@ -93,7 +122,10 @@ class CRTTest(BaseEstimator):
     statistic_ : ndarray of shape (n_responses,)
         Observed test statistic for each response.
     effect_ : ndarray of shape (n_responses,)
-        Effect size (OLS beta, or log2 fold change for counts).
+        Effect size (OLS beta, or log2 fold change for counts). It always comes from the
+        statistic's all-cells model: the coefficient of ``x`` added to the null model fitted on
+        every cell, i.e. the treated cells against all other cells (adjusted for ``C``), also
+        when ``fit`` is given ``eligible`` (see Notes).
     effect_se_ : ndarray of shape (n_responses,)
         Standard error of ``effect_``.
     pvalues_ : ndarray of shape (n_responses,)
@@ -105,14 +137,32 @@ class CRTTest(BaseEstimator):
     n_treated_ : int
         Treated cells.
     propensity_ : ndarray of shape (n_cells,) or None
-        Fitted ``P(x = 1 | C)``, ``None`` when the sampler needs none.
+        Fitted ``P(x = 1 | C)``, ``None`` when the sampler needs none; 0 for cells outside
+        ``eligible``.
     strata_ : ndarray of shape (n_cells,) or None
-        Stratum id of each cell, ``None`` for unstratified samplers.
+        Stratum id of each cell, ``None`` for unstratified samplers; -1 for cells outside
+        ``eligible``.
     diagnostics_ : dict
-        Stratum diagnostics, resampling method and stage counts.
+        Stratum diagnostics, resampling method, stage counts and ``n_eligible`` (cells that may
+        be treated in a resample; ``n_cells`` without ``eligible``).
     null_distribution_ : ndarray of shape (n_resamples, n_responses)
         First-stage null statistics, only when ``store_null=True``.
     statistic_estimator_, sampler_, encoder_, propensity_model_ : fitted components.
+
+    Notes
+    -----
+    **Control group.** By default the treated cells are compared with all other cells
+    (SCEPTRE's "complement" control group). ``fit(..., eligible=mask)`` restricts the
+    comparison: the propensity model, the strata and the sampler are fitted on the eligible cells
+    only, and the resamples treat eligible cells only, so the p-value compares the treated cells
+    with the eligible controls (e.g. SCEPTRE's "nt_cells": the cells with non-targeting guides
+    only, recommended at low MOI, where the other cells are mostly knock-outs with their own
+    trans effects). The responses' null models are still fitted once on all cells, without the
+    treatment, which keeps the test valid: the statistic is then a fixed function of the
+    treatment vector, invariant to how the treatment is permuted among the eligible cells. The
+    observed ``statistic_``, ``effect_`` and ``effect_se_`` are those of the all-cells model
+    (``effect_`` is the treated cells against all other cells, adjusted for ``C``); only the
+    reference distribution, hence ``pvalues_``, is restricted to the eligible cells.
 
     Examples
     --------
@@ -227,7 +277,7 @@ class CRTTest(BaseEstimator):
         return True
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, *, Y=None, batch=None, burden=None, columns=None):
+    def fit(self, X, y, *, Y=None, batch=None, burden=None, columns=None, eligible=None):
         """Test the unit ``y`` against every response in ``Y``.
 
         Parameters
@@ -244,6 +294,13 @@ class CRTTest(BaseEstimator):
             Raw burden values (e.g. ``log1p_non_ntc_guides_per_cell``), binned into strata.
         columns : array-like of int, default=None
             Test only these responses (indices into the statistic's responses).
+        eligible : array-like of bool of shape (n_cells,), default=None
+            The cells that may be treated in a resample (the control group plus the treated
+            cells, e.g. SCEPTRE's ``"nt_cells"``: the treated cells and the cells that carry only
+            non-targeting guides). Every treated cell must be eligible, and some eligible cells
+            must be controls. The propensity model, the strata and the sampler are fitted on the
+            eligible cells only; the other cells stay untreated in every resample (and get
+            propensity 0 and stratum -1). ``None`` means every cell.
 
         Returns
         -------
@@ -252,8 +309,9 @@ class CRTTest(BaseEstimator):
         self._validate_params()
         C = _check_covariates(X)
         x = check_binary_treatment(y, "y")
-        check_same_length(X=C, y=x, batch=batch, burden=burden)
+        check_same_length(X=C, y=x, batch=batch, burden=burden, eligible=eligible)
         check_has_both_arms(x, "y")
+        eligible = _check_eligible(eligible, x)
         if burden is not None:
             burden = check_1d_numeric(burden, "burden")
         if batch is not None:
@@ -274,23 +332,39 @@ class CRTTest(BaseEstimator):
                 )
 
         method, sampler, encoder = self._resolve_components(burden)
+        # Every model of the treatment (propensity, strata, sampler) sees the eligible cells only;
+        # the statistic (the responses' null models) keeps all cells.
+        if eligible is None:
+            cells = None
+            C_e, x_e, batch_e, burden_e = C, x, batch, burden
+        else:
+            cells = np.flatnonzero(eligible)
+            C_e, x_e = C[cells], x[cells]
+            batch_e = None if batch is None else batch[cells]
+            burden_e = None if burden is None else burden[cells]
         p_hat = None
         propensity_model = None
         if self._needs_propensity(sampler, encoder):
             propensity_model = (
                 NewtonLogisticRegression() if self.propensity is None else clone(self.propensity)
             )
-            p_hat = fit_propensity(propensity_model, C, x)
+            p_hat = fit_propensity(propensity_model, C_e, x_e)
         strata = None
         if encoder is not None:
-            use_batch = batch if getattr(encoder, "stratify_by_batch", True) else None
-            p_for_bins = p_hat if p_hat is not None else np.zeros(x.size)
-            strata = encoder.fit_transform(p_for_bins, batch=use_batch, burden=burden)
-        sampler.fit(x, strata=strata, p_hat=p_hat)
+            use_batch = batch_e if getattr(encoder, "stratify_by_batch", True) else None
+            p_for_bins = p_hat if p_hat is not None else np.zeros(x_e.size)
+            strata = encoder.fit_transform(p_for_bins, batch=use_batch, burden=burden_e)
+        sampler.fit(x_e, strata=strata, p_hat=p_hat)
+
+        def draw(n_resamples, rng):
+            resamples = sampler.sample(n_resamples, random_state=rng)
+            if cells is None:
+                return resamples
+            return _resamples_on_cells(resamples, cells, x.size)
 
         rng = as_generator(self.random_state)
         observed = statistic.observed(x, columns=columns)
-        null = statistic.evaluate(sampler.sample(self.n_resamples, random_state=rng), columns)
+        null = statistic.evaluate(draw(self.n_resamples, rng), columns)
         final_method = "empirical" if self.n_resamples_adaptive else self.pvalue_method
         pvalues, methods = compute_pvalues(
             observed["statistic"], null, alternative=self.alternative, method=final_method
@@ -305,9 +379,7 @@ class CRTTest(BaseEstimator):
             n_stage2 = int(second.size)
             if n_stage2:
                 cols2 = second if columns is None else columns[second]
-                null2 = statistic.evaluate(
-                    sampler.sample(self.n_resamples_adaptive, random_state=rng), cols2
-                )
+                null2 = statistic.evaluate(draw(self.n_resamples_adaptive, rng), cols2)
                 p2, m2 = compute_pvalues(
                     observed["statistic"][second],
                     null2,
@@ -322,6 +394,13 @@ class CRTTest(BaseEstimator):
         self.sampler_ = sampler
         self.encoder_ = encoder
         self.propensity_model_ = propensity_model
+        if cells is not None:
+            # Full-length attributes: ineligible cells are never treated (propensity 0) and
+            # belong to no stratum (-1).
+            if p_hat is not None:
+                p_hat = _on_cells(p_hat, cells, x.size, 0.0)
+            if strata is not None:
+                strata = _on_cells(strata, cells, x.size, -1)
         self.propensity_ = p_hat
         self.strata_ = strata
         self.columns_ = columns
@@ -337,6 +416,7 @@ class CRTTest(BaseEstimator):
             "resampling_method": method,
             "n_cells": int(x.size),
             "n_treated": self.n_treated_,
+            "n_eligible": int(x.size if cells is None else cells.size),
             "n_stage2": n_stage2,
         }
         if encoder is not None:
@@ -392,6 +472,33 @@ class CRTTest(BaseEstimator):
                 "n_strata": self.diagnostics_.get("n_strata", 1),
             }
         )
+
+
+def _check_eligible(eligible, x: np.ndarray) -> np.ndarray | None:
+    """``eligible`` as a boolean mask, or ``None`` when it is absent or marks every cell."""
+    if eligible is None:
+        return None
+    mask = check_binary_treatment(eligible, "eligible")
+    outside = int(np.count_nonzero(x & ~mask))
+    if outside:
+        raise ValueError(
+            f"{outside} treated cell(s) of y are not eligible; eligible must mark every treated "
+            "cell (and the control cells they are compared with), e.g. treated | control_group."
+        )
+    if int(np.count_nonzero(mask)) == int(np.count_nonzero(x)):
+        raise ValueError(
+            "eligible marks no control cell (every eligible cell is treated); eligible must also "
+            "mark the control cells the treated cells are compared with."
+        )
+    # All cells eligible is the plain test: take exactly the same path (bit-identical results).
+    return None if mask.all() else mask
+
+
+def _on_cells(values: np.ndarray, cells: np.ndarray, n_cells: int, fill) -> np.ndarray:
+    """``values`` of the cells ``cells`` spread over ``n_cells``, ``fill`` elsewhere."""
+    out = np.full(n_cells, fill, dtype=np.asarray(values).dtype)
+    out[cells] = values
+    return out
 
 
 def _check_covariates(X) -> np.ndarray:

@@ -59,6 +59,10 @@ RESULT_COLUMNS = [
 ]
 
 
+#: Control groups of the runners' ``control_group`` option, in SCEPTRE's words.
+CONTROL_GROUPS = ("complement", "nt_cells")
+
+
 # ---------------------------------------------------------------------- inputs and models
 def _as_inputs(data, input_kwargs) -> dict:
     if isinstance(data, dict):
@@ -99,6 +103,38 @@ def fit_null_model(inputs: dict, statistic=None):
     else:
         statistic = clone(statistic)
     return statistic.fit(inputs["Y"], inputs["C"])
+
+
+def _control_cells(inputs: dict, control_group: str) -> np.ndarray | None:
+    """The cells every unit is compared with besides its own: ``None`` for the complement
+    (all other cells), else the cells whose guides are all non-targeting (at least one)."""
+    if control_group not in CONTROL_GROUPS:
+        raise ValueError(
+            f"control_group must be one of {list(CONTROL_GROUPS)}, got {control_group!r}."
+        )
+    if control_group == "complement":
+        return None
+    guides = inputs["guides"]
+    names = [str(g) for g in inputs["guide_names"]]
+    ntc = set(map(str, inputs["ntc_guides"]))
+    is_ntc = np.array([g in ntc for g in names], dtype=bool)
+    if sp.issparse(guides):
+        carried = sp.csr_matrix(guides) != 0
+        n_guides = carried.getnnz(axis=1)
+        n_ntc = carried[:, np.flatnonzero(is_ntc)].getnnz(axis=1)
+    else:
+        carried = np.asarray(guides) != 0
+        n_guides = carried.sum(axis=1)
+        n_ntc = carried[:, is_ntc].sum(axis=1)
+    controls = (n_ntc > 0) & (n_ntc == n_guides)
+    if not controls.any():
+        raise ValueError(
+            f"control_group='nt_cells' needs cells that carry only non-targeting guides, but none "
+            f"of the {controls.size} cells does ({int(is_ntc.sum())} non-targeting guides: "
+            f"{sorted(ntc)[:5]}). Check ntc_labels of prepare_crt_inputs, or use "
+            "control_group='complement'."
+        )
+    return np.asarray(controls, dtype=bool)
 
 
 def _strata_inputs(inputs: dict, test: CRTTest) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -168,17 +204,25 @@ def _make_test(
 
 
 # ---------------------------------------------------------------------- one unit
-def _qc_counts(Y, x: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nonzero-expression cells among treated and control cells for each selected response."""
+def _qc_counts(
+    Y, x: np.ndarray, columns: np.ndarray, eligible: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nonzero-expression cells among treated and control cells for each selected response.
+
+    Control cells are the eligible untreated cells (all untreated cells when ``eligible`` is
+    None)."""
     if sp.issparse(Y):
         sub = Y[:, columns].tocsc() if not sp.isspmatrix_csc(Y) else Y[:, columns]
         nz = sub.copy()
         nz.data = (nz.data != 0).astype(np.int64)
-        total = np.asarray(nz.sum(axis=0)).ravel()
+        if eligible is None:
+            total = np.asarray(nz.sum(axis=0)).ravel()
+        else:
+            total = np.asarray(nz[np.flatnonzero(eligible)].sum(axis=0)).ravel()
         treated = np.asarray(nz[np.flatnonzero(x)].sum(axis=0)).ravel()
     else:
         sub = np.asarray(Y)[:, columns] != 0
-        total = sub.sum(axis=0)
+        total = sub.sum(axis=0) if eligible is None else sub[eligible].sum(axis=0)
         treated = sub[x].sum(axis=0)
     return treated.astype(np.int64), (total - treated).astype(np.int64)
 
@@ -200,6 +244,10 @@ def _test_unit(
     names = np.asarray(inputs["response_names"], dtype=object)
     x = unit_treatment(inputs, guides)
     n_treated = int(x.sum())
+    controls = inputs.get("control_cells")
+    # The cells a resample may treat: the unit's cells and the control group (None: all cells).
+    eligible = None if controls is None else x | controls
+    n_control = x.size - n_treated if eligible is None else int(eligible.sum()) - n_treated
     rows = pd.DataFrame({"unit": unit, "grna_target": target, "response": names[columns]})
     rows["n_treated"] = n_treated
     for col in ("statistic", "effect", "effect_se", "p_value"):
@@ -212,11 +260,16 @@ def _test_unit(
     pass_qc = np.ones(len(columns), dtype=bool)
     reason = np.full(len(columns), "", dtype=object)
 
-    if n_treated == 0 or n_treated == x.size:
+    if n_treated == 0 or n_control == 0:
         pass_qc[:] = False
-        reason[:] = "no treated cells" if n_treated == 0 else "no control cells"
+        if n_treated == 0:
+            reason[:] = "no treated cells"
+        elif controls is None:
+            reason[:] = "no control cells"
+        else:
+            reason[:] = "no control cells (every cell of the control group is treated)"
     elif inputs["response_kind"] == "counts" and min_nonzero > 0:
-        nz_t, nz_c = _qc_counts(inputs["Y"], x, columns)
+        nz_t, nz_c = _qc_counts(inputs["Y"], x, columns, eligible)
         rows["n_nonzero_treated"] = nz_t
         rows["n_nonzero_control"] = nz_c
         low_t, low_c = nz_t < min_nonzero, nz_c < min_nonzero
@@ -226,7 +279,15 @@ def _test_unit(
 
     if pass_qc.any():
         test = clone(template).set_params(statistic=statistic, random_state=random_state)
-        test.fit(inputs["C"], x, Y=None, batch=batch, burden=burden, columns=columns[pass_qc])
+        test.fit(
+            inputs["C"],
+            x,
+            Y=None,
+            batch=batch,
+            burden=burden,
+            columns=columns[pass_qc],
+            eligible=eligible,
+        )
         ok = np.flatnonzero(pass_qc)
         rows.loc[ok, "statistic"] = test.statistic_
         rows.loc[ok, "effect"] = test.effect_
@@ -260,9 +321,11 @@ _UNIT_INPUT_KEYS = ("response_names", "response_kind", "C", "guides", "guide_nam
 _MAX_CHUNK = 32
 
 
-def _unit_inputs(inputs: dict) -> dict:
-    """The part of ``inputs`` that :func:`_test_unit` reads, with the guides in CSC form."""
+def _unit_inputs(inputs: dict, control_cells: np.ndarray | None = None) -> dict:
+    """The part of ``inputs`` that :func:`_test_unit` reads, with the guides in CSC form, and the
+    control group's cells (``None``: every other cell, see :func:`_control_cells`)."""
     shared = {k: inputs[k] for k in _UNIT_INPUT_KEYS}
+    shared["control_cells"] = control_cells
     if inputs["response_kind"] == "counts":  # read by the pairwise QC, a few columns per unit
         Y = inputs["Y"]
         shared["Y"] = sp.csc_matrix(Y) if sp.issparse(Y) else Y
@@ -331,8 +394,12 @@ def _run_units(
     min_nonzero: int,
     desc: str,
     fingerprint_extra: dict,
+    control_cells: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Test every (unit, target, guides, columns) job; results in job order, seed per unit name."""
+    """Test every (unit, target, guides, columns) job; results in job order, seed per unit name.
+
+    ``control_cells`` (from :func:`_control_cells`, computed once per run) is the control group
+    each unit is compared with besides its own cells; ``None`` compares with all other cells."""
     if random_state is None:
         raise ValueError(
             "random_state=None would make a screen irreproducible; pass an integer seed."
@@ -369,7 +436,7 @@ def _run_units(
             batch = factorize_batch(batch, "batch")[0]
         except ValueError:
             pass  # e.g. missing labels: left to the encoder, which says so if it uses them
-    shared = _unit_inputs(inputs)
+    shared = _unit_inputs(inputs, control_cells)
     options = dict(
         template=template,
         inputs=shared,
@@ -451,9 +518,19 @@ _SHARED_DOC = """
         As in :class:`CRTTest`.
     test : CRTTest, default=None
         A configured template that replaces the options above (its statistic is ignored).
+    control_group : {"complement", "nt_cells"}, default="complement"
+        The cells a unit's treated cells are compared with, in SCEPTRE's words.
+        ``"complement"``: every other cell. ``"nt_cells"``: the cells that carry only
+        non-targeting guides (at least one, no targeting guide); each unit's resamples then treat
+        only its own cells and those (``eligible`` of :meth:`sklcrt.crt.CRTTest.fit`), and for
+        NTC groups the controls are the other NTC cells. SCEPTRE recommends ``"nt_cells"`` at
+        low MOI, where the other cells are mostly knock-outs of other targets with real trans
+        effects, and ``"complement"`` at high MOI (where few cells carry only non-targeting
+        guides). The null model of every response stays fitted on all cells, so ``effect`` is
+        still the treated cells against all other cells; only the p-value's reference changes.
     min_nonzero : int, default=7
         Counts only: pairs with fewer treated or control cells with nonzero expression keep their
-        row with ``pass_qc=False`` and a reason.
+        row with ``pass_qc=False`` and a reason (control cells: those of ``control_group``).
     n_jobs : int, default=1
         Units run in parallel with joblib (any backend, e.g. dask).
     random_state : int, default=0
@@ -494,6 +571,7 @@ def _common(kwargs: dict):
 _RUN_OPTIONS = (
     "statistic",
     "test",
+    "control_group",
     "min_nonzero",
     "n_jobs",
     "random_state",
@@ -514,6 +592,11 @@ def _execute(
 ) -> pd.DataFrame:
     common, run, input_kwargs = _split_kwargs(dict(kwargs))
     inputs = _as_inputs(data, input_kwargs)
+    control_group = run.get("control_group", "complement")
+    control_cells = _control_cells(inputs, control_group)  # once per run, before the null fit
+    if control_group != "complement":
+        # Only when set, so checkpoints of runs made before the option existed still resume.
+        fingerprint_extra = {**fingerprint_extra, "control_group": control_group}
     template = _make_test(run.get("test"), **common)
     statistic = fit_null_model(inputs, run.get("statistic"))
     jobs = jobs_builder(inputs)
@@ -533,6 +616,7 @@ def _execute(
             "desc": desc,
             "statistic": repr(run.get("statistic")),
         },
+        control_cells=control_cells,
     )
     return results, run
 
@@ -795,6 +879,7 @@ def run_ntc_ensemble(
         raise ValueError(f"n_ensemble must be >= 1, got {n_ensemble}.")
     common, run, input_kwargs = _split_kwargs(dict(kwargs))
     inputs = _as_inputs(data, input_kwargs)
+    _control_cells(inputs, run.get("control_group", "complement"))  # bad values fail early
     run["statistic"] = fit_null_model(inputs, run.get("statistic"))
     key_added = run.pop("key_added", None)
     checkpoint_dir = run.pop("checkpoint_dir", None)

@@ -233,6 +233,49 @@ n_ntc_guides = 4
     assert calib["response"].str.startswith("program_").all()
 
 
+LOW_MOI_CONFIG = """
+input = "simulate"
+analyses = ["calibration"]
+response = "counts"
+covariates = ["batch", "log1p_response_n_umis"]
+resampling_method = "perm"
+n_resamples = 49
+n_resamples_adaptive = 0
+control_group = "{control_group}"
+[calibration]
+n_pairs = 20
+[simulate]
+n_cells = 600
+n_genes = 10
+n_targets = 3
+n_ntc_guides = 4
+moi = 1.0
+response = "counts"
+"""
+
+
+def test_control_group_nt_cells(tmp_path, capsys):
+    tables = {}
+    for group in ("complement", "nt_cells"):
+        folder = tmp_path / group
+        folder.mkdir()
+        cfg = _write_config(folder, LOW_MOI_CONFIG.format(control_group=group))
+        code, stdout, err = _run(["run", str(cfg), "--quiet"], capsys)
+        assert code == 0, err
+        out = folder / "sklcrt_results"
+        assert f"control_group={group}" in (out / "summary.txt").read_text()
+        assert json.loads((out / "summary.json").read_text())["config"]["control_group"] == group
+        tables[group] = pd.read_csv(out / "calibration.csv")
+    a, b = tables["complement"], tables["nt_cells"]
+    assert len(a) == len(b) == 20
+    tested = a["pass_qc"] & b["pass_qc"]
+    assert tested.sum() > 5
+    # same statistic (all-cells null model), other controls: other p-values and QC counts
+    pd.testing.assert_series_equal(a.loc[tested, "statistic"], b.loc[tested, "statistic"])
+    assert not a.loc[tested, "p_value"].equals(b.loc[tested, "p_value"])
+    assert (b["n_nonzero_control"] <= a["n_nonzero_control"]).all()
+
+
 def test_progress_messages_unless_quiet(config_dir, capsys):
     cfg = _write_config(config_dir, BASE_CONFIG)
     code, stdout, err = _run(["calibrate", str(cfg)], capsys)
@@ -271,6 +314,11 @@ ERRORS = [
         "bad choice",
         BASE_CONFIG.replace('"stratified_perm"', '"stratified_prem"'),
         "'resampling_method' has 'stratified_prem' (did you mean 'stratified_perm'?)",
+    ),
+    (
+        "bad control group",
+        BASE_CONFIG.replace("random_state = 1", 'random_state = 1\ncontrol_group = "nt-cells"'),
+        "'control_group' has 'nt-cells' (did you mean 'nt_cells'?)",
     ),
     (
         "out of range",
@@ -385,11 +433,15 @@ def test_schema_matches_the_library():
             expected = list(value) if isinstance(value, tuple) else value
             assert schema[key].default == expected, key
     assert tuple(cli.NTC_LABELS) == tuple(DEFAULT_NTC_LABELS)
+    from sklcrt.runners import CONTROL_GROUPS
+
+    assert tuple(cli.CONTROL_GROUPS) == CONTROL_GROUPS
     top = {o.name: o.default for o in CONFIG_SCHEMA[""]}
     crt = CRTTest().get_params()
     for key in ("n_resamples", "n_resamples_adaptive", "alternative", "pvalue_method"):
         assert top[key] == crt[key], key
     assert top["resampling_method"] == "bernoulli_index"  # the string API's default
+    assert top["control_group"] == "complement"  # the runners' default
     signature = inspect.signature(prepare_crt_inputs).parameters
     for key in (
         "response",

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid
 
 from sklcrt.crt import CRTTest
-from sklcrt.propensity import NewtonLogisticRegression
+from sklcrt.propensity import NewtonLogisticRegression, fit_propensity
 from sklcrt.samplers import BernoulliSampler, PermutationSampler, StratifiedPermutationSampler
 from sklcrt.statistics import NBScoreStatistic, OLSStatistic
 from sklcrt.strata import StratumEncoder
@@ -284,3 +284,142 @@ def test_newton_propensity_is_default():
         sampler=PermutationSampler(), n_resamples=9, n_resamples_adaptive=0, random_state=0
     ).fit(C, x, Y=Y)
     assert perm.propensity_ is None and perm.strata_ is None
+
+
+# ---------------------------------------------------------------------- eligible cells
+class _RecordingOLS(OLSStatistic):
+    """OLS statistic that keeps every resample matrix it evaluates."""
+
+    def evaluate(self, R, columns=None):
+        self.seen_ = [*getattr(self, "seen_", []), R]
+        return super().evaluate(R, columns)
+
+
+ELIGIBLE_CONFIGS = {
+    "bernoulli": dict(),
+    "stratified": dict(
+        resampling_method="stratified_perm",
+        resampling_kwargs=dict(n_bins=4, burden_key="b", n_burden_bins=3),
+    ),
+    "perm": dict(resampling_method="perm"),
+}
+
+
+@pytest.mark.parametrize("name", list(ELIGIBLE_CONFIGS))
+def test_eligible_none_or_all_true_is_unchanged(name):
+    C, batch, burden, Y, rng = _confounded_null(n=900, g=6, seed=3)
+    x = _unit(C, rng)
+    config = ELIGIBLE_CONFIGS[name]
+    kwargs = dict(batch=batch, burden=burden if "resampling_kwargs" in config else None)
+
+    def fit(**extra):
+        test = CRTTest(
+            n_resamples=99, n_resamples_adaptive=199, adaptive_threshold=0.5, random_state=4,
+            store_null=True, **config,
+        )  # fmt: skip
+        return test.fit(C, x, Y=Y, **kwargs, **extra)
+
+    base = fit()
+    for other in (fit(eligible=None), fit(eligible=np.ones(x.size, dtype=bool))):
+        np.testing.assert_array_equal(other.pvalues_, base.pvalues_)
+        np.testing.assert_array_equal(other.null_distribution_, base.null_distribution_)
+        np.testing.assert_array_equal(other.n_resamples_, base.n_resamples_)
+        assert other.diagnostics_["n_eligible"] == x.size
+    assert base.diagnostics_["n_stage2"] > 0  # the second stage ran too
+
+
+@pytest.mark.parametrize("name", list(ELIGIBLE_CONFIGS))
+def test_resamples_treat_eligible_cells_only(name):
+    C, batch, burden, Y, rng = _confounded_null(n=1500, g=3, seed=4)
+    x = _unit(C, rng)
+    eligible = x | (rng.random(x.size) < 0.4)
+    config = ELIGIBLE_CONFIGS[name]
+    stat = _RecordingOLS().fit(Y, C)
+    test = CRTTest(
+        statistic=stat, n_resamples=200, n_resamples_adaptive=0, random_state=0, **config
+    )
+    burden_arg = burden if "resampling_kwargs" in config else None
+    test.fit(C, x, batch=batch, burden=burden_arg, eligible=eligible)
+    (R,) = [r for r in stat.seen_ if r.shape[0] == 200]  # (observed() may evaluate x too)
+    assert R.shape == (200, x.size) and R.has_sorted_indices
+    assert np.all(np.diff(R.indices[R.indptr[0] : R.indptr[1]]) > 0)
+    assert R[:, ~eligible].nnz == 0  # an ineligible cell is never treated
+    assert R[:, eligible].nnz > 0
+    assert test.diagnostics_["n_eligible"] == int(eligible.sum())
+    if name == "bernoulli":
+        # propensity fitted on the eligible rows only, 0 elsewhere
+        p_e = fit_propensity(NewtonLogisticRegression(), C[eligible], x[eligible])
+        np.testing.assert_allclose(test.propensity_[eligible], p_e)
+        assert np.all(test.propensity_[~eligible] == 0)
+        # every eligible cell is drawn at about its propensity: the draws follow p_hat
+        freq = np.asarray(R[:, eligible].mean(axis=0)).ravel()
+        assert abs(freq.sum() - p_e.sum()) < 5 * np.sqrt(p_e.sum() / 200)
+    else:
+        # exactly the observed treated count in every stratum of the eligible cells
+        strata = test.strata_ if test.strata_ is not None else np.where(eligible, 0, -1)
+        assert np.all(strata[~eligible] == -1) and np.all(strata[eligible] >= 0)
+        n_strata = strata.max() + 1
+        onehot = np.zeros((x.size, n_strata))
+        onehot[eligible, strata[eligible]] = 1
+        per_stratum = R @ onehot
+        observed = np.bincount(strata[x], minlength=n_strata)
+        np.testing.assert_array_equal(per_stratum, np.broadcast_to(observed, per_stratum.shape))
+        if test.strata_ is not None:
+            assert test.diagnostics_["n_strata"] > 1
+
+
+def test_eligible_errors():
+    C, batch, burden, Y, rng = _confounded_null(n=300, g=2, seed=1)
+    x = _unit(C, rng)
+    eligible = x | (rng.random(x.size) < 0.5)
+    outside = eligible.copy()
+    outside[np.flatnonzero(x)[0]] = False
+    test = CRTTest(n_resamples=9, n_resamples_adaptive=0)
+    with pytest.raises(ValueError, match="1 treated cell.*not eligible"):
+        test.fit(C, x, Y=Y, eligible=outside)
+    with pytest.raises(ValueError, match="eligible marks no control cell"):
+        test.fit(C, x, Y=Y, eligible=x)
+    with pytest.raises(ValueError, match="length mismatch.*eligible"):
+        test.fit(C, x, Y=Y, eligible=eligible[:-1])
+    with pytest.raises(ValueError, match="eligible must be"):
+        test.fit(C, x, Y=Y, eligible=np.where(eligible, 2, 0))
+
+
+def _low_moi_screen(rng, n=3000, g=40, counts=False):
+    """Low MOI: 40 % NTC cells, 10 % cells of a null unit, 50 % knock-outs of other targets that
+    shift every response (a strong trans effect). Returns C, the unit, the NTC cells and Y."""
+    group = rng.choice(3, size=n, p=[0.4, 0.1, 0.5])  # 0 NTC, 1 the null unit, 2 knock-outs
+    loglib = rng.normal(0, 0.3, n)
+    C = np.column_stack([np.ones(n), loglib])
+    shift = rng.normal(0, 0.6, g) * (group == 2)[:, None]  # trans effects of the knock-outs
+    if counts:
+        mu = np.exp(1.0 + loglib[:, None] + shift)
+        Y = rng.negative_binomial(5.0, 5.0 / (5.0 + mu)).astype(float)
+    else:
+        Y = 0.5 * loglib[:, None] + shift + rng.normal(size=(n, g))
+    return C, group == 1, group == 0, Y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("counts", [False, True], ids=["ols", "nb"])
+def test_eligible_ntc_controls_calibrate_low_moi(counts):
+    rng = np.random.default_rng(11)
+    p_nt, p_all = [], []
+    for rep in range(15):
+        C, x, ntc, Y = _low_moi_screen(rng, counts=counts)
+        stat = (NBScoreStatistic() if counts else OLSStatistic()).fit(Y, C)
+        test = CRTTest(
+            statistic=stat, resampling_method="perm", n_resamples=199, n_resamples_adaptive=0,
+            random_state=rep,
+        )  # fmt: skip
+        p_nt.append(test.fit(C, x, eligible=x | ntc).pvalues_)
+        p_all.append(test.fit(C, x).pvalues_)
+    p_nt, p_all = np.concatenate(p_nt), np.concatenate(p_all)
+    assert p_nt.size == 600
+    se = np.sqrt(0.05 * 0.95 / p_nt.size)
+    # NTC cells as controls: calibrated (4 binomial standard errors, KS on the p-value grid)
+    assert abs(np.mean(p_nt <= 0.05) - 0.05) < 4 * se, np.mean(p_nt <= 0.05)
+    assert stats.kstest(p_nt, "uniform").pvalue > 1e-3
+    # every other cell as controls: the knock-outs' trans effects make the null unit "significant"
+    assert np.mean(p_all <= 0.05) > 0.05 + 20 * se, np.mean(p_all <= 0.05)
+    assert stats.kstest(p_all, "uniform").pvalue < 1e-10

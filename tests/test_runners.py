@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from sklcrt import runners
+from sklcrt.crt import CRTTest
 from sklcrt.datasets import simulate_screen
 from sklcrt.inputs import prepare_crt_inputs
 from sklcrt.runners import (
@@ -235,3 +236,99 @@ def test_unknown_pairs_error(inputs):
         run_gene_loop(
             inputs, pairs=pd.DataFrame({"response_id": ["x"], "grna_target": ["y"]}), **STRAT
         )
+
+
+# ---------------------------------------------------------------------- control_group="nt_cells"
+@pytest.fixture(scope="module")
+def low_moi_inputs():
+    adata = simulate_screen(
+        n_cells=3000, n_genes=30, n_targets=6, n_ntc_guides=8, moi=1.0, random_state=2
+    )
+    return prepare_crt_inputs(adata, response="counts")
+
+
+def _ntc_only_by_hand(inputs):
+    guides = inputs["guides"].toarray() != 0
+    is_ntc = np.isin(inputs["guide_names"], inputs["ntc_guides"])
+    return guides.any(axis=1) & ~guides[:, ~is_ntc].any(axis=1)
+
+
+def test_nt_cells_reproducible_across_n_jobs(low_moi_inputs):
+    targets = list(low_moi_inputs["units"])[:4]
+    a = run_gene_loop(
+        low_moi_inputs, targets=targets, control_group="nt_cells", n_jobs=1, random_state=3,
+        **STRAT,
+    )  # fmt: skip
+    b = run_gene_loop(
+        low_moi_inputs, targets=targets[::-1], control_group="nt_cells", n_jobs=2,
+        random_state=3, **STRAT,
+    )  # fmt: skip
+    key = ["grna_target", "response"]
+    pd.testing.assert_frame_equal(
+        a.sort_values(key).reset_index(drop=True).drop(columns=["p_adj", "significant"]),
+        b.sort_values(key).reset_index(drop=True).drop(columns=["p_adj", "significant"]),
+    )
+    assert a["pass_qc"].any()
+    complement = run_gene_loop(low_moi_inputs, targets=targets, random_state=3, **STRAT)
+    tested = a["pass_qc"] & complement["pass_qc"]
+    assert tested.sum() > 10
+    # same null model and observed statistic, another reference distribution
+    np.testing.assert_array_equal(a.loc[tested, "statistic"], complement.loc[tested, "statistic"])
+    assert not np.array_equal(a.loc[tested, "p_value"], complement.loc[tested, "p_value"])
+
+
+def test_nt_cells_controls_are_ntc_only_cells(low_moi_inputs, monkeypatch):
+    inputs = low_moi_inputs
+    ntc_only = _ntc_only_by_hand(inputs)
+    assert 0 < ntc_only.sum() < ntc_only.size
+    seen = []
+    original = CRTTest.fit
+
+    def spy(self, X, y, **kwargs):
+        seen.append((np.asarray(y, dtype=bool), kwargs["eligible"]))
+        return original(self, X, y, **kwargs)
+
+    monkeypatch.setattr(CRTTest, "fit", spy)
+    target = list(inputs["units"])[0]
+    res = run_unit(
+        inputs, target, control_group="nt_cells", resampling_method="perm", n_resamples=49,
+        n_resamples_adaptive=0, progress=False,
+    )  # fmt: skip
+    ntc = run_ntc_groups(
+        inputs, control_group="nt_cells", resampling_method="perm", n_resamples=49,
+        n_resamples_adaptive=0, progress=False,
+    )  # fmt: skip
+    assert len(seen) == 1 + ntc["unit"].nunique()
+    for x, eligible in seen:
+        np.testing.assert_array_equal(eligible, x | ntc_only)
+    # an NTC group's controls are the other NTC-only cells
+    x_group, eligible_group = seen[1]
+    assert np.all(ntc_only[eligible_group & ~x_group])
+    # QC counts the control cells among the eligible controls only
+    x = seen[0][0]
+    controls = ntc_only & ~x
+    Y = inputs["Y"]
+    names = list(inputs["response_names"])
+    for _, row in res.head(5).iterrows():
+        col = np.asarray(Y[:, names.index(row["response"])].todense()).ravel() != 0
+        assert row["n_nonzero_control"] == int(np.sum(col & controls))
+        assert row["n_nonzero_treated"] == int(np.sum(col & x))
+
+
+def test_control_group_errors(low_moi_inputs, tmp_path):
+    targets = list(low_moi_inputs["units"])[:1]
+    with pytest.raises(ValueError, match=r"control_group must be one of \['complement', 'nt_c"):
+        run_gene_loop(low_moi_inputs, targets=targets, control_group="ntc", **STRAT)
+    with pytest.raises(ValueError, match="control_group must be one of"):
+        run_ntc_ensemble(low_moi_inputs, n_ensemble=2, control_group="all", **STRAT)
+    no_ntc = dict(low_moi_inputs, ntc_guides=[])
+    with pytest.raises(ValueError, match="control_group='nt_cells' needs cells that carry only"):
+        run_gene_loop(no_ntc, targets=targets, control_group="nt_cells", **STRAT)
+    # resuming a checkpoint with another control group is refused
+    ckpt = str(tmp_path / "ckpt")
+    run_gene_loop(low_moi_inputs, targets=targets, checkpoint_dir=ckpt, **STRAT)
+    with pytest.raises(ValueError, match="other arguments"):
+        run_gene_loop(
+            low_moi_inputs, targets=targets, checkpoint_dir=ckpt, control_group="nt_cells",
+            **STRAT,
+        )  # fmt: skip
