@@ -9,6 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import sklcrt.statistics._base as base_module
+import sklcrt.statistics.nb_score as nb_module
 from sklcrt.statistics import BaseStatistic, NBScoreStatistic, OLSStatistic
 from sklcrt.statistics.nb_score import _CountTable, _theta_loglik
 
@@ -234,6 +235,32 @@ def test_nb_theta_is_the_maximum_likelihood_estimate():
             warnings.simplefilter("ignore")
             res = sm.NegativeBinomial(Y[:, g], X0).fit(disp=0, method="newton", tol=1e-12)
         np.testing.assert_allclose(stat.theta_[g], 1.0 / res.params[-1], rtol=1e-6)
+        np.testing.assert_allclose(
+            stat.basis_ @ stat.coef_[g], X0 @ res.params[:-1], rtol=1e-6, atol=1e-8
+        )
+    # The coefficients are at the maximum too: the score X'(y - mu) / (1 + mu/theta) is ~0.
+    score = ((Yt - mu_hat) / (1 + mu_hat / stat.theta_[:, None])) @ stat.basis_
+    assert np.abs(score).max() < 1e-6 * np.abs(Yt).sum(axis=1).max()
+    assert stat.converged_.all()
+
+
+def test_nb_fit_of_a_response_does_not_depend_on_the_others(monkeypatch):
+    # Each response converges on its own, so fitting it alone, in a smaller block or with other
+    # responses gives the same null model.
+    rng = np.random.default_rng(9)
+    thetas = np.array([0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 1.5])
+    C = _covariates(rng, 3000)
+    mu = np.exp(0.5 + 0.4 * C[:, :1] - 0.3 * C[:, 2:3] + rng.normal(0, 0.5, thetas.size))
+    Y = rng.negative_binomial(thetas, thetas / (thetas + mu)).astype(float)
+    full = NBScoreStatistic().fit(Y, C)
+    monkeypatch.setattr(nb_module, "_FIT_BLOCK_BYTES", 8 * 3000 * 3)  # blocks of 3 responses
+    blocks = NBScoreStatistic().fit(Y, C)
+    for g in (0, 4, 7):
+        alone = NBScoreStatistic().fit(Y[:, [g]], C)
+        for other in (blocks, alone):
+            j = g if other is blocks else 0
+            np.testing.assert_allclose(other.theta_[j], full.theta_[g], rtol=1e-12)
+            np.testing.assert_allclose(other.coef_[j], full.coef_[g], rtol=1e-12, atol=1e-14)
 
 
 def test_nb_theta_bounds_and_fixed_theta():

@@ -17,7 +17,9 @@ _LN2 = np.log(2.0)
 # exp() argument cap: keeps mu finite on divergent fits (counts never get near e^700).
 _ETA_MAX = 700.0
 # Bytes of one dense (responses x cells) array while fitting; a few such arrays are alive.
-_FIT_BLOCK_BYTES = 32 * 2**20
+_FIT_BLOCK_BYTES = 4 * 2**20
+# Bytes of one run of cells (all responses) while the cached pieces are built.
+_CACHE_ROWS_BYTES = 1 * 2**20
 # Largest precomputed table of pairwise products of design columns (cells x p(p+1)/2).
 _PAIR_BYTES = 256 * 2**20
 # A resample whose covariate-adjusted information is below this fraction of its raw
@@ -30,9 +32,8 @@ _GAMMA_MAX = 20.0
 # The linearized effect fit is trusted while it moves no control cell's linear predictor by more
 # than this (bounded by max_i ‖q_i‖ · ‖δ‖); beyond it the full fit is used for that response.
 _LINEARIZED_MAX_SHIFT = 0.25
-# Rounds of (theta | mu, beta | theta) alternation and their stopping rule (change in log theta).
-_MAX_ROUNDS = 10
-_ROUND_TOL = 1e-6
+# Relative step at which the Poisson fit that starts the NB fit stops.
+_START_TOL = 1e-3
 
 
 # ==================================================================== batched GLM machinery
@@ -106,7 +107,7 @@ def _glm_loglik(Y, eta, mu, theta) -> np.ndarray:
 
 
 def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
-    """Batched Fisher scoring for ``log E[y] = X beta``, y ~ NB(theta) (Poisson: theta=inf).
+    """Batched Newton's method for ``log E[y] = X beta``, y ~ NB(theta) (Poisson: theta=inf).
 
     Each response's step is halved until its log-likelihood does not decrease; responses are
     dropped from the iteration once their step is below ``tol`` (relative).
@@ -131,13 +132,18 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
     converged = np.zeros(Y.shape[0], dtype=bool)
     active = np.arange(Y.shape[0])
     Ya, tha = Y, theta
+    poisson = bool(np.isinf(theta).all())
     eta = beta @ XT
     mu = _mean(eta)
     ll = _glm_loglik(Ya, eta, mu, tha)
     for _ in range(max_iter):
         denom = 1.0 + mu / tha
         score = ((Ya - mu) / denom) @ XT.T  # (ka, p)
-        step = _solve(gram(mu / denom), score)  # (ka, p)
+        # Newton steps: the observed information's weights mu (1 + y/theta) / (1 + mu/theta)^2
+        # are positive for the NB2 log link, so it converges quadratically where Fisher
+        # scoring (weights mu / (1 + mu/theta)) is only linear. Poisson: both are mu.
+        weights = mu / denom if poisson else mu * (1.0 + Ya / tha) / (denom * denom)
+        step = _solve(gram(weights), score)  # (ka, p)
         b = beta[active]
         if cap_last is not None:
             # Shorten the step so that the capped coefficient stays within its bound.
@@ -262,59 +268,6 @@ def _theta_loglik(th, Y, mu, table: _CountTable, *, derivatives: bool):
     return ll, g, h
 
 
-def _theta_mle(Y, mu, theta0, bounds, table, *, max_iter, tol):
-    """Maximum-likelihood theta per response for fixed means: safeguarded Newton in log theta.
-
-    The Newton step in ``φ = log θ`` is capped at 2 (a factor e² in θ); where the profile is not
-    concave an ascent step of 1 in the gradient's direction is taken; steps are halved until the
-    likelihood does not decrease, and θ is clamped to ``bounds`` (a response without
-    overdispersion runs to the upper bound, i.e. near-Poisson).
-    """
-    lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    phi = np.clip(np.log(theta0), lo, hi)
-    ll, g, h = _theta_loglik(np.exp(phi), Y, mu, table, derivatives=True)
-    done = np.zeros(phi.size, dtype=bool)
-    # Responses that are done keep their theta; only the others are evaluated (each response's
-    # terms are computed on their own, so this gives the same values as evaluating all).
-    for _ in range(max_iter):
-        act = np.flatnonzero(~done)
-        if act.size == phi.size:
-            Ya, mua, ta = Y, mu, table
-        else:
-            Ya, mua, ta = Y[act], mu[act], table.subset(act)
-        pa = phi[act]
-        th = np.exp(pa)
-        g_phi = th * g[act]
-        h_phi = th * th * h[act] + g_phi
-        concave = h_phi < 0
-        step = np.where(concave, -g_phi / np.where(concave, h_phi, -1.0), np.sign(g_phi))
-        step = np.clip(step, -2.0, 2.0)
-        new_phi = np.clip(pa + step, lo, hi)
-        new_ll, new_g, new_h = _theta_loglik(np.exp(new_phi), Ya, mua, ta, derivatives=True)
-        ll_a = ll[act]
-        for _ in range(_MAX_HALVINGS):
-            worse = new_ll < ll_a - 1e-12 * np.abs(ll_a)
-            if not worse.any():
-                break
-            step[worse] *= 0.5
-            new_phi = np.where(worse, np.clip(pa + step, lo, hi), new_phi)
-            w = np.flatnonzero(worse)
-            new_ll[w], new_g[w], new_h[w] = _theta_loglik(
-                np.exp(new_phi[w]), Ya[w], mua[w], ta.subset(w), derivatives=True
-            )
-        worse = new_ll < ll_a - 1e-12 * np.abs(ll_a)
-        moved = np.abs(new_phi - pa)
-        moved[worse] = 0.0
-        phi[act] = np.where(worse, pa, new_phi)
-        ll[act] = np.where(worse, ll_a, new_ll)
-        g[act] = np.where(worse, g[act], new_g)
-        h[act] = np.where(worse, h[act], new_h)
-        done[act] |= moved <= tol
-        if done.all():
-            break
-    return np.clip(np.exp(phi), bounds[0], bounds[1])
-
-
 def _moments_theta(Y, mu, bounds):
     """Method-of-moments start: ``Var(y) = μ + μ²/θ``."""
     excess = ((Y - mu) ** 2 - mu).sum(axis=1)
@@ -322,6 +275,105 @@ def _moments_theta(Y, mu, bounds):
     with np.errstate(divide="ignore", invalid="ignore"):
         theta = np.where(excess > 0, mu2 / excess, bounds[1])
     return np.clip(np.nan_to_num(theta, nan=bounds[1]), bounds[0], bounds[1])
+
+
+def _nb_loglik(Y, eta, mu, theta, table, *, derivatives):
+    """Full NB log-likelihood per response (up to terms free of beta and theta), with d/dθ and
+    d²/dθ² when ``derivatives``: ``Σ y η`` plus the profile of :func:`_theta_loglik`."""
+    out = _theta_loglik(theta, Y, mu, table, derivatives=derivatives)
+    y_eta = np.einsum("ij,ij->i", Y, eta)
+    if not derivatives:
+        return out + y_eta
+    return out[0] + y_eta, out[1], out[2]
+
+
+def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
+    """Joint maximum likelihood of ``(beta, theta)`` per response, by simultaneous Newton steps.
+
+    Every iteration takes, from the same means, the Newton step in ``beta`` for the current
+    theta (observed information, whose weights ``mu (1 + y/θ) / (1 + mu/θ)²`` are positive for the
+    NB2 log link) and the Newton step in ``φ = log θ`` of the profile likelihood (capped at 2, a
+    factor e² in θ; where the profile is not concave, an ascent step of 1 in the gradient's
+    direction), and halves both until the log-likelihood does not decrease. θ is clamped to
+    ``bounds`` (a response without overdispersion runs to the upper bound, i.e. near-Poisson).
+    ``beta`` and ``theta`` are orthogonal in the Fisher information, so the steps converge
+    about as fast as a joint Newton step, without refitting one to convergence for each value of
+    the other (glm.nb's alternation). A response stops once both steps are below ``tol``
+    (``beta``: relative), so its fit does not depend on the other responses of the block.
+
+    Returns
+    -------
+    beta : ndarray (k, p)
+    theta : ndarray (k,), within ``bounds``
+    converged : ndarray (k,) of bool
+    """
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    beta = beta.copy()
+    phi = np.clip(np.log(theta), lo, hi)
+    converged = np.zeros(Y.shape[0], dtype=bool)
+    active = np.arange(Y.shape[0])
+    Ya, ta = Y, table
+    eta = beta @ XT
+    mu = _mean(eta)
+    ll, g, h = _nb_loglik(Ya, eta, mu, np.exp(phi), ta, derivatives=True)
+    for _ in range(max_iter):
+        b, p = beta[active], phi[active]
+        th = np.exp(p)
+        thc = th[:, None]
+        denom = 1.0 + mu / thc
+        score = ((Ya - mu) / denom) @ XT.T
+        step_b = _solve(gram(mu * (1.0 + Ya / thc) / (denom * denom)), score)
+        g_phi = th * g
+        h_phi = th * th * h + g_phi
+        concave = h_phi < 0
+        step_p = np.where(concave, -g_phi / np.where(concave, h_phi, -1.0), np.sign(g_phi))
+        step_p = np.clip(step_p, -2.0, 2.0)
+
+        new_b = b + step_b
+        new_p = np.clip(p + step_p, lo, hi)
+        new_eta = new_b @ XT
+        new_mu = _mean(new_eta)
+        new_ll, new_g, new_h = _nb_loglik(Ya, new_eta, new_mu, np.exp(new_p), ta, derivatives=True)
+        bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
+        t = np.ones(active.size)
+        for _ in range(_MAX_HALVINGS):
+            if bad.size == 0:
+                break
+            t[bad] *= 0.5
+            cand_b = b[bad] + t[bad, None] * step_b[bad]
+            cand_p = np.clip(p[bad] + t[bad] * step_p[bad], lo, hi)
+            cand_eta = cand_b @ XT
+            cand_mu = _mean(cand_eta)
+            cand_ll, cand_g, cand_h = _nb_loglik(
+                Ya[bad], cand_eta, cand_mu, np.exp(cand_p), ta.subset(bad), derivatives=True
+            )
+            ok = cand_ll >= ll[bad] - 1e-12 * np.abs(ll[bad])
+            acc = bad[ok]
+            new_b[acc], new_p[acc], new_eta[acc], new_mu[acc] = (
+                cand_b[ok],
+                cand_p[ok],
+                cand_eta[ok],
+                cand_mu[ok],
+            )
+            new_ll[acc], new_g[acc], new_h[acc] = cand_ll[ok], cand_g[ok], cand_h[ok]
+            bad = bad[~ok]
+        # Where no step improves the likelihood the fit is at its (numerical) optimum.
+        new_b[bad], new_p[bad] = b[bad], p[bad]
+        beta[active], phi[active] = new_b, new_p
+        done = np.abs(new_b - b).max(axis=1) <= tol * (1.0 + np.abs(new_b).max(axis=1))
+        done &= np.abs(new_p - p) <= tol
+        converged[active[done]] = True
+        keep = np.flatnonzero(~done)
+        if keep.size == 0:
+            break
+        if keep.size < active.size:
+            active = active[keep]
+            Ya, ta = Ya[keep], ta.subset(keep)
+        else:
+            keep = slice(None)
+        eta, mu = new_eta[keep], new_mu[keep]
+        ll, g, h = new_ll[keep], new_g[keep], new_h[keep]
+    return beta, np.clip(np.exp(phi), bounds[0], bounds[1]), converged
 
 
 def _response_rows(Y, block, rows=None) -> np.ndarray:
@@ -341,11 +393,11 @@ class NBScoreStatistic(BaseStatistic):
     """Negative binomial GLM score statistic with exact covariate adjustment.
 
     The null model ``log E[y] = [1, C] β`` with ``y ~ NB(μ, θ)`` (``Var = μ + μ²/θ``) is fitted
-    once per response, vectorised over responses: Poisson Fisher scoring, then ``θ`` by maximum
-    likelihood (Newton on the profile likelihood from a method-of-moments start, clamped to
-    ``theta_bounds``) alternated with NB Fisher scoring until ``θ`` settles (the joint maximum
-    likelihood estimate). For a treatment ``x`` the score statistic of adding ``x`` to the model
-    is
+    once per response, vectorised over responses: a Poisson fit and a method-of-moments ``θ``
+    start the joint maximum-likelihood fit of ``(β, θ)``, by simultaneous Newton steps in ``β``
+    and ``log θ`` with step halving (``θ`` clamped to ``theta_bounds``); each response converges
+    on its own, so its fit does not depend on which other responses are fitted with it. For a
+    treatment ``x`` the score statistic of adding ``x`` to the model is
 
     ``z(x) = Σ_{i∈x} a_i / sqrt(Σ_{i∈x} W_i - ‖Σ_{i∈x} D_i‖²)``,
 
@@ -364,7 +416,7 @@ class NBScoreStatistic(BaseStatistic):
         How :meth:`observed` fits the model with the treatment added (see Notes). ``"full"``
         refits the NB GLM on all cells; ``"linearized"`` touches only the treated cells.
     max_iter : int, default=50
-        Iteration cap of each Fisher scoring / Newton solve.
+        Iteration cap of each Newton solve.
     tol : float, default=1e-8
         Convergence tolerance (relative step size) of the solves.
     block_size : int or None, default=None
@@ -410,7 +462,7 @@ class NBScoreStatistic(BaseStatistic):
     The effect reported by :meth:`observed` is the log2 fold change of the treatment in the NB
     GLM ``log μ = Q β + γ x`` with ``θ`` fixed at the null estimate: ``effect = γ / ln 2`` and
     ``effect_se`` its standard error (inverse expected information) on the log2 scale. Both fits
-    start from the null fit and run Fisher scoring with step halving:
+    start from the null fit and run Newton's method with step halving:
 
     - ``"full"`` is the maximum-likelihood fit on all cells (what ``statsmodels``' GLM gives);
       it costs a pass over all cells per iteration and response.
@@ -522,27 +574,31 @@ class NBScoreStatistic(BaseStatistic):
         self.pieces_cached_ = bool(piece_bytes <= self.cache_bytes)
         self._cache = None
         if self.pieces_cached_:
-            self._cache = self._build_cache(k)
+            self._cache = self._build_cache()
 
-    def _build_cache(self, k):
+    def _build_cache(self):
         """``_build_pieces`` of all responses and cells, with small temporaries.
 
         The linear predictor comes from one product (as in ``_build_pieces``, so the values are
-        the same), written into ``W``; the rest is done ``k`` responses at a time.
+        the same), written into ``W``; the rest is done a run of contiguous cells (rows) at a
+        time, so that every elementwise pass streams through memory.
         """
         G = self.n_responses_
         a, W = np.empty((self.n_cells_, G)), np.empty((self.n_cells_, G))
         np.matmul(self.basis_, self.coef_.T, out=W)
-        for start in range(0, G, k):
-            part = slice(start, min(G, start + k))
-            mu = np.minimum(W[:, part], _ETA_MAX)
+        Y = self._Y.tocsr() if sp.issparse(self._Y) else self._Y
+        inv_theta = 1.0 / self.theta_
+        step = max(1, _CACHE_ROWS_BYTES // (8 * G))
+        for start in range(0, self.n_cells_, step):
+            rows = slice(start, min(self.n_cells_, start + step))
+            mu = np.minimum(W[rows], _ETA_MAX)
             np.exp(mu, out=mu)
-            inv = mu * (1.0 / self.theta_[part])
+            inv = mu * inv_theta
             inv += 1.0
             np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
-            np.multiply(mu, inv, out=W[:, part])
-            np.subtract(_dense_block(self._Y, np.arange(start, part.stop)), mu, out=a[:, part])
-            a[:, part] *= inv
+            np.multiply(mu, inv, out=W[rows])
+            np.subtract(Y[rows].toarray() if sp.issparse(Y) else Y[rows], mu, out=a[rows])
+            a[rows] *= inv
         return a, W
 
     def _fit_block(self, QT, gram, Yb, beta, bounds):
@@ -552,20 +608,13 @@ class NBScoreStatistic(BaseStatistic):
             theta = np.full(k, float(self.theta))
             beta, conv = _fit_glm(QT, gram, Yb, beta, theta, **kw)
             return beta, theta, conv
-        beta, conv = _fit_glm(QT, gram, Yb, beta, np.full(k, np.inf), **kw)
+        # The Poisson fit only gives the joint fit a start (means for the moments estimate of
+        # theta), so a loose tolerance is enough: the joint fit converges to ``tol`` anyway.
+        start = dict(kw, tol=max(self.tol, _START_TOL))
+        beta, _ = _fit_glm(QT, gram, Yb, beta, np.full(k, np.inf), **start)
         mu = _mean(beta @ QT)
-        table = _CountTable(Yb)
         theta = _moments_theta(Yb, mu, bounds)
-        # Alternate theta | mu and beta | theta (as glm.nb does). For the NB2 model the two are
-        # orthogonal in the Fisher information, so this settles in a few rounds.
-        for _ in range(_MAX_ROUNDS):
-            new_theta = _theta_mle(Yb, mu, theta, bounds, table, **kw)
-            beta, conv = _fit_glm(QT, gram, Yb, beta, new_theta, **kw)
-            mu = _mean(beta @ QT)
-            change = np.max(np.abs(np.log(new_theta) - np.log(theta)))
-            theta = new_theta
-            if change <= _ROUND_TOL:
-                break
+        beta, theta, conv = _fit_nb(QT, gram, Yb, beta, theta, bounds, _CountTable(Yb), **kw)
         return beta, theta, conv
 
     # ---------------------------------------------------------------- evaluate
