@@ -177,24 +177,20 @@ class _Groups:
 
 def _draw_distinct(
     rng: np.random.Generator,
-    rows: np.ndarray,
-    groups: np.ndarray,
+    keys: np.ndarray,
     n_cells: int,
     grp: _Groups,
-    first: np.ndarray | None = None,
     row_width: int | None = None,
 ) -> np.ndarray:
-    """For each slot ``(rows[j], groups[j])`` a uniform cell of the group, distinct per row.
+    """Make the drawn keys ``row * n_cells + cell`` distinct within every row.
 
-    Returns the sorted unique keys ``row * n_cells + cell``. Within every (row, group) the cells
-    form a uniform subset of the slot count: duplicates are redrawn uniformly from the group until
-    none is left, a rule that ignores the labels of the cells. Needs ``slots <= size`` per
-    (row, group); it is fast when slots are at most a fraction of the group. ``first`` is the
-    first draw of every slot when the caller made it (``grp.draw(rng, groups)`` otherwise);
-    ``row_width`` says that every row has that many slots, in row order, so sorting each row
-    sorts the keys (cheaper than one global sort, same result).
+    ``keys`` holds, for every slot (a row and a group), a uniform draw from the group. Returns the
+    sorted unique keys: within every (row, group) the cells form a uniform subset of the slot
+    count, since duplicates are redrawn uniformly from the group until none is left, a rule that
+    ignores the labels of the cells. Needs ``slots <= size`` per (row, group); it is fast when
+    slots are at most a fraction of the group. ``row_width`` says that every row has that many
+    slots, in row order, so sorting each row sorts the keys (cheaper than one global sort).
     """
-    keys = rows * n_cells + (grp.draw(rng, groups) if first is None else first)
     if row_width:
         keys.reshape(-1, row_width).sort(axis=1)
     else:
@@ -204,18 +200,27 @@ def _draw_distinct(
         return keys
     pending = keys[1:][dup]
     kept = keys[np.concatenate(([True], ~dup))]
+    # Accepted redraws are kept apart (few, sorted) and merged once at the end: inserting them
+    # into the large array every round would copy it every round.
+    extra = np.empty(0, dtype=keys.dtype)
     while pending.size:
         prow = pending // n_cells
         new = prow * n_cells + grp.draw(rng, grp.group_of_cell[pending - prow * n_cells])
         new.sort()
         first = np.ones(new.size, dtype=bool)
         first[1:] = new[1:] != new[:-1]
-        pos = np.searchsorted(kept, new)
-        clash = kept[np.minimum(pos, kept.size - 1)] == new
-        ok = first & ~clash
-        kept = np.insert(kept, pos[ok], new[ok])
+        ok = first & ~_in_sorted(kept, new) & ~_in_sorted(extra, new)
+        extra = np.insert(extra, np.searchsorted(extra, new[ok]), new[ok])
         pending = new[~ok]
-    return kept
+    return np.insert(kept, np.searchsorted(kept, extra), extra)
+
+
+def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` occurs in the sorted array ``sorted_values``."""
+    if sorted_values.size == 0:
+        return np.zeros(values.size, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_values, values), sorted_values.size - 1)
+    return sorted_values[pos] == values
 
 
 def _row_blocks(n_resamples: int, width: int):
@@ -277,17 +282,15 @@ class _WithinStrataPermutation(BaseSampler):
                 parts.append((np.arange(r0, r1)[:, None] * n_cells + chosen).ravel())
         slots = self._sparse_slot_strata
         if slots.size:
-            rows = np.repeat(np.arange(n_resamples, dtype=np.int64), slots.size)
-            groups = np.tile(slots, n_resamples)
-            # grp.draw(rng, groups), with the per-slot starts and sizes tiled rather than
-            # gathered (every resample has the same slots): same numbers, fewer random reads.
+            # One uniform cell per slot (grp.draw on the slots of every resample, with the
+            # per-slot starts and sizes tiled: every resample has the same slots).
             first = grp.members[
                 np.tile(grp.starts[slots], n_resamples)
                 + rng.integers(0, np.tile(grp.sizes[slots], n_resamples))
             ]
-            sparse_keys = _draw_distinct(
-                rng, rows, groups, n_cells, grp, first=first, row_width=slots.size
-            )
+            row_offset = np.arange(n_resamples, dtype=np.int64) * n_cells
+            keys = (first.reshape(n_resamples, slots.size) + row_offset[:, None]).ravel()
+            sparse_keys = _draw_distinct(rng, keys, n_cells, grp, row_width=slots.size)
             if not parts:
                 return sparse_keys
             parts.append(sparse_keys)
@@ -477,7 +480,7 @@ class BernoulliSampler(BaseSampler):
             n_cand = rng.binomial(sizes, q[sparse], size=(n_resamples, sparse.size))
             rows = np.repeat(np.arange(n_resamples, dtype=np.int64), n_cand.sum(axis=1))
             groups = np.repeat(np.tile(sparse, n_resamples), n_cand.ravel())
-            keys = _draw_distinct(rng, rows, groups, n_cells, grp)
+            keys = _draw_distinct(rng, rows * n_cells + grp.draw(rng, groups), n_cells, grp)
             cells = keys % n_cells
             accept = rng.random(keys.size) * q[grp.group_of_cell[cells]] < p[cells]
             parts.append(keys[accept])

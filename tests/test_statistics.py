@@ -155,13 +155,20 @@ def test_nb_score_matches_dense_computation():
     Y, C, x = _nb_data(rng)
     R = _resamples(rng, x, 6)
     x_rows = np.vstack([x, R.toarray()])
+    results = []
     for cache_bytes in (0, 2**30):
         stat = NBScoreStatistic(cache_bytes=cache_bytes).fit(Y, C)
         assert stat.pieces_cached_ == (cache_bytes > 0)
         assert stat.converged_.all()
         expected = _nb_dense_score(stat, Y, C, x_rows)
-        np.testing.assert_allclose(stat.observed(x)["statistic"], expected[0], rtol=1e-8)
-        np.testing.assert_allclose(stat.evaluate(R), expected[1:], rtol=1e-8)
+        observed = stat.observed(x)["statistic"]
+        np.testing.assert_allclose(observed, expected[0], rtol=1e-8)
+        results.append((observed, stat.evaluate(R), stat.evaluate(R, [3, 1])))
+        np.testing.assert_allclose(results[-1][1], expected[1:], rtol=1e-8)
+        assert (stat._cache is not None) == (cache_bytes > 0)  # built by evaluate(R)
+    # Pieces built per block for the touched cells equal those of the cache, bit for bit.
+    for with_cache, without in zip(results[1], results[0], strict=True):
+        np.testing.assert_array_equal(with_cache, without)
 
 
 def test_nb_score_matches_statsmodels():

@@ -96,6 +96,20 @@ def _mean(eta: np.ndarray) -> np.ndarray:
     return np.exp(np.minimum(eta, _ETA_MAX))
 
 
+def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out: np.ndarray | None = None):
+    """``Q @ coef.T`` (cells x responses), added up one basis column at a time.
+
+    Every element is the same sum in the same order whichever rows and responses are computed
+    (a BLAS product may round differently for different shapes), so the pieces of a few touched
+    cells equal the rows of the pieces of all cells, bit for bit.
+    """
+    out = np.multiply(Q[:, :1], coef[:, 0], out=out)
+    term = np.empty_like(out)
+    for j in range(1, Q.shape[1]):
+        out += np.multiply(Q[:, j : j + 1], coef[:, j], out=term)
+    return out
+
+
 def _glm_loglik(Y, eta, mu, theta) -> np.ndarray:
     """NB (Poisson where ``theta`` is inf) log-likelihood per response, up to terms free of mu.
 
@@ -422,9 +436,11 @@ class NBScoreStatistic(BaseStatistic):
     block_size : int or None, default=None
         Responses per sparse @ dense product; ``None`` picks it from a memory budget.
     cache_bytes : int, default=512 * 2**20
-        When the pieces ``[a | W | D]`` of all responses fit in this many bytes they are built
-        once in :meth:`fit` and reused by every :meth:`evaluate` call; otherwise they are rebuilt
-        per block (for the touched cells only when the resamples touch few cells). 0 disables.
+        When the pieces ``[a | W]`` of all responses fit in this many bytes they are built once,
+        by the first :meth:`evaluate` call that gathers most responses over most cells, and
+        reused by every later call; otherwise (and for evaluations of a few responses or of
+        resamples that touch few cells) they are built per block, for the touched cells only.
+        The values are the same either way. 0 disables.
 
     Attributes
     ----------
@@ -451,7 +467,8 @@ class NBScoreStatistic(BaseStatistic):
     whitener_ : ndarray of shape (n_responses, rank_, rank_)
         ``M`` with ``MᵀM = (Qᵀ W Q)⁻¹``.
     pieces_cached_ : bool
-        Whether the pieces are cached (see ``cache_bytes``).
+        Whether the pieces of all responses fit in ``cache_bytes``, so that they are kept once
+        built (on the first evaluation that gathers most responses over most cells).
 
     See Also
     --------
@@ -570,22 +587,21 @@ class NBScoreStatistic(BaseStatistic):
             self.null_info_[block] = H
             self.whitener_[block] = _whitener(H)
 
-        piece_bytes = 8 * n_cells * G * 2
-        self.pieces_cached_ = bool(piece_bytes <= self.cache_bytes)
+        # The pieces of all responses are built on first use (evaluations of most responses on
+        # most cells) and kept: analyses of pairs build small pieces per block instead.
+        self.pieces_cached_ = bool(8 * n_cells * G * 2 <= self.cache_bytes)
         self._cache = None
-        if self.pieces_cached_:
-            self._cache = self._build_cache()
 
     def _build_cache(self):
         """``_build_pieces`` of all responses and cells, with small temporaries.
 
-        The linear predictor comes from one product (as in ``_build_pieces``, so the values are
-        the same), written into ``W``; the rest is done a run of contiguous cells (rows) at a
-        time, so that every elementwise pass streams through memory.
+        The linear predictor is computed as in ``_build_pieces`` (so the values are the same),
+        into ``W``; the rest is done a run of contiguous cells (rows) at a time, so that every
+        elementwise pass streams through memory.
         """
         G = self.n_responses_
         a, W = np.empty((self.n_cells_, G)), np.empty((self.n_cells_, G))
-        np.matmul(self.basis_, self.coef_.T, out=W)
+        _linear_predictor(self.basis_, self.coef_, out=W)
         Y = self._Y.tocsr() if sp.issparse(self._Y) else self._Y
         inv_theta = 1.0 / self.theta_
         step = max(1, _CACHE_ROWS_BYTES // (8 * G))
@@ -642,7 +658,7 @@ class NBScoreStatistic(BaseStatistic):
         shape = (Q.shape[0], block.size)
         a = np.empty(shape) if a is None else a
         W = np.empty(shape) if W is None else W
-        mu = np.matmul(Q, self.coef_[block].T)
+        mu = _linear_predictor(Q, self.coef_[block])
         np.minimum(mu, _ETA_MAX, out=mu)
         np.exp(mu, out=mu)
         inv = mu * (1.0 / self.theta_[block])
@@ -654,6 +670,8 @@ class NBScoreStatistic(BaseStatistic):
         return a, W
 
     def _stored_pieces(self):
+        if self._cache is None and self.pieces_cached_:
+            self._cache = self._build_cache()
         return self._cache
 
     def _pieces(self, cells, block, scratch):
