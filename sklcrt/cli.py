@@ -962,7 +962,7 @@ def run_analysis(
 
     t0 = time.perf_counter()
     echo("fitting the null model of every response")
-    statistic = fit_null_model(inputs)
+    statistic = fit_null_model(inputs, n_jobs=config["n_jobs"])
     lap("null_model", t0)
     common = dict(
         statistic=statistic,

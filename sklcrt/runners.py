@@ -75,7 +75,7 @@ def _as_inputs(data, input_kwargs) -> dict:
     return prepare_crt_inputs(data, **input_kwargs)
 
 
-def fit_null_model(inputs: dict, statistic=None):
+def fit_null_model(inputs: dict, statistic=None, n_jobs=None):
     """Fit the null model of every response once, for all units and analyses.
 
     Parameters
@@ -85,6 +85,9 @@ def fit_null_model(inputs: dict, statistic=None):
     statistic : BaseStatistic, default=None
         Unfitted statistic; ``None`` picks :class:`NBScoreStatistic` for counts and
         :class:`OLSStatistic` for program usages. A fitted one is returned as is.
+    n_jobs : int, default=None
+        Threads of the default :class:`NBScoreStatistic`'s fit (a given statistic keeps its
+        own settings). The fit is the same whatever ``n_jobs``.
 
     Returns
     -------
@@ -99,7 +102,8 @@ def fit_null_model(inputs: dict, statistic=None):
             )
         return statistic
     if statistic is None:
-        statistic = NBScoreStatistic() if inputs["response_kind"] == "counts" else OLSStatistic()
+        counts = inputs["response_kind"] == "counts"
+        statistic = NBScoreStatistic(n_jobs=n_jobs) if counts else OLSStatistic()
     else:
         statistic = clone(statistic)
     return statistic.fit(inputs["Y"], inputs["C"])
@@ -598,7 +602,7 @@ def _execute(
         # Only when set, so checkpoints of runs made before the option existed still resume.
         fingerprint_extra = {**fingerprint_extra, "control_group": control_group}
     template = _make_test(run.get("test"), **common)
-    statistic = fit_null_model(inputs, run.get("statistic"))
+    statistic = fit_null_model(inputs, run.get("statistic"), n_jobs=run.get("n_jobs"))
     jobs = jobs_builder(inputs)
     results = _run_units(
         inputs,
@@ -880,7 +884,7 @@ def run_ntc_ensemble(
     common, run, input_kwargs = _split_kwargs(dict(kwargs))
     inputs = _as_inputs(data, input_kwargs)
     _control_cells(inputs, run.get("control_group", "complement"))  # bad values fail early
-    run["statistic"] = fit_null_model(inputs, run.get("statistic"))
+    run["statistic"] = fit_null_model(inputs, run.get("statistic"), n_jobs=run.get("n_jobs"))
     key_added = run.pop("key_added", None)
     checkpoint_dir = run.pop("checkpoint_dir", None)
     frames = []

@@ -252,8 +252,8 @@ def test_nb_theta_is_the_maximum_likelihood_estimate():
 
 
 def test_nb_fit_of_a_response_does_not_depend_on_the_others(monkeypatch):
-    # Each response converges on its own, so fitting it alone, in a smaller block or with other
-    # responses gives the same null model.
+    # Each response converges on its own, so fitting it alone, in a smaller block, with other
+    # responses or in parallel threads gives the same null model.
     rng = np.random.default_rng(9)
     thetas = np.array([0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 1.5])
     C = _covariates(rng, 3000)
@@ -262,6 +262,9 @@ def test_nb_fit_of_a_response_does_not_depend_on_the_others(monkeypatch):
     full = NBScoreStatistic().fit(Y, C)
     monkeypatch.setattr(nb_module, "_FIT_BLOCK_BYTES", 8 * 3000 * 3)  # blocks of 3 responses
     blocks = NBScoreStatistic().fit(Y, C)
+    threads = NBScoreStatistic(n_jobs=2).fit(Y, C)  # blocks fitted in parallel threads
+    for attr in ("theta_", "coef_", "null_info_", "whitener_", "converged_"):
+        np.testing.assert_array_equal(getattr(threads, attr), getattr(blocks, attr))
     for g in (0, 4, 7):
         alone = NBScoreStatistic().fit(Y[:, [g]], C)
         for other in (blocks, alone):

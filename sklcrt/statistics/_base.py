@@ -357,12 +357,12 @@ class BaseStatistic(BaseEstimator):
         # gather from the stored pieces of all responses without a copy (then pick the
         # selected ones) when they exist and the selection covers most of them.
         targets, inverse = np.unique(cols, return_inverse=True)
-        stored = self._stored_pieces() if cells is None and self.block_size is None else None
-        if stored is not None and targets.size >= _FULL_FRACTION * G:
+        stored = None
+        if cells is None and self.block_size is None and targets.size >= _FULL_FRACTION * G:
+            stored = self._stored_pieces()  # may build them (once): ask only when they serve
+        if stored is not None:
             targets = np.arange(G)
             inverse = cols
-        else:
-            stored = None
 
         n_rows = n_cells if cells is None else cells.size
         plan, per_response = self._plan(n_rows, R.nnz, targets.size, stored is not None)

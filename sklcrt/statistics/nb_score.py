@@ -6,10 +6,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
+from joblib import Parallel, delayed
 from scipy.special import gammaln, polygamma, psi
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from sklcrt.statistics._base import BaseStatistic, _dense_block
+from sklcrt.statistics._base import BaseStatistic, _dense_block, _single_threaded_blas
 
 __all__ = ["NBScoreStatistic"]
 
@@ -441,6 +442,9 @@ class NBScoreStatistic(BaseStatistic):
         reused by every later call; otherwise (and for evaluations of a few responses or of
         resamples that touch few cells) they are built per block, for the touched cells only.
         The values are the same either way. 0 disables.
+    n_jobs : int or None, default=None
+        Threads fitting the null model, a block of responses each (joblib's convention: None is
+        1, -1 every core). The fit is the same whatever ``n_jobs``.
 
     Attributes
     ----------
@@ -518,6 +522,7 @@ class NBScoreStatistic(BaseStatistic):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "cache_bytes": [Interval(Integral, 0, None, closed="left")],
+        "n_jobs": [Integral, None],
     }
     _counts_only = True
 
@@ -531,6 +536,7 @@ class NBScoreStatistic(BaseStatistic):
         tol=1e-8,
         block_size=None,
         cache_bytes=512 * 2**20,
+        n_jobs=None,
     ):
         super().__init__(block_size=block_size)
         self.theta = theta
@@ -539,6 +545,7 @@ class NBScoreStatistic(BaseStatistic):
         self.max_iter = max_iter
         self.tol = tol
         self.cache_bytes = cache_bytes
+        self.n_jobs = n_jobs
 
     _stored_per_response = 2  # a and W
 
@@ -574,13 +581,22 @@ class NBScoreStatistic(BaseStatistic):
         ones_coef = Q.sum(axis=0)  # Q @ ones_coef = 1, as 1 is in the span of Q
         fitted = np.flatnonzero(~self.no_counts_)
         k = max(1, _FIT_BLOCK_BYTES // (8 * n_cells))
-        for start in range(0, fitted.size, k):
-            block = fitted[start : start + k]
+
+        def fit_block(block):
             Yb = _response_rows(Y, block)
             beta = np.outer(np.log(totals[block] / n_cells), ones_coef)
             beta, theta, conv = self._fit_block(QT, gram, Yb, beta, bounds)
             mu = _mean(beta @ QT)
-            H = gram(mu / (1.0 + mu / theta[:, None]))
+            return block, beta, theta, conv, gram(mu / (1.0 + mu / theta[:, None]))
+
+        # Each response converges on its own, so blocks fitted in parallel threads give the
+        # same fit (numpy releases the GIL in these passes over whole blocks).
+        blocks = (fitted[start : start + k] for start in range(0, fitted.size, k))
+        with _single_threaded_blas():
+            fits = Parallel(n_jobs=self.n_jobs, prefer="threads")(
+                delayed(fit_block)(block) for block in blocks
+            )
+        for block, beta, theta, conv, H in fits:
             self.coef_[block] = beta
             self.theta_[block] = theta
             self.converged_[block] = conv
