@@ -107,7 +107,6 @@ def _design_effect(inputs) -> float:
     return 1.0 + (m - 1) * np.abs(r[~np.eye(m, dtype=bool)]).mean()
 
 
-@needs_gasperini
 def _binomial_interval(n_pairs: int, inputs) -> tuple[float, float, float]:
     """``n_eff`` and the central ``CONFIDENCE`` interval of ``Binomial(n_eff, 0.01) / n_eff``."""
     n_eff = n_pairs / _design_effect(inputs)
@@ -116,6 +115,7 @@ def _binomial_interval(n_pairs: int, inputs) -> tuple[float, float, float]:
     return n_eff, stats.binom.ppf(tail, n, 0.01) / n, stats.binom.isf(tail, n, 0.01) / n
 
 
+@needs_gasperini
 def test_ntc_groups_are_calibrated(gasperini):
     from sklcrt.runners import calibration_summary, run_ntc_groups
 
