@@ -40,11 +40,21 @@ __all__ = [
 ]
 
 ANALYSES = ("calibration", "power", "discovery")
-SECTIONS = ("resampling_kwargs", "assignment", "simulate", "calibration", "power", "discovery")
+SECTIONS = (
+    "resampling_kwargs",
+    "statistic",
+    "assignment",
+    "simulate",
+    "calibration",
+    "power",
+    "discovery",
+)
 RESPONSE_KINDS = ("counts", "programs")
 RESAMPLING_METHODS = ("bernoulli_index", "crt", "stratified_perm", "perm")
 ALTERNATIVES = ("two-sided", "less", "greater")
 PVALUE_METHODS = ("empirical", "skew_normal")
+#: Same as the choices of :class:`sklcrt.statistics.NBScoreStatistic`'s ``effect_fit`` (tested).
+EFFECT_FITS = ("linearized", "full")
 #: Same as :data:`sklcrt.runners.CONTROL_GROUPS` (kept here so ``--help`` stays light).
 CONTROL_GROUPS = ("complement", "nt_cells")
 #: Same as :data:`sklcrt.assignment.DEFAULT_NTC_LABELS` (kept here so ``--help`` stays light).
@@ -326,6 +336,41 @@ _CALIBRATION = (
 )
 
 
+def _statistic_section() -> tuple[Option, ...]:
+    """The [statistic] options, their defaults read from :class:`NBScoreStatistic` itself."""
+    from sklcrt.statistics import NBScoreStatistic
+
+    defaults = NBScoreStatistic().get_params()
+    return (
+        Option(
+            "theta",
+            "float",
+            defaults["theta"],
+            "Fixed NB size theta (Var = mu + mu^2/theta) of every response, > 0; omit to "
+            "estimate it per response by maximum likelihood.",
+        ),
+        Option(
+            "theta_bounds",
+            "float_pair",
+            [float(b) for b in defaults["theta_bounds"]],
+            "[low, high] with 0 < low < high: clamp of the estimated theta (the upper bound is "
+            "effectively Poisson).",
+        ),
+        Option(
+            "effect_fit",
+            "str",
+            defaults["effect_fit"],
+            "How the effect (log2 fold change) is fitted: linearized (exact on the treated "
+            "cells, quadratic expansion on the others; fast) or full (the NB GLM refitted on "
+            "all cells).",
+            choices=EFFECT_FITS,
+        ),
+    )
+
+
+_STATISTIC = _statistic_section()
+
+
 def _pairs_section(default_key: str) -> tuple[Option, ...]:
     return (
         Option(
@@ -342,6 +387,13 @@ def _pairs_section(default_key: str) -> tuple[Option, ...]:
             "uns key of a DataFrame with columns "
             "response_id, grna_target (used when pairs is not given).",
         ),
+        Option(
+            "per_guide",
+            "bool",
+            False,
+            "Test each guide of a target on its own (unit = the guide's name; one row per "
+            "guide and response) instead of the union of the target's guides.",
+        ),
     )
 
 
@@ -357,6 +409,7 @@ _SIMULATE_HELP = (
 CONFIG_SCHEMA: dict[str, tuple[Option, ...]] = {
     "": _TOP,
     "resampling_kwargs": _RESAMPLING,
+    "statistic": _STATISTIC,
     "assignment": _ASSIGNMENT,
     "calibration": _CALIBRATION,
     "power": _pairs_section("positive_control_pairs"),
@@ -366,6 +419,9 @@ CONFIG_SCHEMA: dict[str, tuple[Option, ...]] = {
 _SECTION_HELP = {
     "resampling_kwargs": "Options of the resampling method (stratified_perm uses them all); "
     "passed unchanged to the runners.",
+    "statistic": "Options of the NB score statistic of counts (sklcrt.statistics."
+    'NBScoreStatistic), response = "counts" only; omit the section for its defaults. Program '
+    "responses use the OLS t statistic, which has no options.",
     "assignment": "Give this section to assign guides from gRNA UMI counts "
     "(sklcrt.assignment.assign_guides) before the analysis; omit it when obsm[guide_key] exists.",
     "calibration": "The NTC calibration check (sklcrt.runners.run_ntc_groups).",
@@ -525,9 +581,11 @@ def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path =
     -------
     dict
         The resolved config: every top-level key, ``resampling_kwargs`` (``burden_key`` None
-        when omitted, ``batch_key`` the top-level one when omitted), ``assignment`` (None when the
-        section is absent), ``simulate`` (None unless ``input = "simulate"``), ``calibration``,
-        ``power``, ``discovery``; paths absolute.
+        when omitted, ``batch_key`` the top-level one when omitted), ``statistic`` (None when the
+        section is absent, else the options of :class:`~sklcrt.statistics.NBScoreStatistic`
+        with ``theta_bounds`` a tuple), ``assignment`` (None when the section is absent),
+        ``simulate`` (None unless ``input = "simulate"``), ``calibration``, ``power``,
+        ``discovery``; paths absolute.
 
     Raises
     ------
@@ -569,6 +627,11 @@ def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path =
     config["assignment"] = (
         _check_table(tables["assignment"], _ASSIGNMENT, f"{source} [assignment]")
         if "assignment" in tables
+        else None
+    )
+    config["statistic"] = (
+        _check_table(tables["statistic"], _STATISTIC, f"{source} [statistic]")
+        if "statistic" in tables
         else None
     )
 
@@ -615,6 +678,7 @@ def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path =
         config["power"],
         config["discovery"],
         config["assignment"] or {},
+        config["statistic"] or {},
     ):
         section.pop("_given", None)
     if config["n_jobs"] == 0:
@@ -628,8 +692,62 @@ def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path =
             f"{source} [calibration]: compare_without_burden = true needs "
             "resampling_kwargs.burden_key to compare against."
         )
+    _check_statistic(config, source)
     _check_resampling(config, source)
     return config
+
+
+def _check_statistic(config: dict, source: str) -> None:
+    """The [statistic] section: counts only, ``theta`` > 0, finite ``0 < low < high`` bounds."""
+    options = config["statistic"]
+    if options is None:
+        return
+    where = f"{source} [statistic]"
+    if config["response"] != "counts":
+        raise ConfigError(
+            f"{where}: these options are for the NB score statistic of counts (response = "
+            f'"counts"); response = {config["response"]!r} uses the OLS t statistic, which has '
+            "none: remove the [statistic] section."
+        )
+    theta = options["theta"]
+    if theta is not None and not theta > 0:
+        raise ConfigError(
+            f"{where}: 'theta' must be > 0, got {theta}; omit it to estimate theta per response."
+        )
+    low, high = options["theta_bounds"]
+    if not 0 < low < high < math.inf:
+        raise ConfigError(
+            f"{where}: 'theta_bounds' must be [low, high] with 0 < low < high (finite), got "
+            f"{options['theta_bounds']}."
+        )
+    options["theta_bounds"] = (low, high)
+
+
+def _make_statistic(config: dict):
+    """The unfitted statistic of the [statistic] section, or None (the runners' default)."""
+    if config["statistic"] is None:
+        return None
+    from sklcrt.statistics import NBScoreStatistic
+
+    return NBScoreStatistic(**config["statistic"], n_jobs=config["n_jobs"])
+
+
+def _statistic_summary(statistic) -> dict:
+    """The fitted statistic's class, its [statistic] options and the range of its fitted theta."""
+    import numpy as np
+
+    params = statistic.get_params()
+    out = {"class": type(statistic).__name__}
+    out.update({o.name: params[o.name] for o in _STATISTIC if o.name in params})
+    theta = getattr(statistic, "theta_", None)
+    if theta is not None and np.isfinite(theta).any():
+        finite = theta[np.isfinite(theta)]
+        out["fitted_theta"] = {
+            "min": float(finite.min()),
+            "median": float(np.median(finite)),
+            "max": float(finite.max()),
+        }
+    return out
 
 
 def _resampling_kwargs(config: dict, *, burden: bool = True) -> dict:
@@ -962,7 +1080,7 @@ def run_analysis(
 
     t0 = time.perf_counter()
     echo("fitting the null model of every response")
-    statistic = fit_null_model(inputs, n_jobs=config["n_jobs"])
+    statistic = fit_null_model(inputs, _make_statistic(config), n_jobs=config["n_jobs"])
     lap("null_model", t0)
     common = dict(
         statistic=statistic,
@@ -979,7 +1097,11 @@ def run_analysis(
     )
     alpha = config["alpha"]
     files: list[str] = []
-    summary: dict = {"command": command, "screen": screen}
+    summary: dict = {
+        "command": command,
+        "screen": screen,
+        "statistic": _statistic_summary(statistic),
+    }
     rows: list[dict] = []
     main_label = _method_label(config, burden=True)
 
@@ -1040,6 +1162,7 @@ def run_analysis(
             pairs[name][["response_id", "grna_target"]],
             alpha=alpha,
             resampling_kwargs=rk_main,
+            per_guide=config[name]["per_guide"],
             **common,
         )
         lap(name, t0)
@@ -1052,6 +1175,7 @@ def run_analysis(
             "n_tested": int(tested.sum()),
             "n_significant": n_sig,
             "alpha": alpha,
+            "per_guide": config[name]["per_guide"],
             "table": fname,
             "median_p_value": float(np.median(p[tested])) if tested.any() else None,
         }
@@ -1130,6 +1254,7 @@ def _summary_text(summary: dict, config: dict, out_dir: Path) -> str:
         f"n_resamples={config['n_resamples']}, n_resamples_adaptive="
         f"{config['n_resamples_adaptive']}, alternative={config['alternative']}, "
         f"pvalue_method={config['pvalue_method']}, random_state={config['random_state']}",
+        _statistic_text(summary["statistic"]),
         "",
         summary["table_text"],
         "",
@@ -1138,6 +1263,19 @@ def _summary_text(summary: dict, config: dict, out_dir: Path) -> str:
         f"total time: {summary['timings_s']['total']:.1f} s",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _statistic_text(info: dict) -> str:
+    """One line of summary.txt: the statistic, its options and the fitted theta's range."""
+    options = {k: v for k, v in info.items() if k not in ("class", "fitted_theta")}
+    text = f"statistic: {info['class']}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+    theta = info.get("fitted_theta")
+    if theta is not None:
+        text += (
+            f", fitted theta {theta['min']:.4g} (min), {theta['median']:.4g} (median), "
+            f"{theta['max']:.4g} (max)"
+        )
+    return text
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -1227,9 +1365,11 @@ def _schema_help() -> str:
     lines += [
         "",
         "outputs in output_dir: calibration.csv (and calibration_no_burden.csv), power.csv,",
-        "discovery.csv (one row per pair: p_value, effect, p_adj, significant, pass_qc, "
-        "qc_reason...),",
-        "qq_plot.png (needs matplotlib), summary.json and summary.txt.",
+        "discovery.csv (one row per pair, or per guide and pair with per_guide: p_value, effect, "
+        "p_adj,",
+        "significant, pass_qc, qc_reason...), qq_plot.png (needs matplotlib), summary.json and "
+        "summary.txt",
+        "(the settings, the statistic and its fitted theta).",
         "",
         "errors in the config or the data print one line 'sklcrt: error: ...' and exit with "
         "status 2.",

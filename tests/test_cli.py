@@ -276,6 +276,103 @@ def test_control_group_nt_cells(tmp_path, capsys):
     assert (b["n_nonzero_control"] <= a["n_nonzero_control"]).all()
 
 
+DISCOVERY_ONLY = BASE_CONFIG.replace(
+    "random_state = 1", 'random_state = 1\nanalyses = ["discovery"]'
+).replace("compare_without_burden = true", "")
+
+
+def _discovery_run(config_dir, capsys, text, name):
+    """Run ``text`` with output in ``config_dir/name``: the discovery table and the summary."""
+    cfg = _write_config(config_dir, text.replace('output_dir = "out"', f'output_dir = "{name}"'))
+    code, _, err = _run(["run", str(cfg), "--quiet"], capsys)
+    assert code == 0, err
+    out = config_dir / name
+    return (
+        pd.read_csv(out / "discovery.csv"),
+        json.loads((out / "summary.json").read_text()),
+        (out / "summary.txt").read_text(),
+    )
+
+
+def test_statistic_section(config_dir, capsys):
+    default, summary, text = _discovery_run(config_dir, capsys, DISCOVERY_ONLY, "default")
+    # without the section: the estimated theta, recorded in both summaries
+    assert summary["config"]["statistic"] is None
+    assert summary["statistic"]["class"] == "NBScoreStatistic"
+    assert summary["statistic"]["theta"] is None
+    fitted = summary["statistic"]["fitted_theta"]
+    assert fitted["min"] < fitted["max"]
+    assert "statistic: NBScoreStatistic(theta=None, theta_bounds=(0.01, 1000.0)" in text
+
+    # the section with the library's defaults is the default statistic, bit for bit
+    same, _, _ = _discovery_run(
+        config_dir,
+        capsys,
+        DISCOVERY_ONLY
+        + '\n[statistic]\ntheta_bounds = [0.01, 1000.0]\neffect_fit = "linearized"\n',
+        "same",
+    )
+    pd.testing.assert_frame_equal(same, default)
+
+    fixed, summary, text = _discovery_run(
+        config_dir, capsys, DISCOVERY_ONLY + "\n[statistic]\ntheta = 5.0\n", "fixed"
+    )
+    assert summary["config"]["statistic"] == {
+        "theta": 5.0,
+        "theta_bounds": [0.01, 1000.0],
+        "effect_fit": "linearized",
+    }
+    assert summary["statistic"]["theta"] == 5.0
+    assert summary["statistic"]["fitted_theta"] == {"min": 5.0, "median": 5.0, "max": 5.0}
+    assert "statistic: NBScoreStatistic(theta=5.0, " in text
+    assert "fitted theta 5 (min), 5 (median), 5 (max)" in text
+    # same pairs and resamples, another null model: other statistics and effects
+    assert list(fixed["unit"]) == list(default["unit"])
+    tested = fixed["pass_qc"] & default["pass_qc"]
+    assert tested.sum() > 5
+    assert not fixed.loc[tested, "statistic"].equals(default.loc[tested, "statistic"])
+    assert not fixed.loc[tested, "effect"].equals(default.loc[tested, "effect"])
+
+    full, summary, _ = _discovery_run(
+        config_dir,
+        capsys,
+        DISCOVERY_ONLY + '\n[statistic]\ntheta = 5.0\neffect_fit = "full"\n',
+        "full",
+    )
+    assert summary["statistic"]["effect_fit"] == "full"
+    # the effect fit changes the effect, not the score statistic
+    pd.testing.assert_series_equal(full["statistic"], fixed["statistic"])
+    assert not full.loc[tested, "effect"].equals(fixed.loc[tested, "effect"])
+
+
+def test_per_guide(config_dir, capsys, screen_path):
+    import anndata as ad
+
+    uns = ad.read_h5ad(screen_path).uns
+    guide2gene = dict(zip(uns["grna_ids"], uns["grna_target"], strict=True))
+    union, _, _ = _discovery_run(config_dir, capsys, DISCOVERY_ONLY, "union")
+    per_guide, summary, _ = _discovery_run(
+        config_dir,
+        capsys,
+        DISCOVERY_ONLY + "\n[discovery]\nper_guide = true\n",
+        "per_guide",
+    )
+    assert summary["discovery"]["per_guide"] is True
+    assert (union["unit"] == union["grna_target"]).all()
+    # one row per guide of the pair's target, the unit named by the guide
+    assert set(per_guide["unit"]) <= set(guide2gene)
+    assert (per_guide["unit"].map(guide2gene) == per_guide["grna_target"]).all()
+    n_guides = pd.Series(guide2gene).value_counts()
+    assert len(per_guide) == n_guides[union["grna_target"]].sum() > len(union)
+    assert not per_guide.duplicated(["unit", "response"]).any()
+    pairs = set(zip(per_guide["grna_target"], per_guide["response"], strict=True))
+    assert pairs == set(zip(union["grna_target"], union["response"], strict=True))
+    # a guide is treated in no more cells than the union of its target's guides
+    treated = union.set_index(["grna_target", "response"])["n_treated"]
+    keys = list(zip(per_guide["grna_target"], per_guide["response"], strict=True))
+    assert (per_guide["n_treated"].to_numpy() <= treated.loc[keys].to_numpy()).all()
+
+
 def test_progress_messages_unless_quiet(config_dir, capsys):
     cfg = _write_config(config_dir, BASE_CONFIG)
     code, stdout, err = _run(["calibrate", str(cfg)], capsys)
@@ -348,6 +445,48 @@ ERRORS = [
         "required key 'input' is missing",
     ),
     ("invalid toml", BASE_CONFIG + "\nn_jobs = \n", "invalid TOML"),
+    (
+        "unknown statistic key",
+        BASE_CONFIG + "\n[statistic]\nthetta = 5.0\n",
+        "[statistic]: unknown key 'thetta' (did you mean 'theta'?)",
+    ),
+    (
+        "bad effect_fit",
+        BASE_CONFIG + '\n[statistic]\neffect_fit = "ful"\n',
+        "[statistic]: 'effect_fit' has 'ful' (did you mean 'full'?); choose from",
+    ),
+    (
+        "theta not positive",
+        BASE_CONFIG + "\n[statistic]\ntheta = 0\n",
+        "[statistic]: 'theta' must be > 0, got 0.0",
+    ),
+    (
+        "theta_bounds reversed",
+        BASE_CONFIG + "\n[statistic]\ntheta_bounds = [10.0, 1.0]\n",
+        "[statistic]: 'theta_bounds' must be [low, high] with 0 < low < high (finite), got "
+        "[10.0, 1.0]",
+    ),
+    (
+        "theta_bounds infinite",
+        BASE_CONFIG + "\n[statistic]\ntheta_bounds = [0.01, inf]\n",
+        "[statistic]: 'theta_bounds' must be [low, high] with 0 < low < high (finite)",
+    ),
+    (
+        "theta_bounds not a pair",
+        BASE_CONFIG + "\n[statistic]\ntheta_bounds = [1.0]\n",
+        "[statistic]: 'theta_bounds' must be an array of two numbers",
+    ),
+    (
+        "statistic with programs",
+        BASE_CONFIG.replace('response = "counts"', 'response = "programs"')
+        + "\n[statistic]\ntheta = 5.0\n",
+        "[statistic]: these options are for the NB score statistic of counts",
+    ),
+    (
+        "per_guide not a boolean",
+        BASE_CONFIG + '\n[discovery]\nper_guide = "yes"\n',
+        "[discovery]: 'per_guide' must be a boolean (true/false), got string 'yes'",
+    ),
     (
         "library check",
         BASE_CONFIG.replace("n_burden_bins = 3", "burden_clip_quantiles = [0.9, 0.1]"),
@@ -436,6 +575,19 @@ def test_schema_matches_the_library():
     from sklcrt.runners import CONTROL_GROUPS
 
     assert tuple(cli.CONTROL_GROUPS) == CONTROL_GROUPS
+    from sklcrt.runners import run_gene_loop
+    from sklcrt.statistics import NBScoreStatistic
+
+    nb = NBScoreStatistic().get_params()
+    statistic = {o.name: o for o in CONFIG_SCHEMA["statistic"]}
+    assert statistic["theta"].default == nb["theta"]
+    assert tuple(statistic["theta_bounds"].default) == nb["theta_bounds"]
+    assert statistic["effect_fit"].default == nb["effect_fit"]
+    constraint = NBScoreStatistic._parameter_constraints["effect_fit"][0]
+    assert set(statistic["effect_fit"].choices) == set(constraint.options)
+    per_guide = inspect.signature(run_gene_loop).parameters["per_guide"].default
+    for section in ("power", "discovery"):
+        assert {o.name: o.default for o in CONFIG_SCHEMA[section]}["per_guide"] is per_guide
     top = {o.name: o.default for o in CONFIG_SCHEMA[""]}
     crt = CRTTest().get_params()
     for key in ("n_resamples", "n_resamples_adaptive", "alternative", "pvalue_method"):
