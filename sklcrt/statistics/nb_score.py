@@ -590,10 +590,11 @@ class NBScoreStatistic(BaseStatistic):
             return block, beta, theta, conv, gram(mu / (1.0 + mu / theta[:, None]))
 
         # Each response converges on its own, so blocks fitted in parallel threads give the
-        # same fit (numpy releases the GIL in these passes over whole blocks).
+        # same fit (numpy releases the GIL in these passes over whole blocks). Threads, whatever
+        # joblib backend is configured for the units: the blocks share Y and the design.
         blocks = (fitted[start : start + k] for start in range(0, fitted.size, k))
         with _single_threaded_blas():
-            fits = Parallel(n_jobs=self.n_jobs, prefer="threads")(
+            fits = Parallel(n_jobs=self.n_jobs, backend="threading")(
                 delayed(fit_block)(block) for block in blocks
             )
         for block, beta, theta, conv, H in fits:
