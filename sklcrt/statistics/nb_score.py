@@ -191,7 +191,9 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
             bad = bad[~ok]
         # Where no step improves the likelihood the fit is at its (numerical) optimum.
         new_b[bad], new_eta[bad], new_mu[bad], new_ll[bad] = b[bad], eta[bad], mu[bad], ll[bad]
-        moved = np.abs(t[:, None] * step).max(axis=1)
+        # Converged when the full Newton step is small (a step shortened by the line search
+        # says nothing about the distance to the optimum), or when no step improves.
+        moved = np.abs(step).max(axis=1)
         moved[bad] = 0.0
         beta[active] = new_b
         done = moved <= tol * (1.0 + np.abs(new_b).max(axis=1))
@@ -292,14 +294,39 @@ def _moments_theta(Y, mu, bounds):
     return np.clip(np.nan_to_num(theta, nan=bounds[1]), bounds[0], bounds[1])
 
 
-def _nb_loglik(Y, eta, mu, theta, table, *, derivatives):
-    """Full NB log-likelihood per response (up to terms free of beta and theta), with d/dθ and
-    d²/dθ² when ``derivatives``: ``Σ y η`` plus the profile of :func:`_theta_loglik`."""
-    out = _theta_loglik(theta, Y, mu, table, derivatives=derivatives)
-    y_eta = np.einsum("ij,ij->i", Y, eta)
-    if not derivatives:
-        return out + y_eta
-    return out[0] + y_eta, out[1], out[2]
+def _nb_terms(Y, eta, mu, theta, table):
+    """Everything one Newton iteration of :func:`_fit_nb` needs, from the means of one point.
+
+    With ``r = μ/θ``, ``u = 1 / (1 + r)``, ``s = r u`` and ``a = y + θ`` (per cell):
+
+    - ``ll = Σ y η - Σ a log1p(r) + T(θ)``, the NB log-likelihood up to terms free of β and θ,
+    - ``dll/dθ = -Σ log1p(r) + Σ a s / θ + T'(θ)``,
+    - ``d²ll/dθ² = 2 Σ s / θ - Σ (2 + r) a s u / θ² + T''(θ)``,
+    - ``u``, which turns ``y - μ`` into the score of β, and ``a s u = μ (1 + y/θ) / (1 + μ/θ)²``,
+      the weights of its observed information,
+
+    where ``T`` sums the gamma-function terms over the table of distinct nonzero counts (they
+    vanish for ``y = 0``). The same quantities as :func:`_theta_loglik`, in fewer passes.
+    """
+    thc = theta[:, None]
+    r = mu / thc
+    l1p = np.log1p(r)
+    u = r + 1.0
+    np.reciprocal(u, out=u)
+    a = Y + thc
+    s = r * u
+    ll = np.einsum("ij,ij->i", Y, eta) - np.einsum("ij,ij->i", a, l1p)
+    g = np.einsum("ij,ij->i", a, s) / theta - l1p.sum(axis=1)
+    weights = a * s
+    weights *= u
+    r += 2.0
+    h = 2.0 * s.sum(axis=1) / theta - np.einsum("ij,ij->i", weights, r) / theta**2
+    y = table.value
+    t = theta[table.resp]
+    ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
+    g += table.sum(psi(y + t) - psi(t) - y / t)
+    h += table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2)
+    return ll, g, h, u, weights
 
 
 def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
@@ -330,14 +357,12 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     Ya, ta = Y, table
     eta = beta @ XT
     mu = _mean(eta)
-    ll, g, h = _nb_loglik(Ya, eta, mu, np.exp(phi), ta, derivatives=True)
+    ll, g, h, u, weights = _nb_terms(Ya, eta, mu, np.exp(phi), ta)
     for _ in range(max_iter):
         b, p = beta[active], phi[active]
         th = np.exp(p)
-        thc = th[:, None]
-        denom = 1.0 + mu / thc
-        score = ((Ya - mu) / denom) @ XT.T
-        step_b = _solve(gram(mu * (1.0 + Ya / thc) / (denom * denom)), score)
+        score = ((Ya - mu) * u) @ XT.T
+        step_b = _solve(gram(weights), score)
         g_phi = th * g
         h_phi = th * th * h + g_phi
         concave = h_phi < 0
@@ -348,7 +373,8 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         new_p = np.clip(p + step_p, lo, hi)
         new_eta = new_b @ XT
         new_mu = _mean(new_eta)
-        new_ll, new_g, new_h = _nb_loglik(Ya, new_eta, new_mu, np.exp(new_p), ta, derivatives=True)
+        new = list(_nb_terms(Ya, new_eta, new_mu, np.exp(new_p), ta))  # ll, g, h, u, weights
+        new_ll = new[0]
         bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
         t = np.ones(active.size)
         for _ in range(_MAX_HALVINGS):
@@ -359,24 +385,21 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             cand_p = np.clip(p[bad] + t[bad] * step_p[bad], lo, hi)
             cand_eta = cand_b @ XT
             cand_mu = _mean(cand_eta)
-            cand_ll, cand_g, cand_h = _nb_loglik(
-                Ya[bad], cand_eta, cand_mu, np.exp(cand_p), ta.subset(bad), derivatives=True
-            )
-            ok = cand_ll >= ll[bad] - 1e-12 * np.abs(ll[bad])
+            cand = _nb_terms(Ya[bad], cand_eta, cand_mu, np.exp(cand_p), ta.subset(bad))
+            ok = cand[0] >= ll[bad] - 1e-12 * np.abs(ll[bad])
             acc = bad[ok]
-            new_b[acc], new_p[acc], new_eta[acc], new_mu[acc] = (
-                cand_b[ok],
-                cand_p[ok],
-                cand_eta[ok],
-                cand_mu[ok],
-            )
-            new_ll[acc], new_g[acc], new_h[acc] = cand_ll[ok], cand_g[ok], cand_h[ok]
+            new_b[acc], new_p[acc], new_mu[acc] = cand_b[ok], cand_p[ok], cand_mu[ok]
+            for part, cand_part in zip(new, cand, strict=True):
+                part[acc] = cand_part[ok]
             bad = bad[~ok]
         # Where no step improves the likelihood the fit is at its (numerical) optimum.
         new_b[bad], new_p[bad] = b[bad], p[bad]
         beta[active], phi[active] = new_b, new_p
-        done = np.abs(new_b - b).max(axis=1) <= tol * (1.0 + np.abs(new_b).max(axis=1))
-        done &= np.abs(new_p - p) <= tol
+        # Converged when the full Newton steps are small (a step shortened by the line search
+        # says nothing about the distance to the optimum), or when no step improves.
+        done = np.abs(step_b).max(axis=1) <= tol * (1.0 + np.abs(new_b).max(axis=1))
+        done &= np.abs(np.clip(p + step_p, lo, hi) - p) <= tol
+        done[bad] = True
         converged[active[done]] = True
         keep = np.flatnonzero(~done)
         if keep.size == 0:
@@ -386,8 +409,8 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             Ya, ta = Ya[keep], ta.subset(keep)
         else:
             keep = slice(None)
-        eta, mu = new_eta[keep], new_mu[keep]
-        ll, g, h = new_ll[keep], new_g[keep], new_h[keep]
+        mu = new_mu[keep]
+        ll, g, h, u, weights = (part[keep] for part in new)
     return beta, np.clip(np.exp(phi), bounds[0], bounds[1]), converged
 
 
