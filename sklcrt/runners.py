@@ -916,13 +916,22 @@ def calibration_summary(results: pd.DataFrame, *, alpha: float = 0.1) -> dict:
     dict
         ``n_pairs`` (tested), ``frac_below_0.01``, ``frac_below_0.05``, ``quantile_0.01``,
         ``n_bh_discoveries`` (at ``alpha``), ``ks_distance``, ``ks_pvalue``, ``mean_effect``.
+        For the results of :func:`run_ntc_ensemble` (an ``ensemble`` column) the
+        Benjamini-Hochberg adjustment is done within each grouping, as there, and the
+        discoveries are summed: every grouping tests the same guides again.
     """
-    p = results["p_value"].to_numpy(dtype=float)
-    p = p[np.isfinite(p)]
+    tested = np.isfinite(results["p_value"].to_numpy(dtype=float))
+    p = results["p_value"].to_numpy(dtype=float)[tested]
     if p.size == 0:
         raise ValueError("results hold no tested pairs (every p_value is NaN).")
     ks = stats.kstest(p, "uniform")
-    n_bh = int(np.sum(stats.false_discovery_control(p, method="bh") <= alpha))
+    groupings = np.zeros(p.size)
+    if "ensemble" in results:
+        groupings = results["ensemble"].to_numpy()[tested]
+    n_bh = sum(
+        int(np.sum(stats.false_discovery_control(p[groupings == g], method="bh") <= alpha))
+        for g in np.unique(groupings)
+    )
     return {
         "n_pairs": int(p.size),
         "frac_below_0.01": float(np.mean(p < 0.01)),

@@ -211,6 +211,18 @@ def test_ntc_groups_and_summary(inputs):
     assert len(ens) == 20
 
 
+def test_calibration_summary_adjusts_within_ensemble_groupings():
+    # Grouping 0 has one small p-value among 4 (BH: 0.001 * 4 <= 0.1); pooled with grouping 1's
+    # 100 large p-values it is no discovery (0.001 * 104 > 0.1).
+    p = np.r_[0.001, 0.5, 0.6, 0.7, np.full(100, 0.9)]
+    res = pd.DataFrame({"p_value": p, "effect": 0.0, "ensemble": np.r_[[0] * 4, [1] * 100]})
+    assert calibration_summary(res)["n_bh_discoveries"] == 1
+    assert calibration_summary(res.drop(columns="ensemble"))["n_bh_discoveries"] == 0
+    res.loc[1, "p_value"] = np.nan  # untested pairs are left out within their grouping too
+    assert calibration_summary(res)["n_bh_discoveries"] == 1
+    assert calibration_summary(res)["n_pairs"] == 103
+
+
 def test_discovery_and_per_guide(adata, inputs):
     pos = _pairs(adata, "positive_control_pairs")
     res = discovery_analysis(inputs, pos, alpha=0.1, **STRAT)
