@@ -87,28 +87,17 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_w1_programs import PeakRSS  # noqa: E402
 
+from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES  # noqa: E402
+from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-COVARIATES = [
-    "batch",
-    "log1p_response_n_umis",
-    "log1p_response_n_nonzero",
-    "log1p_grna_n_umis",
-    "log1p_grna_n_nonzero",
-]
 B1, B2 = 499, 4999
 ALPHA = 0.1
 MIN_NONZERO = 7
 CRT = dict(resampling_method="bernoulli_index")
 STRATIFIED = dict(
     resampling_method="stratified_perm",
-    resampling_kwargs=dict(
-        n_bins=20,
-        stratify_by_batch=True,
-        batch_key="batch",
-        burden_key="log1p_non_ntc_guides_per_cell",
-        n_burden_bins=8,
-        burden_bin_method="quantile",
-    ),
+    resampling_kwargs=dict(RECOMMENDED_HIGH_MOI_KWARGS, batch_key="batch"),
 )
 MISSING = "pysceptre is not installed: pip install pysceptre to run this comparison"
 LABELS = {
@@ -136,7 +125,7 @@ def load_inputs(data: Path, n_pairs: int | None):
     adata = adata[:, [g for g in adata.var_names if g in genes]].copy()
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
-    inputs = prepare_crt_inputs(adata, response="counts", covariates=COVARIATES)
+    inputs = prepare_crt_inputs(adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
     return pairs, inputs
 
 

@@ -48,18 +48,12 @@ except ImportError:  # pragma: no cover
     psutil = None
 
 from sklcrt.preprocessing import encode_covariates
+from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS
 
 FULL_UNITS = 2_000
 FULL_NTC_GROUPS = 50
 RESAMPLING = dict(
-    resampling_method="stratified_perm",
-    resampling_kwargs=dict(
-        n_bins=20,
-        n_burden_bins=8,
-        burden_key="log1p_non_ntc_guides_per_cell",
-        stratify_by_batch=True,
-        burden_bin_method="quantile",
-    ),
+    resampling_method="stratified_perm", resampling_kwargs=dict(RECOMMENDED_HIGH_MOI_KWARGS)
 )
 
 

@@ -31,24 +31,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_w1_programs import PeakRSS, maxrss_mb  # noqa: E402
 
+from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES  # noqa: E402
+from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-COVARIATES = [
-    "batch",
-    "log1p_response_n_umis",
-    "log1p_response_n_nonzero",
-    "log1p_grna_n_umis",
-    "log1p_grna_n_nonzero",
-]
 RESAMPLING = dict(
     resampling_method="stratified_perm",
-    resampling_kwargs=dict(
-        n_bins=20,
-        stratify_by_batch=True,
-        batch_key="batch",
-        burden_key="log1p_non_ntc_guides_per_cell",
-        n_burden_bins=8,
-        burden_bin_method="quantile",
-    ),
+    resampling_kwargs=dict(RECOMMENDED_HIGH_MOI_KWARGS, batch_key="batch"),
 )
 
 
@@ -79,7 +68,9 @@ def main(argv=None) -> None:
         adata = ad.read_h5ad(data / "gasperini2019_highmoi.h5ad")
         assign_guides(adata, method="threshold", threshold=5)
         add_burden_covariates(adata)
-        inputs = prepare_crt_inputs(adata, response="counts", covariates=COVARIATES)
+        inputs = prepare_crt_inputs(
+            adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES
+        )
         t_load = time.perf_counter() - t0
         discovery = pd.read_csv(data / "gasperini2019_highmoi_discovery_pairs.csv")
         positive = pd.read_csv(data / "gasperini2019_highmoi_positive_control_pairs.csv")

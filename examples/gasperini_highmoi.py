@@ -31,7 +31,7 @@ import pandas as pd
 from _common import base_parser, high_moi_methods, save_positive_controls, save_qq_panels
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
-from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES, prepare_crt_inputs
 from sklcrt.runners import (
     calibration_summary,
     discovery_analysis,
@@ -40,13 +40,6 @@ from sklcrt.runners import (
     run_ntc_groups,
 )
 
-COVARIATES = [
-    "batch",
-    "log1p_response_n_umis",
-    "log1p_response_n_nonzero",
-    "log1p_grna_n_umis",
-    "log1p_grna_n_nonzero",
-]
 METHODS = high_moi_methods()
 
 
@@ -70,7 +63,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     adata = load(args.data_dir)
-    inputs = prepare_crt_inputs(adata, response="counts", covariates=COVARIATES)
+    inputs = prepare_crt_inputs(adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
     statistic = fit_null_model(inputs)  # NB GLM per gene, shared by every method and analysis
     print(f"inputs and NB null model: {time.perf_counter() - start:.1f} s")
 

@@ -31,7 +31,7 @@ from _common import base_parser, high_moi_methods, save_qq_panels
 from sklearn.decomposition import NMF
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
-from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES, prepare_crt_inputs
 from sklcrt.runners import (
     calibration_summary,
     fit_null_model,
@@ -39,13 +39,6 @@ from sklcrt.runners import (
     run_ntc_ensemble,
 )
 
-COVARIATES = [
-    "batch",
-    "log1p_response_n_umis",
-    "log1p_response_n_nonzero",
-    "log1p_grna_n_umis",
-    "log1p_grna_n_nonzero",
-]
 METHODS = high_moi_methods()
 
 
@@ -87,7 +80,7 @@ def main(argv=None):
         f"NMF: {args.n_programs} programs, {model.n_iter_} iterations, reconstruction error "
         f"{model.reconstruction_err_:.1f} ({time.perf_counter() - start:.1f} s)"
     )
-    inputs = prepare_crt_inputs(adata, response="programs", covariates=COVARIATES)
+    inputs = prepare_crt_inputs(adata, response="programs", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
     statistic = fit_null_model(inputs)  # OLS on the CLR usages, shared by every analysis
     tss = sorted(t for t in inputs["units"] if t.endswith("_TSS"))
 

@@ -23,9 +23,20 @@ from sklcrt.assignment import (
 )
 from sklcrt.preprocessing import clr_transform, encode_covariates
 
-__all__ = ["RESPONSE_KINDS", "prepare_crt_inputs", "unit_treatment"]
+__all__ = ["RESPONSE_KINDS", "SCEPTRE_HIGH_MOI_COVARIATES", "prepare_crt_inputs", "unit_treatment"]
 
 RESPONSE_KINDS = ("counts", "programs")
+
+#: SCEPTRE's default high-MOI formula, ``log(response_n_nonzero) + log(response_n_umis) +
+#: log(grna_n_nonzero + 1) + log(grna_n_umis + 1) + batch``, as ``covariates`` of
+#: :func:`prepare_crt_inputs` (columns of the data contract's ``obsm["covar"]``).
+SCEPTRE_HIGH_MOI_COVARIATES = (
+    "batch",
+    "log1p_response_n_umis",
+    "log1p_response_n_nonzero",
+    "log1p_grna_n_umis",
+    "log1p_grna_n_nonzero",
+)
 
 
 def _missing(container: str, key, available, hint: str = "") -> ValueError:

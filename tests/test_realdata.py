@@ -40,6 +40,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES
+from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS
+
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 GASPERINI = DATA_DIR / "gasperini2019_highmoi.h5ad"
 PAPALEXI = DATA_DIR / "papalexi2021_lowmoi.h5ad"
@@ -60,23 +63,9 @@ needs_papalexi = _needs(PAPALEXI)
 
 # SCEPTRE's default high-MOI formula: log(response_n_nonzero) + log(response_n_umis) +
 # log(grna_n_nonzero + 1) + log(grna_n_umis + 1) + batch
-COVARIATES = [
-    "batch",
-    "log1p_response_n_umis",
-    "log1p_response_n_nonzero",
-    "log1p_grna_n_umis",
-    "log1p_grna_n_nonzero",
-]
 RESAMPLING = dict(
     resampling_method="stratified_perm",
-    resampling_kwargs=dict(
-        n_bins=20,
-        stratify_by_batch=True,
-        batch_key="batch",
-        burden_key="log1p_non_ntc_guides_per_cell",
-        n_burden_bins=8,
-        burden_bin_method="quantile",
-    ),
+    resampling_kwargs=dict(RECOMMENDED_HIGH_MOI_KWARGS, batch_key="batch"),
 )
 CONFIDENCE = 0.999
 
@@ -91,7 +80,7 @@ def gasperini():
     adata = ad.read_h5ad(GASPERINI)
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
-    inputs = prepare_crt_inputs(adata, response="counts", covariates=COVARIATES)
+    inputs = prepare_crt_inputs(adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
     statistic = fit_null_model(inputs)  # NB score, fitted once for every analysis
     return adata, inputs, statistic
 
