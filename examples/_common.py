@@ -46,6 +46,28 @@ def base_parser(description: str, *, data_help: str | None = None) -> argparse.A
     return parser
 
 
+def run_options(args, statistic) -> dict:
+    """The runner options every example passes: the shared null model and the command line's."""
+    return dict(
+        statistic=statistic,
+        n_resamples=args.n_resamples,
+        n_resamples_adaptive=args.n_resamples_adaptive,
+        random_state=args.seed,
+        n_jobs=args.n_jobs,
+        progress=False,
+    )
+
+
+def calibration_columns(summary: dict) -> dict:
+    """The NTC check's columns of a comparison table, from ``calibration_summary``."""
+    return {
+        "NTC pairs": summary["n_pairs"],
+        "frac p<0.01": round(summary["frac_below_0.01"], 4),
+        "frac p<0.05": round(summary["frac_below_0.05"], 4),
+        "BH discoveries among NTC": summary["n_bh_discoveries"],
+    }
+
+
 def save_positive_controls(pc_tables: list, methods, reference: str, path: Path) -> None:
     """One row per positive control: size and log2FC (from ``reference``), p per method."""
     pcs = pd.concat(pc_tables, ignore_index=True)

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import anndata as ad
 import pandas as pd
-from _common import base_parser, high_moi_methods, save_positive_controls, save_qq_panels
+from _common import (
+    base_parser,
+    calibration_columns,
+    high_moi_methods,
+    run_options,
+    save_positive_controls,
+    save_qq_panels,
+)
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
 from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES, prepare_crt_inputs
@@ -69,14 +76,7 @@ def main(argv=None):
 
     positive = pd.DataFrame(adata.uns["positive_control_pairs"])
     discovery = pd.DataFrame(adata.uns["discovery_pairs"])
-    run = dict(
-        statistic=statistic,
-        n_resamples=args.n_resamples,
-        n_resamples_adaptive=args.n_resamples_adaptive,
-        random_state=args.seed,
-        n_jobs=args.n_jobs,
-        progress=False,
-    )
+    run = run_options(args, statistic)
     rows, ntc_p, disc_p, pc_tables = [], {}, {}, []
     for name, method in METHODS.items():
         tic = time.perf_counter()
@@ -88,10 +88,7 @@ def main(argv=None):
         rows.append(
             {
                 "method": name,
-                "NTC pairs": summary["n_pairs"],
-                "frac p<0.01": round(summary["frac_below_0.01"], 4),
-                "frac p<0.05": round(summary["frac_below_0.05"], 4),
-                "BH discoveries among NTC": summary["n_bh_discoveries"],
+                **calibration_columns(summary),
                 "positive controls found (p<1e-3)": f"{int(found.sum())}/{len(pc)}",
                 "discovery pairs tested": int(disc["pass_qc"].sum()),
                 f"discoveries at BH {args.alpha:g}": int(disc["significant"].sum()),

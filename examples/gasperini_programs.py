@@ -27,7 +27,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import base_parser, high_moi_methods, save_qq_panels
+from _common import base_parser, calibration_columns, high_moi_methods, run_options, save_qq_panels
 from sklearn.decomposition import NMF
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
@@ -84,14 +84,7 @@ def main(argv=None):
     statistic = fit_null_model(inputs)  # OLS on the CLR usages, shared by every analysis
     tss = sorted(t for t in inputs["units"] if t.endswith("_TSS"))
 
-    run = dict(
-        statistic=statistic,
-        n_resamples=args.n_resamples,
-        n_resamples_adaptive=args.n_resamples_adaptive,
-        random_state=args.seed,
-        n_jobs=args.n_jobs,
-        progress=False,
-    )
+    run = run_options(args, statistic)
     rows, ntc_p, loop_p = [], {}, {}
     for name, method in METHODS.items():
         tic = time.perf_counter()
@@ -105,10 +98,7 @@ def main(argv=None):
         rows.append(
             {
                 "method": name,
-                "NTC pairs": summary["n_pairs"],
-                "frac p<0.01": round(summary["frac_below_0.01"], 4),
-                "frac p<0.05": round(summary["frac_below_0.05"], 4),
-                "BH discoveries among NTC": summary["n_bh_discoveries"],
+                **calibration_columns(summary),
                 "target x program pairs": int(loop["p_value"].notna().sum()),
                 f"discoveries at BH {args.alpha:g}": int(loop["significant"].sum()),
                 "TSS targets with a discovery": f"{n_tss_hit}/{len(tss)}",

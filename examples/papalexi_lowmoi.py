@@ -38,7 +38,13 @@ from pathlib import Path
 
 import anndata as ad
 import pandas as pd
-from _common import base_parser, save_positive_controls, save_qq_panels
+from _common import (
+    base_parser,
+    calibration_columns,
+    run_options,
+    save_positive_controls,
+    save_qq_panels,
+)
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
 from sklcrt.inputs import prepare_crt_inputs, unit_treatment
@@ -97,14 +103,7 @@ def main(argv=None):
     data_dir = args.data_dir
     positive = pd.read_csv(data_dir / "papalexi2021_lowmoi_positive_control_pairs.csv")
     discovery = pd.read_csv(data_dir / "papalexi2021_lowmoi_discovery_pairs.csv")
-    run = dict(
-        statistic=statistic,
-        n_resamples=args.n_resamples,
-        n_resamples_adaptive=args.n_resamples_adaptive,
-        random_state=args.seed,
-        n_jobs=args.n_jobs,
-        progress=False,
-    )
+    run = run_options(args, statistic)
     # NTC groups of the median number of gRNAs per target (4) in both checks
     median_group = int(pd.Series([len(g) for g in inputs["units"].values()]).median())
     rows, ntc_p, disc_p, pc_tables = [], {}, {}, []
@@ -123,10 +122,7 @@ def main(argv=None):
         rows.append(
             {
                 "method": name,
-                "NTC pairs": summary["n_pairs"],
-                "frac p<0.01": round(summary["frac_below_0.01"], 4),
-                "frac p<0.05": round(summary["frac_below_0.05"], 4),
-                "BH discoveries among NTC": summary["n_bh_discoveries"],
+                **calibration_columns(summary),
                 "positive controls found (p<1e-3)": f"{int(found.sum())}/{len(pc)}",
                 "discovery pairs tested": int(disc["pass_qc"].sum()),
                 f"discoveries at BH {args.alpha:g}": int(disc["significant"].sum()),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from _common import base_parser, high_moi_methods, save_qq_panels
+from _common import base_parser, calibration_columns, high_moi_methods, run_options, save_qq_panels
 
 from sklcrt.datasets import simulate_screen
 from sklcrt.inputs import prepare_crt_inputs
@@ -65,14 +65,7 @@ def main(argv=None):
         discovery = discovery[discovery["response_kind"] == kind]
         positive = truth[truth["response_kind"] == kind][["response_id", "grna_target"]]
         true_pairs = set(zip(positive["grna_target"], positive["response_id"], strict=True))
-        run = dict(
-            statistic=statistic,
-            n_resamples=args.n_resamples,
-            n_resamples_adaptive=args.n_resamples_adaptive,
-            random_state=args.seed,
-            n_jobs=args.n_jobs,
-            progress=False,
-        )
+        run = run_options(args, statistic)
         for name, method in METHODS.items():
             # no adaptive stage for the calibration check: without burden bins most NTC pairs
             # would qualify for it, and 499 resamples resolve the fraction below 0.01
@@ -89,10 +82,7 @@ def main(argv=None):
                 {
                     "responses": f"{response} ({'NB score' if kind == 'gene' else 'OLS'})",
                     "method": name,
-                    "NTC pairs": summary["n_pairs"],
-                    "frac p<0.01": round(summary["frac_below_0.01"], 4),
-                    "frac p<0.05": round(summary["frac_below_0.05"], 4),
-                    "BH discoveries among NTC": summary["n_bh_discoveries"],
+                    **calibration_columns(summary),
                     "true effects found (p<1e-3)": f"{n_found}/{len(pc)}",
                     f"discoveries at BH {args.alpha:g}": int(disc["significant"].sum()),
                     "listed true effects among them": n_true,
