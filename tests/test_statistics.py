@@ -5,13 +5,14 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from scipy import stats
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import sklcrt.statistics._base as base_module
 import sklcrt.statistics.nb_score as nb_module
 from sklcrt.statistics import BaseStatistic, NBScoreStatistic, OLSStatistic
-from sklcrt.statistics.nb_score import _CountTable, _theta_loglik
+from sklcrt.statistics.nb_score import _CountTable, _nb_terms
 
 sm = pytest.importorskip("statsmodels.api")
 
@@ -229,9 +230,10 @@ def test_nb_theta_is_the_maximum_likelihood_estimate():
     stat = NBScoreStatistic().fit(Y, C)
     # Close to the truth within sampling error: |theta_hat - theta| < 4 SE, the SE from the
     # observed information of the profile likelihood at the estimate.
-    mu_hat = np.exp(stat.coef_ @ stat.basis_.T)
+    eta_hat = stat.coef_ @ stat.basis_.T
+    mu_hat = np.exp(eta_hat)
     Yt = np.ascontiguousarray(Y.T)
-    _, grad, hess = _theta_loglik(stat.theta_, Yt, mu_hat, _CountTable(Yt), derivatives=True)
+    _, grad, hess, _, _ = _nb_terms(Yt, eta_hat, mu_hat, stat.theta_, _CountTable(Yt))
     se = 1.0 / np.sqrt(-hess)
     assert np.all(np.abs(stat.theta_ - thetas) < 4 * se)
     np.testing.assert_allclose(grad * stat.theta_, 0, atol=1e-6)  # at the maximum
@@ -249,6 +251,39 @@ def test_nb_theta_is_the_maximum_likelihood_estimate():
     score = ((Yt - mu_hat) / (1 + mu_hat / stat.theta_[:, None])) @ stat.basis_
     assert np.abs(score).max() < 1e-6 * np.abs(Yt).sum(axis=1).max()
     assert stat.converged_.all()
+
+
+def test_nb_terms_are_the_likelihood_and_its_derivatives():
+    # The log-likelihood moves with θ and η as the NB log pmf does (it drops terms free of
+    # both); d/dθ and d²/dθ² match central differences; the score factor and the Newton
+    # weights match their closed forms.
+    rng = np.random.default_rng(12)
+    n, thetas = 500, np.array([0.7, 3.0, 40.0])
+    th = thetas[:, None]
+    eta = rng.normal(0.5, 0.8, size=(thetas.size, n))
+    Y = rng.negative_binomial(th, th / (th + np.exp(eta))).astype(float)
+    table = _CountTable(Y)
+
+    def loglik(theta, eta):
+        return _nb_terms(Y, eta, np.exp(eta), theta, table)[0]
+
+    def logpmf(theta, eta):
+        t = theta[:, None]
+        return stats.nbinom.logpmf(Y, t, t / (t + np.exp(eta))).sum(axis=1)
+
+    ll, g, h, u, weights = _nb_terms(Y, eta, np.exp(eta), thetas, table)
+    step = 1e-4 * thetas
+    shifted = eta + 0.1 * rng.normal(size=eta.shape)
+    for theta2, eta2 in ((thetas + step, eta), (thetas, shifted), (1.5 * thetas, shifted)):
+        np.testing.assert_allclose(
+            loglik(theta2, eta2) - ll, logpmf(theta2, eta2) - logpmf(thetas, eta), rtol=1e-6
+        )
+    up, down = loglik(thetas + step, eta), loglik(thetas - step, eta)
+    np.testing.assert_allclose(g, (up - down) / (2 * step), rtol=1e-5)
+    np.testing.assert_allclose(h, (up - 2 * ll + down) / step**2, rtol=1e-3)
+    mu = np.exp(eta)
+    np.testing.assert_allclose(u, 1.0 / (1.0 + mu / th))
+    np.testing.assert_allclose(weights, mu * (1.0 + Y / th) / (1.0 + mu / th) ** 2)
 
 
 def test_nb_fit_of_a_response_does_not_depend_on_the_others(monkeypatch):

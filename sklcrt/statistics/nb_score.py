@@ -252,39 +252,6 @@ class _CountTable:
         return sub
 
 
-def _theta_loglik(th, Y, mu, table: _CountTable, *, derivatives: bool):
-    """Profile NB log-likelihood in theta for fixed mu (and d/dθ, d²/dθ²), per response.
-
-    Uses ``θ log θ - (y+θ) log(θ+μ) = -y log θ - (y+θ) log1p(μ/θ)``; the gamma-function terms
-    are summed over the table of distinct nonzero counts.
-    """
-    thc = th[:, None]
-    l1p = np.log1p(mu / thc)
-    y_th = Y + thc
-    ll = -(y_th * l1p).sum(axis=1)
-    y = table.value
-    t = th[table.resp]
-    ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
-    if not derivatives:
-        return ll
-    # The same expressions as d/dθ and d²/dθ² written out, with common terms computed once.
-    den = thc * (thc + mu)
-    ratio = y_th * mu
-    ratio /= den
-    l1p -= ratio
-    g = -l1p.sum(axis=1)
-    first = 2.0 * mu
-    first /= den
-    second = 2.0 * thc + mu
-    second *= ratio
-    second /= den
-    first -= second
-    h = first.sum(axis=1)
-    g += table.sum(psi(y + t) - psi(t) - y / t)
-    h += table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2)
-    return ll, g, h
-
-
 def _moments_theta(Y, mu, bounds):
     """Method-of-moments start: ``Var(y) = μ + μ²/θ``."""
     excess = ((Y - mu) ** 2 - mu).sum(axis=1)
@@ -306,7 +273,7 @@ def _nb_terms(Y, eta, mu, theta, table):
       the weights of its observed information,
 
     where ``T`` sums the gamma-function terms over the table of distinct nonzero counts (they
-    vanish for ``y = 0``). The same quantities as :func:`_theta_loglik`, in fewer passes.
+    vanish for ``y = 0``).
     """
     thc = theta[:, None]
     r = mu / thc
