@@ -714,13 +714,12 @@ def _check_statistic(config: dict, source: str) -> None:
         raise ConfigError(
             f"{where}: 'theta' must be > 0, got {theta}; omit it to estimate theta per response."
         )
-    low, high = options["theta_bounds"]
-    if not 0 < low < high < math.inf:
-        raise ConfigError(
-            f"{where}: 'theta_bounds' must be [low, high] with 0 < low < high (finite), got "
-            f"{options['theta_bounds']}."
-        )
-    options["theta_bounds"] = (low, high)
+    from sklcrt.statistics.nb_score import check_theta_bounds
+
+    try:
+        options["theta_bounds"] = check_theta_bounds(options["theta_bounds"])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _make_statistic(config: dict):

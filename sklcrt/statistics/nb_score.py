@@ -393,6 +393,19 @@ def _response_rows(Y, block, rows=None) -> np.ndarray:
     return np.ascontiguousarray(Y[np.ix_(rows, block)].T)
 
 
+def check_theta_bounds(bounds) -> tuple[float, float]:
+    """``theta_bounds`` as ``(low, high)`` with ``0 < low < high < inf``, or a ValueError."""
+    if not (
+        len(bounds) == 2
+        and all(isinstance(b, Real) for b in bounds)
+        and 0 < bounds[0] < bounds[1] < np.inf
+    ):
+        raise ValueError(
+            f"theta_bounds must be (low, high) with 0 < low < high < inf, got {bounds!r}."
+        )
+    return float(bounds[0]), float(bounds[1])
+
+
 # ==================================================================== the estimator
 class NBScoreStatistic(BaseStatistic):
     """Negative binomial GLM score statistic with exact covariate adjustment.
@@ -545,15 +558,7 @@ class NBScoreStatistic(BaseStatistic):
 
     # ---------------------------------------------------------------- fit
     def _fit(self, Y, Q):
-        bounds = self.theta_bounds
-        if not (
-            len(bounds) == 2
-            and all(isinstance(b, Real) for b in bounds)
-            and 0 < bounds[0] < bounds[1] < np.inf
-        ):
-            raise ValueError(
-                f"theta_bounds must be (low, high) with 0 < low < high < inf, got {bounds!r}."
-            )
+        bounds = check_theta_bounds(self.theta_bounds)
         n_cells, G = Y.shape
         r = Q.shape[1]
         self._Y = Y
