@@ -52,10 +52,12 @@ def is_ntc_target(target, ntc_labels: Iterable[str] = DEFAULT_NTC_LABELS) -> boo
     return str(target).strip().lower() in _ntc_set(ntc_labels)
 
 
-def _missing_key_error(container: str, key, available, hint: str) -> ValueError:
+def _missing_key_error(container: str, key, available, hint: str = "") -> ValueError:
+    """The error for a key missing from ``adata.<container>``, listing the keys there."""
     keys = sorted(map(str, available))
     return ValueError(
-        f"adata.{container}[{key!r}] not found; adata.{container} has keys {keys}. {hint}"
+        f"adata.{container}[{key!r}] not found; adata.{container} has keys {keys}."
+        + (f" {hint}" if hint else "")
     )
 
 
@@ -79,30 +81,35 @@ def _as_csr(matrix, name: str) -> sp.csr_matrix:
     return out
 
 
-def _guide_ids_from_uns(adata, guide_names_key, n_guides, counts_obj, counts_key):
-    if isinstance(counts_obj, pd.DataFrame):
-        ids = np.asarray(counts_obj.columns.astype(str), dtype=object)
+def _column_names(adata, obj, what: str, guide_names_key: str, n_columns: int, noun: str):
+    """Names of the columns of ``obj`` (``what`` and ``noun``, the kind of name, in messages).
+
+    A DataFrame's columns (which must agree with ``adata.uns[guide_names_key]`` when that is
+    stored too), else ``adata.uns[guide_names_key]``, one name per column.
+    """
+    if isinstance(obj, pd.DataFrame):
+        names = np.asarray(obj.columns.astype(str), dtype=object)
         if guide_names_key in adata.uns:
             from_uns = np.asarray(adata.uns[guide_names_key]).astype(str)
-            if from_uns.shape != ids.shape or np.any(from_uns != ids):
+            if from_uns.shape != names.shape or np.any(from_uns != names):
                 raise ValueError(
-                    f"adata.obsm[{counts_key!r}] is a DataFrame whose columns differ from "
+                    f"{what} is a DataFrame whose columns differ from "
                     f"adata.uns[{guide_names_key!r}]; make them agree or drop one of them."
                 )
-        return ids
+        return names
     if guide_names_key not in adata.uns:
         raise ValueError(
-            f"gRNA ids not found: adata.uns[{guide_names_key!r}] is missing and "
-            f"adata.obsm[{counts_key!r}] has no column names; adata.uns has keys "
-            f"{sorted(map(str, adata.uns.keys()))}. Pass guide_names_key=... or store the ids."
+            f"{noun}s not found: adata.uns[{guide_names_key!r}] is missing and {what} has no "
+            f"column names; adata.uns has keys {sorted(map(str, adata.uns.keys()))}. Pass "
+            "guide_names_key=... or store them."
         )
-    ids = np.asarray(adata.uns[guide_names_key]).astype(str).astype(object)
-    if ids.ndim != 1 or ids.size != n_guides:
+    names = np.asarray(adata.uns[guide_names_key]).astype(str).astype(object)
+    if names.ndim != 1 or names.size != n_columns:
         raise ValueError(
-            f"adata.uns[{guide_names_key!r}] has {ids.size} gRNA id(s) but "
-            f"adata.obsm[{counts_key!r}] has {n_guides} column(s); they must match one to one."
+            f"adata.uns[{guide_names_key!r}] has {names.size} {noun}(s) but {what} has "
+            f"{n_columns} column(s); they must match one to one."
         )
-    return ids
+    return names
 
 
 def _check_unique(names: np.ndarray, what: str) -> None:
@@ -272,7 +279,8 @@ def assign_guides(
         )
     if counts.nnz and not np.all(np.isfinite(counts.data)):
         raise ValueError(f"adata.obsm[{counts_key!r}] has NaN or infinite value(s).")
-    ids = _guide_ids_from_uns(adata, guide_names_key, n_guides, counts_obj, counts_key)
+    what = f"adata.obsm[{counts_key!r}]"
+    ids = _column_names(adata, counts_obj, what, guide_names_key, n_guides, "gRNA id")
     _check_unique(ids, "gRNA ids")
     targets = _targets_from_uns(adata, ids, target_key, target_frame_key)
 
@@ -432,13 +440,15 @@ def read_guide_matrix(
 
     Returns ``(guides, names)``: a canonical CSR int8 matrix (cells x guides, stored entries all 1)
     and an object array of guide names (the DataFrame's columns when the matrix is a DataFrame,
-    else ``adata.uns[guide_names_key]``).
+    which must then agree with ``adata.uns[guide_names_key]`` if that is stored too, else
+    ``adata.uns[guide_names_key]``).
     """
     if guide_key not in adata.obsm:
-        raise ValueError(
-            f"adata.obsm[{guide_key!r}] not found; adata.obsm has keys "
-            f"{sorted(map(str, adata.obsm.keys()))}. Run sklcrt.assignment.assign_guides on the "
-            "gRNA counts or pass guide_key=...."
+        raise _missing_key_error(
+            "obsm",
+            guide_key,
+            adata.obsm.keys(),
+            "Run sklcrt.assignment.assign_guides on the gRNA counts or pass guide_key=....",
         )
     obj = adata.obsm[guide_key]
     what = f"adata.obsm[{guide_key!r}]"
@@ -453,20 +463,7 @@ def read_guide_matrix(
         )
     if isinstance(obj, pd.DataFrame):
         _check_aligned(obj.index, adata.obs_names, what)
-        names = np.asarray(obj.columns.astype(str), dtype=object)
-    else:
-        if guide_names_key not in adata.uns:
-            raise ValueError(
-                f"guide names not found: {what} has no column names and "
-                f"adata.uns[{guide_names_key!r}] is missing; adata.uns has keys "
-                f"{sorted(map(str, adata.uns.keys()))}. Pass guide_names_key=...."
-            )
-        names = np.asarray(adata.uns[guide_names_key]).astype(str).astype(object)
-        if names.ndim != 1 or names.size != matrix.shape[1]:
-            raise ValueError(
-                f"adata.uns[{guide_names_key!r}] has {names.size} name(s) but {what} has "
-                f"{matrix.shape[1]} column(s); they must match one to one."
-            )
+    names = _column_names(adata, obj, what, guide_names_key, matrix.shape[1], "name")
     _check_unique(names, "guide names")
     return sp.csr_matrix(matrix, dtype=np.int8), names
 
@@ -479,10 +476,11 @@ def read_guide2gene(
     Every guide in ``guide_names`` must have a target.
     """
     if guide2gene_key not in adata.uns:
-        raise ValueError(
-            f"adata.uns[{guide2gene_key!r}] not found; adata.uns has keys "
-            f"{sorted(map(str, adata.uns.keys()))}. Run sklcrt.assignment.assign_guides or store "
-            "a dict guide -> target."
+        raise _missing_key_error(
+            "uns",
+            guide2gene_key,
+            adata.uns.keys(),
+            "Run sklcrt.assignment.assign_guides or store a dict guide -> target.",
         )
     raw = adata.uns[guide2gene_key]
     if isinstance(raw, pd.DataFrame):

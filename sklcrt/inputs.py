@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from sklcrt.assignment import (
     DEFAULT_NTC_LABELS,
     _check_aligned,
+    _missing_key_error,
     _ntc_set,
     read_guide2gene,
     read_guide_matrix,
@@ -39,13 +40,6 @@ SCEPTRE_HIGH_MOI_COVARIATES = (
 )
 
 
-def _missing(container: str, key, available, hint: str = "") -> ValueError:
-    return ValueError(
-        f"adata.{container}[{key!r}] not found; adata.{container} has keys "
-        f"{sorted(map(str, available))}.{(' ' + hint) if hint else ''}"
-    )
-
-
 def _count_responses(adata, layer):
     if layer is None:
         matrix, where = adata.X, "adata.X"
@@ -53,7 +47,9 @@ def _count_responses(adata, layer):
             raise ValueError("adata.X is empty; pass layer=... naming a layer with the counts.")
     else:
         if layer not in adata.layers:
-            raise _missing("layers", layer, adata.layers.keys(), "Pass layer=None to use adata.X.")
+            raise _missing_key_error(
+                "layers", layer, adata.layers.keys(), "Pass layer=None to use adata.X."
+            )
         matrix, where = adata.layers[layer], f"adata.layers[{layer!r}]"
     if sp.issparse(matrix):
         Y = sp.csr_matrix(matrix)  # no copy when already CSR
@@ -83,7 +79,7 @@ def _count_responses(adata, layer):
 
 def _program_responses(adata, usage_key, floor_quantile):
     if usage_key not in adata.obsm:
-        raise _missing(
+        raise _missing_key_error(
             "obsm", usage_key, adata.obsm.keys(), "Pass usage_key=... or response='counts'."
         )
     usage = adata.obsm[usage_key]
@@ -194,7 +190,7 @@ def prepare_crt_inputs(
         Y, response_names = _program_responses(adata, usage_key, clr_floor_quantile)
 
     if covar_key not in adata.obsm:
-        raise _missing(
+        raise _missing_key_error(
             "obsm",
             covar_key,
             adata.obsm.keys(),
