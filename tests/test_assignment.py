@@ -1,7 +1,5 @@
 """Tests for sklcrt.assignment: guide assignment from gRNA counts and burden covariates."""
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -17,8 +15,6 @@ from sklcrt.assignment import (
     read_guide2gene,
     read_guide_matrix,
 )
-
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 IDS = np.array(["gA1", "gA2", "gB1", "gB2", "ntc1", "ntc2"])
 TARGETS = np.array(["A", "A", "B", "B", "non-targeting", "non-targeting"])
@@ -361,16 +357,9 @@ def test_h5ad_round_trip(tmp_path):
 # ----------------------------------------------------------------------------- real data
 
 
-def _read_real(name):
-    path = DATA_DIR / f"{name}.h5ad"
-    if not path.exists():
-        pytest.skip(f"real screen {path} not found (../shared/data is absent)")
-    return ad.read_h5ad(path)
-
-
 @pytest.mark.realdata
-def test_gasperini_threshold_assignment_and_burden():
-    adata = _read_real("gasperini2019_highmoi")
+def test_gasperini_threshold_assignment_and_burden(real_screen):
+    adata = real_screen("gasperini2019_highmoi")
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
     G = adata.obsm["guide_assignment"]
@@ -391,8 +380,8 @@ def test_gasperini_threshold_assignment_and_burden():
 
 
 @pytest.mark.realdata
-def test_papalexi_maximum_rule_agrees_with_stored_max_feature():
-    adata = _read_real("papalexi2021_lowmoi")
+def test_papalexi_maximum_rule_agrees_with_stored_max_feature(real_screen):
+    adata = real_screen("papalexi2021_lowmoi")
     assign_guides(adata, method="maximum")
     G = adata.obsm["guide_assignment"]
     assert G.shape == (20729, 110) and G.getnnz(axis=1).max() == 1

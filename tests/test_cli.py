@@ -463,14 +463,12 @@ ERRORS = [
     (
         "theta_bounds reversed",
         BASE_CONFIG + "\n[statistic]\ntheta_bounds = [10.0, 1.0]\n",
-        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got "
-        "[10.0, 1.0]",
+        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got [10.0, 1.0]",
     ),
     (
         "theta_bounds infinite",
         BASE_CONFIG + "\n[statistic]\ntheta_bounds = [0.01, inf]\n",
-        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got "
-        "[0.01, inf]",
+        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got [0.01, inf]",
     ),
     (
         "theta_bounds not a pair",

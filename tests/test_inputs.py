@@ -1,7 +1,6 @@
 """Tests for sklcrt.inputs: prepare_crt_inputs and unit_treatment."""
 
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -11,8 +10,6 @@ import scipy.sparse as sp
 
 from sklcrt.inputs import prepare_crt_inputs, unit_treatment
 from sklcrt.preprocessing import clr_transform, encode_covariates
-
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 GUIDES = np.array(["gA1", "gA2", "gB1", "ntc1", "ntc2", "ntc3"])
 GUIDE2GENE = {
@@ -277,18 +274,11 @@ def test_unit_treatment_errors():
 # ----------------------------------------------------------------------------- real data
 
 
-def _read_real(name):
-    path = DATA_DIR / f"{name}.h5ad"
-    if not path.exists():
-        pytest.skip(f"real screen {path} not found (../shared/data is absent)")
-    return ad.read_h5ad(path)
-
-
 @pytest.mark.realdata
-def test_gasperini_inputs_shapes():
+def test_gasperini_inputs_shapes(real_screen):
     from sklcrt.assignment import add_burden_covariates, assign_guides
 
-    adata = _read_real("gasperini2019_highmoi")
+    adata = real_screen("gasperini2019_highmoi")
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
     inputs = prepare_crt_inputs(adata)
@@ -305,10 +295,10 @@ def test_gasperini_inputs_shapes():
 
 
 @pytest.mark.realdata
-def test_papalexi_inputs_with_maximum_rule():
+def test_papalexi_inputs_with_maximum_rule(real_screen):
     from sklcrt.assignment import assign_guides
 
-    adata = _read_real("papalexi2021_lowmoi")
+    adata = real_screen("papalexi2021_lowmoi")
     assign_guides(adata, method="maximum")
     inputs = prepare_crt_inputs(adata, batch_key="bio_rep")
     assert inputs["Y"].shape == (20729, 299)

@@ -34,8 +34,6 @@ Needs ``../shared/data`` next to the repository (skipped with a reason otherwise
 Papalexi.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -43,26 +41,9 @@ from scipy import stats
 from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES
 from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS
 
-DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-GASPERINI = DATA_DIR / "gasperini2019_highmoi.h5ad"
-PAPALEXI = DATA_DIR / "papalexi2021_lowmoi.h5ad"
-
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
-def _needs(path: Path):
-    return pytest.mark.skipif(
-        not path.is_file(),
-        reason=f"real screens not found: {path} is absent (they live in ../shared/data next "
-        "to the repository and are never committed)",
-    )
-
-
-needs_gasperini = _needs(GASPERINI)
-needs_papalexi = _needs(PAPALEXI)
-
-# SCEPTRE's default high-MOI formula: log(response_n_nonzero) + log(response_n_umis) +
-# log(grna_n_nonzero + 1) + log(grna_n_umis + 1) + batch
 RESAMPLING = dict(
     resampling_method="stratified_perm",
     resampling_kwargs=dict(RECOMMENDED_HIGH_MOI_KWARGS, batch_key="batch"),
@@ -71,13 +52,12 @@ CONFIDENCE = 0.999
 
 
 @pytest.fixture(scope="module")
-def gasperini():
-    ad = pytest.importorskip("anndata")
+def gasperini(real_screen):
     from sklcrt.assignment import add_burden_covariates, assign_guides
     from sklcrt.inputs import prepare_crt_inputs
     from sklcrt.runners import fit_null_model
 
-    adata = ad.read_h5ad(GASPERINI)
+    adata = real_screen("gasperini2019_highmoi")
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
     inputs = prepare_crt_inputs(adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
@@ -104,7 +84,6 @@ def _binomial_interval(n_pairs: int, inputs) -> tuple[float, float, float]:
     return n_eff, stats.binom.ppf(tail, n, 0.01) / n, stats.binom.isf(tail, n, 0.01) / n
 
 
-@needs_gasperini
 def test_ntc_groups_are_calibrated(gasperini):
     from sklcrt.runners import calibration_summary, run_ntc_groups
 
@@ -130,7 +109,6 @@ def test_ntc_groups_are_calibrated(gasperini):
     assert low <= summary["frac_below_0.01"] <= high, msg
 
 
-@needs_gasperini
 def test_positive_controls_are_found(gasperini):
     from sklcrt.runners import power_check
 
@@ -157,13 +135,12 @@ PAPALEXI_COVARIATES = ["bio_rep", "log1p_response_n_umis", "log1p_response_n_non
 
 
 @pytest.fixture(scope="module")
-def papalexi():
-    ad = pytest.importorskip("anndata")
+def papalexi(real_screen):
     from sklcrt.assignment import add_burden_covariates, assign_guides
     from sklcrt.inputs import prepare_crt_inputs
     from sklcrt.runners import fit_null_model
 
-    adata = ad.read_h5ad(PAPALEXI)
+    adata = real_screen("papalexi2021_lowmoi")
     assign_guides(adata, method="maximum", min_fraction=0.8, min_umis=5)
     adata = adata[adata.obs["guide_assignment_status"] == "assigned"].copy()  # clear top gRNA
     add_burden_covariates(adata)
@@ -191,7 +168,6 @@ def _ntc_check(inputs, statistic, control_group):
     return res, calibration_summary(res)  # BH within each grouping
 
 
-@needs_papalexi
 def test_low_moi_ntc_calibrated_with_nt_cells_controls(papalexi):
     inputs, statistic = papalexi
     res, summary = _ntc_check(inputs, statistic, "nt_cells")
