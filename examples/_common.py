@@ -46,6 +46,16 @@ def base_parser(description: str, *, data_help: str | None = None) -> argparse.A
     return parser
 
 
+def read_screen(data_dir: Path, name: str):
+    """``<data_dir>/<name>.h5ad``; exits with a hint when the shared real screens are absent."""
+    import anndata as ad
+
+    path = data_dir / f"{name}.h5ad"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found; pass --data-dir pointing at the shared real screens.")
+    return ad.read_h5ad(path)
+
+
 def run_options(args, statistic) -> dict:
     """The runner options every example passes: the shared null model and the command line's."""
     return dict(

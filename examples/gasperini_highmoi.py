@@ -26,12 +26,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 from _common import (
     base_parser,
     calibration_columns,
     high_moi_methods,
+    read_screen,
     run_options,
     save_positive_controls,
     save_qq_panels,
@@ -56,10 +56,7 @@ def parse_args(argv=None):
 
 
 def load(data_dir: Path):
-    path = data_dir / "gasperini2019_highmoi.h5ad"
-    if not path.is_file():
-        raise SystemExit(f"{path} not found; pass --data-dir pointing at the shared real screens.")
-    adata = ad.read_h5ad(path)
+    adata = read_screen(data_dir, "gasperini2019_highmoi")
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
     return adata

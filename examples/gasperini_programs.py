@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import time
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import base_parser, calibration_columns, high_moi_methods, run_options, save_qq_panels
+from _common import (
+    base_parser,
+    calibration_columns,
+    high_moi_methods,
+    read_screen,
+    run_options,
+    save_qq_panels,
+)
 from sklearn.decomposition import NMF
 
 from sklcrt.assignment import add_burden_covariates, assign_guides
@@ -69,10 +75,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    path = args.data_dir / "gasperini2019_highmoi.h5ad"
-    if not path.is_file():
-        raise SystemExit(f"{path} not found; pass --data-dir pointing at the shared real screens.")
-    adata = ad.read_h5ad(path)
+    adata = read_screen(args.data_dir, "gasperini2019_highmoi")
     assign_guides(adata, method="threshold", threshold=5)
     add_burden_covariates(adata)
     model = add_nmf_programs(adata, args.n_programs, args.seed)

@@ -36,11 +36,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 from _common import (
     base_parser,
     calibration_columns,
+    read_screen,
     run_options,
     save_positive_controls,
     save_qq_panels,
@@ -73,10 +73,7 @@ def parse_args(argv=None):
 
 
 def load(data_dir: Path):
-    path = data_dir / "papalexi2021_lowmoi.h5ad"
-    if not path.is_file():
-        raise SystemExit(f"{path} not found; pass --data-dir pointing at the shared real screens.")
-    adata = ad.read_h5ad(path)
+    adata = read_screen(data_dir, "papalexi2021_lowmoi")
     assign_guides(adata, method="maximum", min_fraction=0.8, min_umis=5)
     status = adata.obs["guide_assignment_status"]
     print(f"maximum rule: {status.value_counts().to_dict()}; keeping the assigned cells")
