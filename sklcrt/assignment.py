@@ -9,14 +9,21 @@ scanpy functions do.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import expit, gammaln
+
+from sklcrt._random import as_generator
+from sklcrt._validation import check_int
+from sklcrt.preprocessing import encode_covariates
 
 __all__ = [
     "DEFAULT_NTC_LABELS",
+    "MIXTURE_COUNT_COVARIATES",
     "add_burden_covariates",
     "assign_guides",
     "is_ntc_target",
@@ -29,7 +36,18 @@ __all__ = [
 #: ``ntc_labels=(*DEFAULT_NTC_LABELS, "safe-targeting")`` to treat them as controls.
 DEFAULT_NTC_LABELS = ("non-targeting", "non_targeting", "nontargeting", "NTC")
 
-ASSIGNMENT_METHODS = ("threshold", "maximum")
+ASSIGNMENT_METHODS = ("threshold", "maximum", "mixture")
+
+#: Per-cell count covariates of the mixture's Poisson GLM by default (SCEPTRE's assignment formula
+#: ``log(response_n_nonzero) + log(response_n_umis) + log(grna_n_nonzero + 1) +
+#: log(grna_n_umis + 1)``, plus every categorical column of the covariate frame, e.g. the batch).
+#: The ``grna_`` columns are computed from the gRNA counts when the frame lacks them.
+MIXTURE_COUNT_COVARIATES = (
+    "log1p_response_n_umis",
+    "log1p_response_n_nonzero",
+    "log1p_grna_n_umis",
+    "log1p_grna_n_nonzero",
+)
 
 
 def _ntc_set(ntc_labels) -> frozenset:
@@ -183,6 +201,12 @@ def assign_guides(
     threshold: float = 5,
     min_fraction: float = 0.8,
     min_umis: float = 5,
+    probability_threshold: float = 0.8,
+    covar_key: str = "covar",
+    covariates: Sequence[str] | None = None,
+    n_em_starts: int = 5,
+    n_nonzero_cells_cutoff: int = 10,
+    random_state=0,
     guide_names_key: str = "grna_ids",
     target_key: str | None = "grna_target",
     target_frame_key: str | None = "grna_target_data_frame",
@@ -198,21 +222,47 @@ def assign_guides(
         The screen; modified in place.
     counts_key : str, default="grna_counts"
         ``adata.obsm`` key of the gRNA UMI counts (cells x gRNAs; sparse, array or DataFrame).
-    method : {"threshold", "maximum"}, default="threshold"
+    method : {"threshold", "maximum", "mixture"}, default="threshold"
         ``"threshold"`` (high MOI, SCEPTRE's thresholding): a cell carries every gRNA with at
         least ``threshold`` UMIs, so a cell may carry many gRNAs.
         ``"maximum"`` (low MOI, SCEPTRE's maximum / crispat's ratio rule): a cell carries at most
         one gRNA, its most abundant one, and only when (a) that gRNA is the unique maximum, (b) it
-        holds at least ``min_fraction`` of the cell's gRNA UMIs and (c) the cell has at least
+        holds more than ``min_fraction`` of the cell's gRNA UMIs and (c) the cell has at least
         ``min_umis`` gRNA UMIs in total. Other cells get no gRNA.
+        ``"mixture"`` (SCEPTRE's default at high MOI): per gRNA, a Poisson GLM of its counts on
+        the cell covariates gives each cell's background mean ``mu_i``; a two-component mixture,
+        ``Poisson(mu_i)`` (background) and ``Poisson(mu_i + lambda)`` (the cell carries the gRNA),
+        is fitted by EM from ``n_em_starts`` starts; a cell carries the gRNA when its posterior
+        probability reaches ``probability_threshold``. See Notes.
     threshold : float, default=5
-        UMI threshold of ``method="threshold"`` (``count >= threshold``), > 0.
+        UMI threshold (``count >= threshold``), > 0, of ``method="threshold"``, and of the backup
+        rule of ``method="mixture"`` (gRNAs whose mixture cannot be fitted).
     min_fraction : float, default=0.8
-        For ``method="maximum"``: the fraction, in ``[0, 1]``, of the cell's gRNA UMIs that its top
-        gRNA must hold (SCEPTRE's ``umi_fraction_threshold`` default).
+        For ``method="maximum"``: the top gRNA must hold more than this fraction, in ``[0, 1)``,
+        of the cell's gRNA UMIs (SCEPTRE's ``umi_fraction_threshold``: a cell whose top gRNA
+        holds exactly 0.8 is not assigned).
     min_umis : float, default=5
         For ``method="maximum"``: the fewest gRNA UMIs, over all gRNAs, a cell needs to be assigned
         (SCEPTRE's ``min_grna_n_umis_threshold`` default), >= 0.
+    probability_threshold : float, default=0.8
+        For ``method="mixture"``: the posterior probability, in ``(0, 1)``, that assigns a cell.
+    covar_key : str, default="covar"
+        For ``method="mixture"``: ``adata.obsm`` key of the raw covariate DataFrame. When it is
+        absent, the GLM uses the gRNA count covariates alone (with a warning).
+    covariates : sequence of str, default=None
+        For ``method="mixture"``: columns of the covariate frame in the GLM (encoded with
+        :func:`~sklcrt.preprocessing.encode_covariates`; an intercept is always added).
+        ``None`` is SCEPTRE's assignment formula: :data:`MIXTURE_COUNT_COVARIATES` (the
+        ``grna_`` ones computed from the counts when the frame lacks them) and every categorical
+        column of the frame (e.g. ``batch``).
+    n_em_starts : int, default=5
+        For ``method="mixture"``: EM starts, drawn from ``random_state`` uniformly in SCEPTRE's
+        ranges (mixing proportion in ``[1e-5, 0.1]``, ``lambda`` in ``[log 10, log 5000]``); the
+        converged start with the largest likelihood is kept.
+    n_nonzero_cells_cutoff : int, default=10
+        For ``method="mixture"``: a gRNA seen (>= 1 UMI) in fewer cells uses the backup rule.
+    random_state : int, SeedSequence or None, default=0
+        For ``method="mixture"``: seeds the EM starts.
     guide_names_key : str, default="grna_ids"
         ``adata.uns`` key of the gRNA ids, one per column of the counts (not needed when the
         counts are a DataFrame: its columns are the ids).
@@ -235,15 +285,36 @@ def assign_guides(
         Also written: ``adata.obs[key_added + "_status"]``, a categorical with ``"assigned"``
         (>= 1 gRNA), ``"unassigned"`` (no gRNA reaches the threshold, or fewer than ``min_umis``
         UMIs) and, for the maximum rule, ``"ambiguous"`` (the top gRNA is not a unique maximum
-        holding ``min_fraction`` of the UMIs); and ``adata.uns[key_added + "_params"]`` with the
-        method and its parameters.
+        holding more than ``min_fraction`` of the UMIs); ``adata.uns[key_added + "_params"]``
+        with the method and its parameters; for the mixture,
+        ``adata.uns[key_added + "_mixture_fits"]``, a DataFrame with one row per gRNA
+        (``grna_id``, ``n_nonzero``, ``rule`` = ``"mixture"`` or ``"backup"``,
+        ``backup_reason``, ``converged``, ``log_lik``, ``pi``, ``lambda``, ``n_assigned``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method``, out-of-range parameters (named), missing keys (listing those
+        present), negative or non-finite counts, or covariates that are not in the frame.
 
     Notes
     -----
     With the maximum rule, SCEPTRE removes the unassigned and ambiguous cells in its cell-wise QC
     (they are neither clearly perturbed nor clearly unperturbed). Here they stay in ``adata`` with
-    no gRNA, i.e. they would act as controls; subset them away with the status column, e.g.
-    ``adata = adata[adata.obs["guide_assignment_status"] == "assigned"].copy()``, when that matters.
+    no gRNA; :func:`sklcrt.qc.cellwise_qc` with ``moi="low"`` flags them (rule ``zero_guides``).
+
+    The mixture follows SCEPTRE's: the GLM is fitted once per gRNA on all cells and its fitted
+    means are held fixed; the EM updates the mixing proportion and ``lambda`` (as SCEPTRE does,
+    ``lambda = log(sum_i t_i g_i / sum_i t_i mu_i)``, ``t_i`` the posteriors); a start converges
+    when the log-likelihood changes by less than 5e-5 relative (after >= 3 and < 50 steps);
+    labels are swapped when the mixing proportion passes 1/2. Cells with no UMI of a gRNA share
+    one posterior, so each EM step costs the gRNA's nonzero cells only, and all gRNAs and starts
+    run as one vectorised EM (the GLMs as one batched Newton solve). Differences from SCEPTRE: the
+    starts are random draws of ``random_state`` (SCEPTRE's are fixed draws of R's generator), a
+    cell with no UMI of a gRNA is never assigned it (a gRNA whose zero-count cells would be is
+    put on the backup rule, reason ``"degenerate"``), and likelihoods are computed in log space
+    (no ``1e-100`` floor). gRNAs seen in fewer than ``n_nonzero_cells_cutoff`` cells, and those
+    with no converged start, use the backup rule ``count >= threshold``.
 
     Examples
     --------
@@ -258,14 +329,45 @@ def assign_guides(
     [[1, 0], [0, 1], [0, 0]]
     >>> a.uns["guide2gene"]
     {'g1': 'MYC', 'g2': 'non-targeting'}
+
+    The mixture on simulated counts: 10 % of 2,000 cells carry the gRNA (about 20 UMIs), the
+    others have ambient UMIs that grow with the cell's size.
+
+    >>> rng = np.random.default_rng(0)
+    >>> size = rng.normal(0, 0.5, 2000)
+    >>> carries = rng.random(2000) < 0.1
+    >>> g = rng.poisson(0.2 * np.exp(size) + 20 * carries)
+    >>> b = ad.AnnData(np.zeros((2000, 1)))
+    >>> b.obsm["grna_counts"] = sp.csr_matrix(g[:, None])
+    >>> b.obsm["covar"] = pd.DataFrame({"size": size}, index=b.obs_names)
+    >>> b.uns["grna_ids"], b.uns["grna_target"] = np.array(["g1"]), np.array(["MYC"])
+    >>> assign_guides(b, method="mixture", covariates=["size"])
+    >>> assigned = b.obsm["guide_assignment"].toarray().ravel() == 1
+    >>> bool(np.mean(assigned == carries) > 0.99)
+    True
     """
     if method not in ASSIGNMENT_METHODS:
         raise ValueError(f"method must be one of {list(ASSIGNMENT_METHODS)}, got {method!r}.")
-    if method == "threshold":
+    if method in ("threshold", "mixture"):
         threshold = _check_number(threshold, "threshold", low=0, low_inclusive=False)
-    else:
+    if method == "maximum":
         min_fraction = _check_number(min_fraction, "min_fraction", low=0, high=1)
+        if min_fraction >= 1:
+            raise ValueError(
+                f"min_fraction must be < 1 (the top gRNA must hold more than it), got "
+                f"{min_fraction!r}."
+            )
         min_umis = _check_number(min_umis, "min_umis", low=0)
+    if method == "mixture":
+        probability_threshold = _check_number(
+            probability_threshold, "probability_threshold", low=0, high=1, low_inclusive=False
+        )
+        if probability_threshold >= 1:
+            raise ValueError(f"probability_threshold must be < 1, got {probability_threshold!r}.")
+        n_em_starts = check_int(n_em_starts, "n_em_starts", min_value=1)
+        n_nonzero_cells_cutoff = check_int(
+            n_nonzero_cells_cutoff, "n_nonzero_cells_cutoff", min_value=1
+        )
     if counts_key not in adata.obsm:
         raise _missing_key_error(
             "obsm", counts_key, adata.obsm.keys(), "Pass counts_key=... naming the gRNA UMI counts."
@@ -285,31 +387,65 @@ def assign_guides(
     targets = _targets_from_uns(adata, ids, target_key, target_frame_key)
 
     status = np.full(n_cells, "unassigned", dtype=object)
+    fits = None
     if method == "threshold":
-        keep = counts.data >= threshold
-        assigned = sp.csr_matrix(
-            (
-                np.ones(int(keep.sum()), dtype=np.int8),
-                counts.indices[keep],
-                _kept_indptr(counts, keep),
-            ),
-            shape=counts.shape,
-        )
+        assigned = _threshold_rule(counts, threshold)
         status[np.diff(assigned.indptr) > 0] = "assigned"
         params = {"method": method, "threshold": threshold}
-    else:
+    elif method == "maximum":
         assigned, is_ambiguous = _maximum_rule(counts, min_fraction, min_umis)
         status[is_ambiguous] = "ambiguous"
         status[np.diff(assigned.indptr) > 0] = "assigned"
         params = {"method": method, "min_fraction": min_fraction, "min_umis": min_umis}
+    else:
+        C, C_names = _mixture_design(adata, counts, covar_key, covariates)
+        rng = as_generator(random_state, key="mixture_starts")
+        pi_starts = rng.uniform(1e-5, 0.1, size=n_em_starts)
+        lambda_starts = rng.uniform(np.log(10.0), np.log(5000.0), size=n_em_starts)
+        assigned, fits = _mixture_rule(
+            counts,
+            C,
+            probability_threshold=probability_threshold,
+            backup_threshold=threshold,
+            n_nonzero_cells_cutoff=n_nonzero_cells_cutoff,
+            pi_starts=pi_starts,
+            lambda_starts=lambda_starts,
+        )
+        fits.insert(0, "grna_id", np.asarray(ids, dtype=str))
+        status[np.diff(assigned.indptr) > 0] = "assigned"
+        params = {
+            "method": method,
+            "probability_threshold": probability_threshold,
+            "threshold": threshold,
+            "covar_key": covar_key,
+            "covariates": list(C_names),
+            "n_em_starts": n_em_starts,
+            "n_nonzero_cells_cutoff": n_nonzero_cells_cutoff,
+            "random_state": None if random_state is None else str(random_state),
+        }
     params["counts_key"] = counts_key
 
     adata.obsm[key_added] = assigned
     adata.uns[names_key_added] = np.asarray(ids, dtype=str)
     adata.uns[guide2gene_key_added] = {str(g): str(t) for g, t in zip(ids, targets, strict=True)}
     adata.uns[f"{key_added}_params"] = params
+    if fits is not None:
+        adata.uns[f"{key_added}_mixture_fits"] = fits
     levels = ["assigned", "unassigned"] + (["ambiguous"] if method == "maximum" else [])
     adata.obs[f"{key_added}_status"] = pd.Categorical(status, categories=levels)
+
+
+def _threshold_rule(counts: sp.csr_matrix, threshold: float) -> sp.csr_matrix:
+    """0/1 CSR of the stored entries with ``count >= threshold``."""
+    keep = counts.data >= threshold
+    return sp.csr_matrix(
+        (
+            np.ones(int(keep.sum()), dtype=np.int8),
+            counts.indices[keep],
+            _kept_indptr(counts, keep),
+        ),
+        shape=counts.shape,
+    )
 
 
 def _kept_indptr(matrix: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
@@ -333,9 +469,9 @@ def _maximum_rule(counts: sp.csr_matrix, min_fraction: float, min_umis: float):
     top_col[top_rows] = counts.indices[np.flatnonzero(is_top)[first]]
 
     enough_umis = (total >= min_umis) & (total > 0)
-    # compare the ratio itself (7/10 >= 0.7 holds; 7 >= 0.7 * 10 does not in floating point)
+    # compare the ratio itself (SCEPTRE's rule: the top share must exceed min_fraction)
     top_fraction = np.divide(row_max, total, out=np.zeros(n_cells), where=total > 0)
-    clear_top = (n_top == 1) & (top_fraction >= min_fraction)
+    clear_top = (n_top == 1) & (top_fraction > min_fraction)
     ok = enough_umis & clear_top
     rows = np.flatnonzero(ok)
     assigned = sp.csr_matrix(
@@ -343,6 +479,305 @@ def _maximum_rule(counts: sp.csr_matrix, min_fraction: float, min_umis: float):
     )
     assigned.sort_indices()
     return assigned, enough_umis & ~clear_top
+
+
+# ------------------------------------------------------------------------------ mixture rule
+
+#: EM settings of SCEPTRE's mixture assignment: relative log-likelihood tolerance and step counts.
+_EM_TOL = 0.5e-4
+_EM_MIN_STEPS = 3
+_EM_MAX_STEPS = 50
+
+
+def _grna_count_covariates(counts: sp.csr_matrix) -> dict[str, np.ndarray]:
+    n_umis = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    n_nonzero = counts.getnnz(axis=1).astype(np.float64)
+    return {"log1p_grna_n_umis": np.log1p(n_umis), "log1p_grna_n_nonzero": np.log1p(n_nonzero)}
+
+
+def _mixture_design(adata, counts, covar_key, covariates) -> tuple[np.ndarray, list[str]]:
+    """The encoded design (intercept first) of the mixture's per-gRNA Poisson GLM."""
+    from_counts = _grna_count_covariates(counts)
+    if covar_key in adata.obsm:
+        covar = adata.obsm[covar_key]
+        if not isinstance(covar, pd.DataFrame):
+            raise ValueError(
+                f"adata.obsm[{covar_key!r}] must be a pandas DataFrame of raw covariates, got "
+                f"{type(covar).__name__}."
+            )
+        _check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+    elif covariates is not None:
+        raise _missing_key_error(
+            "obsm", covar_key, adata.obsm.keys(), "Pass covar_key=... or covariates=None."
+        )
+    else:
+        covar = pd.DataFrame(index=adata.obs_names.copy())
+    if covariates is None:
+        frame = {}
+        missing = []
+        for name in MIXTURE_COUNT_COVARIATES:
+            if name in covar.columns:
+                frame[name] = covar[name].to_numpy()
+            elif name in from_counts:
+                frame[name] = from_counts[name]
+            else:
+                missing.append(name)
+        if missing:
+            warnings.warn(
+                f"the mixture's GLM omits {missing}: adata.obsm[{covar_key!r}] has no such "
+                "column (SCEPTRE's formula adjusts for them; add log1p response UMI and "
+                "nonzero counts per cell, or pass covariates=[...]).",
+                UserWarning,
+                stacklevel=3,
+            )
+        for name in covar.columns:
+            dtype = covar[name].dtype
+            if isinstance(dtype, pd.CategoricalDtype) or dtype.kind in "bOU":
+                frame[name] = covar[name].to_numpy()
+        frame = pd.DataFrame(frame, index=covar.index)
+    else:
+        if isinstance(covariates, str):
+            covariates = [covariates]
+        covariates = [str(c) for c in covariates]
+        absent = [c for c in covariates if c not in covar.columns]
+        if absent:
+            raise ValueError(
+                f"covariates {absent} are not columns of adata.obsm[{covar_key!r}] (columns: "
+                f"{list(map(str, covar.columns))})."
+            )
+        frame = covar[covariates]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # constant columns dropped: same model
+        C, names = encode_covariates(frame)
+    return np.ascontiguousarray(C, dtype=np.float64), names
+
+
+def _poisson_glm_batch(C: np.ndarray, Y: sp.csc_matrix, *, max_iter: int = 30, tol: float = 1e-10):
+    """Poisson GLMs (log link) of every column of ``Y`` on ``C``, by one batched Newton solve.
+
+    Returns ``(mu_nz, mu_sum, mu_zero_min, converged)``: the fitted means at the stored entries
+    of ``Y`` (in CSC order), the sum of the fitted means over each column's zero entries, their
+    minimum, and whether each fit converged.
+    """
+    n, p = C.shape
+    k = Y.shape[1]
+    CtY = np.asarray((Y.T @ C), dtype=np.float64)  # k x p
+    outer = (C[:, :, None] * C[:, None, :]).reshape(n, p * p)
+    beta = np.zeros((p, k))
+    ybar = np.maximum(np.asarray(Y.sum(axis=0), dtype=np.float64).ravel() / n, 1e-8)
+    beta[0] = np.log(ybar)
+    if p == 0 or not np.all(C[:, 0] == 1.0):  # pragma: no cover - encode_covariates adds it
+        raise ValueError("the design must start with an intercept column")
+
+    def loglik(b, cty):
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = np.exp(C @ b)
+            return np.einsum("kp,pk->k", cty, b) - mu.sum(axis=0), mu
+
+    ll, mu = loglik(beta, CtY)
+    converged = np.zeros(k, dtype=bool)
+    for _ in range(max_iter):
+        active = ~converged
+        if not active.any():
+            break
+        H = (outer.T @ mu[:, active]).T.reshape(-1, p, p)
+        grad = CtY[active] - (C.T @ mu[:, active]).T
+        H += 1e-10 * np.eye(p)[None]
+        step = np.linalg.solve(H, grad[:, :, None])[:, :, 0].T  # p x k_active
+        b_old = beta[:, active]
+        ll_old = ll[active]
+        scale = np.ones(step.shape[1])
+        for _half in range(30):
+            b_new = b_old + step * scale
+            ll_new, mu_new = loglik(b_new, CtY[active])
+            bad = ~(ll_new >= ll_old - 1e-12 * np.abs(ll_old))
+            if not bad.any():
+                break
+            scale[bad] *= 0.5
+        idx = np.flatnonzero(active)
+        beta[:, idx] = b_new
+        mu[:, idx] = mu_new
+        ll[idx] = ll_new
+        converged[idx] = np.abs(ll_new - ll_old) <= tol * (np.abs(ll_new) + 0.1)
+    rows = Y.indices
+    col_of = np.repeat(np.arange(k), np.diff(Y.indptr))
+    mu_nz = mu[rows, col_of]
+    mu_sum = mu.sum(axis=0) - np.bincount(col_of, weights=mu_nz, minlength=k)
+    masked = mu.copy()
+    masked[rows, col_of] = np.inf
+    mu_zero_min = masked.min(axis=0) if n else np.full(k, np.inf)
+    return mu_nz, mu_sum, mu_zero_min, converged
+
+
+def _mixture_em(g, mu, seg, n_cells, n_zero, mu_zero_sum, mu_zero_min, pi_starts, lambda_starts):
+    """SCEPTRE's two-component EM for many gRNAs and starts at once.
+
+    ``g``, ``mu``: counts and fitted means at the stored entries; ``seg``: the gRNA (0..k-1) of
+    each entry; per gRNA ``n_zero`` zero-count cells whose means sum to ``mu_zero_sum`` (minimum
+    ``mu_zero_min``). Components ``Poisson(mu)`` and ``Poisson(mu + lambda)``.
+
+    Returns a dict of per-gRNA arrays (best converged start): ``t`` posteriors at the entries,
+    ``t_zero`` (shared by the zero-count cells), ``converged``, ``log_lik``, ``pi``, ``lambda``.
+    """
+    k = n_zero.size
+    n_starts = pi_starts.size
+    chain = (np.arange(n_starts)[:, None] * k + seg[None, :]).ravel()  # (start, entry) -> chain
+    n_chain = n_starts * k
+    pi = np.repeat(pi_starts, k).astype(np.float64)  # chain = start * k + grna
+    lam = np.repeat(lambda_starts, k).astype(np.float64)
+    gg = np.tile(g, n_starts)
+    mm = np.tile(mu, n_starts)
+    lgf = gammaln(gg + 1.0)
+    log_mm = np.log(mm)
+    n_zero_c = np.tile(n_zero, n_starts).astype(np.float64)
+    s0_c = np.tile(mu_zero_sum, n_starts)
+    m0min_c = np.tile(mu_zero_min, n_starts)
+    done = np.zeros(n_chain, dtype=bool)
+    converged = np.zeros(n_chain, dtype=bool)
+    prev_ll = np.full(n_chain, -np.inf)
+    ll = np.full(n_chain, -np.inf)
+    t = np.zeros(gg.size)
+    t_zero = np.zeros(n_chain)
+    step = np.ones(n_chain, dtype=np.int64)
+
+    def csum(values):
+        return np.bincount(chain, weights=values, minlength=n_chain)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        while not done.all():
+            lam_e = lam[chain]
+            mu1 = mm + lam_e
+            bad = ~np.isfinite(lam) | (csum((mu1 <= 0).astype(np.float64)) > 0)
+            bad |= (n_zero_c > 0) & (m0min_c + lam <= 0)
+            lp0 = np.log1p(-pi)[chain] + gg * log_mm - mm - lgf
+            lp1 = np.log(pi)[chain] + gg * np.log(mu1) - mu1 - lgf
+            ll_new = csum(np.logaddexp(lp0, lp1))
+            ll_new += n_zero_c * np.log((1.0 - pi) + pi * np.exp(-lam)) - s0_c
+            t_new = expit(lp1 - lp0)
+            tz_new = expit(np.log(pi) - np.log1p(-pi) - lam)
+            bad |= ~np.isfinite(ll_new) | (csum((~np.isfinite(t_new)).astype(np.float64)) > 0)
+            bad |= ~np.isfinite(tz_new)
+            alive = csum((t_new > 1e-100).astype(np.float64)) > 0
+            alive |= (n_zero_c > 0) & (tz_new > 1e-100)
+            bad |= ~alive
+            fail = bad & ~done
+            ll_new[fail] = -np.inf
+            upd = ~done
+            upd_e = upd[chain]
+            t = np.where(upd_e, t_new, t)
+            t_zero = np.where(upd, tz_new, t_zero)
+            ll = np.where(upd, ll_new, ll)
+            done |= fail
+            upd = ~done
+            pi_new = (csum(t) + n_zero_c * t_zero) / n_cells
+            swap = upd & (pi_new > 0.5)
+            t = np.where(swap[chain], 1.0 - t, t)
+            t_zero = np.where(swap, 1.0 - t_zero, t_zero)
+            pi = np.where(upd, np.where(swap, 1.0 - pi_new, pi_new), pi)
+            rel = np.abs(ll - prev_ll) / np.minimum(np.abs(ll), np.abs(prev_ll))
+            rel[~np.isfinite(prev_ll)] = 1.0
+            conv = upd & (rel < _EM_TOL) & (step >= _EM_MIN_STEPS)
+            converged |= conv
+            done |= conv
+            upd = ~done
+            prev_ll = np.where(upd, ll, prev_ll)
+            step = np.where(upd, step + 1, step)
+            done |= upd & (step >= _EM_MAX_STEPS)
+            upd = ~done
+            e1 = csum(t * gg)
+            e2 = csum(t * mm) + t_zero * s0_c
+            lam = np.where(upd, np.log(e1) - np.log(e2), lam)
+
+    ll_mat = np.where(converged, ll, -np.inf).reshape(n_starts, k)
+    best = np.argmax(ll_mat, axis=0)  # first start on ties
+    best_chain = best * k + np.arange(k)
+    ok = np.isfinite(ll_mat[best, np.arange(k)])
+    entry_of_best = best[seg] * g.size + np.arange(g.size)
+    return {
+        "t": t[entry_of_best],
+        "t_zero": t_zero[best_chain],
+        "converged": ok,
+        "log_lik": np.where(ok, ll[best_chain], np.nan),
+        "pi": np.where(ok, pi[best_chain], np.nan),
+        "lambda": np.where(ok, lam[best_chain], np.nan),
+    }
+
+
+def _mixture_rule(
+    counts: sp.csr_matrix,
+    C: np.ndarray,
+    *,
+    probability_threshold: float,
+    backup_threshold: float,
+    n_nonzero_cells_cutoff: int,
+    pi_starts: np.ndarray,
+    lambda_starts: np.ndarray,
+    block: int = 256,
+) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """Assign every gRNA by the mixture (backup threshold where it cannot be fitted)."""
+    n_cells, n_guides = counts.shape
+    Y = sp.csc_matrix(counts, dtype=np.float64)
+    Y.sort_indices()
+    n_nonzero = np.diff(Y.indptr)
+    on_mixture = np.flatnonzero(n_nonzero >= n_nonzero_cells_cutoff)
+    reason = np.where(n_nonzero >= n_nonzero_cells_cutoff, "", "n_nonzero").astype(object)
+    keep = np.zeros(Y.nnz, dtype=bool)
+    out = {
+        "converged": np.zeros(n_guides, dtype=bool),
+        "log_lik": np.full(n_guides, np.nan),
+        "pi": np.full(n_guides, np.nan),
+        "lambda": np.full(n_guides, np.nan),
+    }
+    for lo in range(0, on_mixture.size, block):
+        cols = on_mixture[lo : lo + block]
+        sub = Y[:, cols]
+        mu_nz, mu_sum, mu_min, _ = _poisson_glm_batch(C, sub)
+        seg = np.repeat(np.arange(cols.size), np.diff(sub.indptr))
+        em = _mixture_em(
+            sub.data,
+            mu_nz,
+            seg,
+            n_cells,
+            n_cells - np.diff(sub.indptr),
+            mu_sum,
+            mu_min,
+            np.asarray(pi_starts, dtype=np.float64),
+            np.asarray(lambda_starts, dtype=np.float64),
+        )
+        degenerate = em["converged"] & (em["t_zero"] >= probability_threshold)
+        good = em["converged"] & ~degenerate
+        reason[cols[~em["converged"]]] = "em"
+        reason[cols[degenerate]] = "degenerate"
+        for name in out:
+            out[name][cols] = em[name]
+        # entries of the gRNAs kept on the mixture: assigned where the posterior passes
+        positions = (
+            np.concatenate([np.arange(Y.indptr[c], Y.indptr[c + 1]) for c in cols])
+            if cols.size
+            else np.zeros(0, dtype=np.int64)
+        )
+        keep[positions] = good[seg] & (em["t"] >= probability_threshold)
+    backup = reason != ""
+    entry_col = np.repeat(np.arange(n_guides), n_nonzero)
+    keep |= backup[entry_col] & (Y.data >= backup_threshold)
+    assigned = sp.csc_matrix(
+        (np.ones(int(keep.sum()), dtype=np.int8), Y.indices[keep], _kept_indptr(Y, keep)),
+        shape=Y.shape,
+    ).tocsr()
+    assigned.sort_indices()
+    fits = pd.DataFrame(
+        {
+            "n_nonzero": n_nonzero.astype(np.int64),
+            "rule": np.where(backup, "backup", "mixture"),
+            "backup_reason": reason.astype(str),
+            "converged": out["converged"],
+            "log_lik": out["log_lik"],
+            "pi": out["pi"],
+            "lambda": out["lambda"],
+            "n_assigned": np.asarray(assigned.getnnz(axis=0), dtype=np.int64),
+        }
+    )
+    return assigned, fits
 
 
 def add_burden_covariates(
