@@ -1,0 +1,752 @@
+"""Saddlepoint p-values of score-sum statistics under the CRT and stratified permutations.
+
+The resampling distributions that sklcrt draws from are known exactly, so for a statistic linear
+in the treatment, ``S(x) = Σ_i x_i a_i`` (``a`` from :meth:`BaseStatistic.score_pieces`), the
+p-value ``P(S* >= S_obs)`` can be approximated from the cumulant generating function (CGF) of
+``S*`` without drawing a single resample.
+
+Bernoulli CRT (:class:`~sklcrt.samplers.BernoulliSampler`)
+    ``x*_i ~ Bernoulli(p_i)`` independently, so ``K(t) = Σ_i log(1 - p_i + p_i e^{t a_i})``, and
+    the Lugannani-Rice formula on ``K`` gives the tail.
+
+Fixed treated count per stratum (:class:`~sklcrt.samplers.StratifiedPermutationSampler`,
+:class:`~sklcrt.samplers.PermutationSampler` with one stratum)
+    The uniform choice of ``m_s`` of the ``n_s`` cells of stratum ``s`` is the law of independent
+    Bernoulli draws conditioned on the counts ``M_s = m_s``. Skovgaard's double saddlepoint
+    approximation of ``P(S >= s | M = m)`` uses the joint CGF
+    ``K(t, λ) = Σ_s Σ_{i∈s} log(1 + e^{λ_s + t a_i})``: for each ``t`` the nuisance ``λ_s``
+    solves ``Σ_{i∈s} expit(λ_s + t a_i) = m_s``; the Hessian in ``(t, λ)`` is an arrowhead, so
+    Newton's steps and the determinant ratio are sums over strata (segment sums, no loop).
+    The double saddlepoint is asymptotic in the size of each stratum (with many tiny strata it
+    is a Neyman-Scott problem), so strata where it would be poor enter with their *exact* CGF
+    ``log(e_k(e^{t a}) / C(n_s, k))`` instead (``e_k`` the elementary symmetric polynomial):
+    every stratum with ``min(m_s, n_s - m_s) = 1`` (a log-mean-exp), and every stratum with at
+    most ``_SMALL_STRATUM`` cells (a short dynamic programme over its cells' positions,
+    vectorised over strata and responses).
+
+Robustness: cells that cannot change (``p_i`` in {0, 1}, strata with no or every cell treated,
+stratum code -1) add a constant and are dropped; a null with no variance gives the exact p-value;
+the Bernoulli statistic at the edge of its support gets the exact probability of that edge;
+near the mean (``|s - E S| < 0.01 sd``) a one-term Edgeworth expansion (the Lugannani-Rice limit)
+replaces the 0/0 of the formula; lattice statistics (all the differences that the resampling can
+make are integer multiples of a span ``h``) get Daniels' second continuity correction. Where the
+approximation cannot be trusted the response's method says why (``"saddlepoint_fallback: ..."``)
+and the caller should resample it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy import special
+
+from sklcrt.pvalues import ALTERNATIVES
+
+__all__ = ["FALLBACK", "saddlepoint_pvalues"]
+
+FALLBACK = "saddlepoint_fallback"
+"""Prefix of the method of every response whose saddlepoint p-value should not be used."""
+
+# Strata with at most this many cells enter with their exact CGF (dynamic programme over cell
+# positions: cost ~ this x min(m_s, n_s - m_s) vector operations per evaluation).
+_SMALL_STRATUM = 16
+# |s - E S| / sd below which the one-term Edgeworth expansion replaces Lugannani-Rice.
+_NEAR_MEAN = 1e-2
+# Newton: converged when the Newton decrement (≈ 2 (F - min F)) is below this.
+_DECREMENT_TOL = 1e-13
+_MAX_ITER = 80
+_MAX_HALVINGS = 40
+# The start is clipped so that |t| max|a| <= this (the quadratic start overshoots far tails).
+_START_SCALE = 4.0
+# Responses per block: about this many bytes per dense (cells x block) temporary.
+_BLOCK_BYTES = 8 * 2**20
+# Relative tolerances: lattice detection, support edge, zero variance.
+_LATTICE_TOL = 1e-7
+_EDGE_TOL = 1e-9
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+# ==================================================================== public API
+def saddlepoint_pvalues(
+    a,
+    observed=None,
+    *,
+    p_hat=None,
+    strata=None,
+    x=None,
+    alternative: str = "two-sided",
+    lattice="auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Saddlepoint p-values of ``S = Σ_i x_i a_i`` under the CRT or a stratified permutation.
+
+    Parameters
+    ----------
+    a : array-like of shape (n_cells,) or (n_cells, n_responses)
+        Per-cell score pieces: the statistic of a treatment ``x`` is ``x @ a`` (e.g.
+        :meth:`sklcrt.statistics.OLSStatistic.score_pieces`).
+    observed : array-like of shape (n_responses,), default=None
+        The observed ``S``; ``None`` computes ``x @ a`` (needs ``x``).
+    p_hat : array-like of shape (n_cells,), default=None
+        Propensities in ``[0, 1]``: the null is independent ``Bernoulli(p_hat_i)`` treatments
+        (the CRT of :class:`~sklcrt.samplers.BernoulliSampler`).
+    strata : array-like of int of shape (n_cells,), default=None
+        Stratum codes ``>= 0``; ``-1`` marks cells that are never treated (ineligible). With
+        ``x`` and without ``p_hat``: the null treats ``m_s = Σ_{i∈s} x_i`` cells of each stratum,
+        uniformly (:class:`~sklcrt.samplers.StratifiedPermutationSampler`). ``None`` with ``x``
+        is one stratum (:class:`~sklcrt.samplers.PermutationSampler`).
+    x : array-like of shape (n_cells,), default=None
+        The observed 0/1 treatment (fixes the counts per stratum). Not used with ``p_hat``.
+    alternative : {"two-sided", "less", "greater"}, default="two-sided"
+        ``"greater"``: ``P(S* >= S)``; ``"less"``: ``P(S* <= S)``; ``"two-sided"``:
+        ``min(1, 2 min(less, greater))``, the rule of :func:`sklcrt.pvalues.empirical_pvalues`.
+    lattice : "auto", None or float, default="auto"
+        Span ``h`` of a lattice statistic, for the continuity correction. ``"auto"`` detects it
+        per response (the differences the resampling can make are integers, or integer
+        multiples of the smallest one); ``None`` never corrects; a number is the span of every
+        response.
+
+    Returns
+    -------
+    pvalues : ndarray of shape (n_responses,)
+        NaN where the input is not finite.
+    methods : ndarray of object, shape (n_responses,)
+        ``"saddlepoint"``; ``"exact"`` where the p-value is exact (a null with no variance, or a
+        Bernoulli statistic at the edge of its support); or a string starting with
+        :data:`FALLBACK` that says why the approximation is not to be trusted (non-finite
+        input, solver failure at the edge of the support): resample those responses.
+
+    Notes
+    -----
+    The tail is Lugannani-Rice's ``1 - Φ(w) + φ(w) (1/u - 1/w)``; for the conditional null ``w``
+    and ``u`` are Skovgaard's (the profile CGF in ``t`` and the determinant ratio of the nuisance
+    block in ``u``). Relative errors are small far into the tail (see the benchmark in
+    ``benchmarks/bench_saddlepoint.py``); p-values below about 1e-300 underflow to 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import stats
+    >>> from sklcrt.saddlepoint import saddlepoint_pvalues
+    >>> a = np.r_[np.ones(10), np.zeros(90)]  # S = treated cells among the first 10
+    >>> x = np.r_[np.ones(6), np.zeros(94)]  # 6 treated, all of them among the first 10
+    >>> p, methods = saddlepoint_pvalues(a, x=x, alternative="greater")
+    >>> exact = stats.hypergeom(100, 10, 6).sf(5)
+    >>> bool(abs(p[0] / exact - 1) < 0.1), methods.tolist()
+    (True, ['saddlepoint'])
+    """
+    A, s_obs, kind, codes, p, lattice = _check_inputs(
+        a, observed, p_hat, strata, x, lattice, alternative
+    )
+    G = A.shape[1]
+    pvalues = np.full(G, np.nan)
+    methods = np.full(G, "saddlepoint", dtype=object)
+    finite = np.all(np.isfinite(A), axis=0) & np.isfinite(s_obs)
+    methods[~finite] = f"{FALLBACK}: non-finite score pieces or observed statistic"
+    cols = np.flatnonzero(finite)
+    if cols.size == 0:
+        return pvalues, methods
+    if kind == "bernoulli":
+        model_cls, setup = _Bernoulli, _bernoulli_setup(p)
+    else:
+        model_cls, setup = _Conditional, _conditional_setup(codes, x)
+    n_used = setup["n_cells"]
+    k = max(1, _BLOCK_BYTES // (8 * max(n_used, 1)))
+    for start in range(0, cols.size, k):
+        block = cols[start : start + k]
+        model = model_cls(setup, A[:, block])
+        lat = model.lattice_span() if lattice == "auto" else np.full(block.size, lattice or 0.0)
+        pv, me = _tails(model, s_obs[block] - model.mean, lat, alternative)
+        pvalues[block], methods[block] = pv, me
+    return pvalues, methods
+
+
+# ==================================================================== validation
+def _check_inputs(a, observed, p_hat, strata, x, lattice, alternative):
+    if not isinstance(alternative, str) or alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {list(ALTERNATIVES)}, got {alternative!r}.")
+    A = np.asarray(a, dtype=np.float64)
+    if A.ndim == 1:
+        A = A[:, None]
+    if A.ndim != 2 or A.shape[0] == 0 or A.shape[1] == 0:
+        raise ValueError(f"a must be a non-empty (n_cells, n_responses) array, got {A.shape}.")
+    n = A.shape[0]
+
+    def vector(v, name, dtype=np.float64):
+        arr = np.asarray(v)
+        if arr.ndim != 1 or arr.size != n:
+            raise ValueError(f"{name} must have shape ({n},) like the rows of a, got {arr.shape}.")
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}.")
+        return arr.astype(dtype)
+
+    if p_hat is not None:
+        if strata is not None or x is not None:
+            raise ValueError(
+                "pass either p_hat (Bernoulli CRT) or x with optional strata (fixed treated "
+                "counts per stratum), not both."
+            )
+        p = vector(p_hat, "p_hat")
+        if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+            raise ValueError("p_hat must hold finite propensities in [0, 1].")
+        kind, codes, xv = "bernoulli", None, None
+    else:
+        if x is None:
+            raise ValueError(
+                "saddlepoint_pvalues needs p_hat (Bernoulli CRT) or the observed treatment x "
+                "(stratified or plain permutation)."
+            )
+        xv = vector(x, "x")
+        if not np.all((xv == 0) | (xv == 1)):
+            raise ValueError("x must be a 0/1 treatment vector.")
+        if strata is None:
+            codes = np.zeros(n, dtype=np.int64)
+        else:
+            codes = vector(strata, "strata")
+            if not np.all(codes == np.round(codes)) or codes.min() < -1:
+                raise ValueError("strata must hold integer codes >= 0 (or -1: never treated).")
+            codes = codes.astype(np.int64)
+        if np.any((codes < 0) & (xv == 1)):
+            raise ValueError("a treated cell has stratum -1 (never treated); fix the strata.")
+        kind, p = "conditional", None
+    if observed is None:
+        if xv is None:
+            raise ValueError("observed is required with p_hat (the observed S = x @ a).")
+        s_obs = xv @ A
+    else:
+        s_obs = np.atleast_1d(np.asarray(observed, dtype=np.float64))
+        if s_obs.shape != (A.shape[1],):
+            raise ValueError(
+                f"observed must have shape ({A.shape[1]},), one per column of a; got {s_obs.shape}."
+            )
+    if not (lattice == "auto" or lattice is None):
+        if (
+            isinstance(lattice, bool)
+            or not isinstance(lattice, numbers.Real)
+            or not np.isfinite(lattice)
+            or lattice < 0
+        ):
+            raise ValueError(f"lattice must be 'auto', None or a span >= 0, got {lattice!r}.")
+        lattice = float(lattice)
+    return A, s_obs, kind, codes, p, lattice
+
+
+# ==================================================================== numerics
+def _logistic_parts(z):
+    """``softplus(z)``, ``expit(z)`` and ``expit(z) (1 - expit(z))`` from one exp."""
+    e = np.exp(-np.abs(z))
+    inv = 1.0 / (1.0 + e)
+    pi = np.where(z >= 0, inv, e * inv)
+    sp = np.maximum(z, 0.0) + np.log1p(e)
+    return sp, pi, e * inv * inv
+
+
+def _segment_sum(values, starts):
+    """Sums over consecutive segments (rows ``starts[j]:starts[j + 1]``); no empty segment."""
+    return np.add.reduceat(values, starts, axis=0)
+
+
+def _gcd_span(d):
+    """Per column: the lattice span of the values ``d`` (integers, or integer multiples of the
+    smallest nonzero |d|), 0 where they are not on a lattice (or all zero)."""
+    span = np.zeros(d.shape[1])
+    if d.shape[0] == 0:
+        return span
+    absd = np.abs(d)
+    top = absd.max(axis=0)
+    for scale_by_min in (False, True):
+        todo = span == 0
+        if not todo.any():
+            break
+        dd = d[:, todo]
+        if scale_by_min:
+            nz = np.where(np.abs(dd) > _LATTICE_TOL * top[todo], np.abs(dd), np.inf)
+            h0 = nz.min(axis=0)
+            h0[~np.isfinite(h0)] = 0.0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dd = dd / np.where(h0 > 0, h0, 1.0)
+        else:
+            h0 = np.ones(dd.shape[1])
+        r = np.rint(dd)
+        ok = np.all(np.abs(dd - r) <= _LATTICE_TOL * np.maximum(1.0, np.abs(dd)), axis=0)
+        ok &= np.all(np.abs(r) < 2.0**40, axis=0) & (h0 > 0)
+        g = np.gcd.reduce(np.where(ok, r, 0.0).astype(np.int64), axis=0).astype(np.float64)
+        idx = np.flatnonzero(todo)
+        span[idx] = np.where(ok, g * h0, 0.0)
+    return span
+
+
+class _Bernoulli:
+    """CGF of ``Σ x_i a_i``, ``x_i ~ Bernoulli(p_i)`` independent (free cells only)."""
+
+    n_nuisance = 0
+
+    def __init__(self, setup, A):
+        free, self.theta, pf = setup["free"], setup["theta"], setup["p"]
+        self.A = np.ascontiguousarray(A[free])
+        self.sp0 = setup["sp0"]
+        self.pf = pf
+        offset = A[setup["ones"]].sum(axis=0)
+        pa = pf[:, None] * self.A
+        self.mean = offset + pa.sum(axis=0)
+        q = pf * (1.0 - pf)
+        self.var = q @ (self.A * self.A)
+        self.kappa3 = (q * (1.0 - 2.0 * pf)) @ self.A**3
+        self.scale = np.abs(self.A).max(axis=0, initial=0.0)
+        self.magnitude = np.maximum(self.scale, np.abs(A).max(axis=0, initial=0.0))
+        self.n_cells = self.A.shape[0]
+        # Support: S - E S ranges over [Σ min(a, 0) - Σ p a, Σ max(a, 0) - Σ p a].
+        self.upper_edge = np.maximum(self.A, 0.0).sum(axis=0) - pa.sum(axis=0)
+        self.lower_edge = np.minimum(self.A, 0.0).sum(axis=0) - pa.sum(axis=0)
+
+    def lattice_span(self):
+        return _gcd_span(self.A)
+
+    def start(self, s_c):
+        return np.zeros((0, s_c.size))
+
+    def evaluate(self, t, lam):
+        z = self.theta[:, None] + self.A * t
+        sp, pi, v = _logistic_parts(z)
+        # K(t) - t E S as a sum of non-negative Bregman terms (no cancellation of large sums).
+        bregman = (sp - self.sp0[:, None] - self.pf[:, None] * (z - self.theta[:, None])).sum(0)
+        Av = self.A * v
+        return {
+            "K": bregman,
+            "gt": np.einsum("ij,ij->j", self.A, pi) - self.pf @ self.A,
+            "D": np.einsum("ij,ij->j", Av, self.A),
+            "log_ratio": np.zeros(t.size),
+        }
+
+    def edge_logp(self, side):
+        """log P(S = upper edge) (side=+1) or P(S = lower edge) (side=-1), per column."""
+        A = side * self.A
+        lp = np.log(np.where(self.pf > 0, self.pf, 1.0))[:, None]
+        lq = np.log1p(-np.where(self.pf < 1, self.pf, 0.0))[:, None]
+        return np.where(A > 0, lp, 0.0).sum(0) + np.where(A < 0, lq, 0.0).sum(0)
+
+
+def _bernoulli_setup(p):
+    free = np.flatnonzero((p > 0) & (p < 1))
+    pf = p[free]
+    theta = np.log(pf) - np.log1p(-pf)
+    sp0 = -np.log1p(-pf)  # softplus(logit p)
+    return {
+        "free": free,
+        "ones": np.flatnonzero(p == 1),
+        "p": pf,
+        "theta": theta,
+        "sp0": sp0,
+        "n_cells": int(free.size),
+    }
+
+
+def _conditional_setup(codes, x):
+    n_strata = int(codes.max()) + 1 if codes.size and codes.max() >= 0 else 0
+    inside = codes >= 0
+    sizes = np.bincount(codes[inside], minlength=n_strata)
+    treated = np.bincount(codes[inside], weights=x[inside], minlength=n_strata).astype(np.int64)
+    full = np.flatnonzero((treated == sizes) & (sizes > 0))
+    active = (treated > 0) & (treated < sizes)
+    k_min = np.minimum(treated, sizes - treated)
+    # Three classes of active strata: exact log-mean-exp (k = 1), exact DP (small), Skovgaard.
+    cls = np.full(max(n_strata, 1), -1)
+    cls[active & (k_min == 1)] = 0
+    cls[active & (k_min > 1) & (sizes <= _SMALL_STRATUM)] = 1
+    cls[active & (k_min > 1) & (sizes > _SMALL_STRATUM)] = 2
+    cell_cls = np.where(inside, cls[np.where(inside, codes, 0)], -1)
+    out = {"full_cells": np.flatnonzero(np.isin(codes, full) & inside)}
+    n_used = 0
+    for c, name in ((0, "one"), (1, "dp"), (2, "big")):
+        strata_c = np.flatnonzero(cls == c)
+        cells = np.flatnonzero(cell_cls == c)
+        cells = cells[np.argsort(codes[cells], kind="stable")]
+        n_s, m_s = sizes[strata_c], treated[strata_c]
+        out[name] = {
+            "cells": cells,
+            "starts": np.concatenate(([0], np.cumsum(n_s)[:-1])).astype(np.int64),
+            "n": n_s.astype(np.float64),
+            "m": m_s.astype(np.float64),
+            "count": int(strata_c.size),
+        }
+        n_used += cells.size
+    out["n_cells"] = n_used
+    return out
+
+
+class _Conditional:
+    """Joint CGF of ``(S, M)`` with exact strata folded in (see the module docstring)."""
+
+    def __init__(self, setup, A):
+        self.offset = A[setup["full_cells"]].sum(axis=0)
+        k = A.shape[1]
+        self.magnitude = np.abs(A).max(axis=0, initial=0.0)
+        self.n_cells = setup["n_cells"]
+        self.mean = self.offset.copy()
+        self.var = np.zeros(k)
+        self.kappa3 = np.zeros(k)
+        self.scale = np.zeros(k)
+        diffs = []
+        self.parts = {}
+        for name in ("one", "dp", "big"):
+            info = setup[name]
+            if info["count"] == 0:
+                continue
+            Ab = A[info["cells"]]
+            n, m, starts = info["n"], info["m"], info["starts"]
+            abar = _segment_sum(Ab, starts) / n[:, None]
+            centred = Ab - np.repeat(abar, n.astype(np.int64), axis=0)
+            self.mean += m @ abar
+            fm, fn = m * (n - m), n
+            c2 = fm / (fn * (fn - 1.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c3 = np.where(n > 2, fm * (n - 2.0 * m) / (fn * (fn - 1.0) * (fn - 2.0)), 0.0)
+            sq = centred * centred
+            self.var += c2 @ _segment_sum(sq, starts)
+            self.kappa3 += c3 @ _segment_sum(sq * centred, starts)
+            self.scale = np.maximum(self.scale, np.abs(centred).max(axis=0))
+            first = np.repeat(Ab[starts], n.astype(np.int64), axis=0)
+            diffs.append(Ab - first)
+            self.parts[name] = self._part(name, centred, n, m, starts)
+        self.diffs = np.concatenate(diffs) if diffs else np.zeros((0, k))
+        big = self.parts.get("big")
+        self.n_nuisance = 0 if big is None else big["n"].size
+        self.upper_edge = self.lower_edge = None
+
+    @staticmethod
+    def _part(name, centred, n, m, starts):
+        if name == "one":
+            # Choosing one cell (or leaving one out, values negated): log-mean-exp.
+            sign = np.where(m == 1, 1.0, -1.0)
+            vals = centred * np.repeat(sign, n.astype(np.int64))[:, None]
+            return {"vals": vals, "starts": starts, "logn": np.log(n), "n": n}
+        if name == "dp":
+            # Padded (strata, positions, responses) values of the k = min(m, n - m) chosen cells.
+            ni = n.astype(np.int64)
+            kk = np.minimum(m, n - m).astype(np.int64)
+            sign = np.where(m <= n - m, 1.0, -1.0)
+            n_pos = int(ni.max())
+            pos = np.arange(ni.sum()) - np.repeat(starts, ni)
+            strat = np.repeat(np.arange(ni.size), ni)
+            vals = np.zeros((ni.size, n_pos, centred.shape[1]))
+            vals[strat, pos] = centred * sign[strat][:, None]
+            mask = np.zeros((ni.size, n_pos), dtype=bool)
+            mask[strat, pos] = True
+            log_binom = (
+                special.gammaln(n + 1) - special.gammaln(kk + 1) - special.gammaln(n - kk + 1)
+            )
+            return {"vals": vals, "mask": mask, "k": kk, "log_binom": log_binom}
+        pi0 = m / n
+        lam0 = np.log(pi0) - np.log1p(-pi0)
+        return {
+            "A": centred,
+            "starts": starts,
+            "n": n,
+            "ni": n.astype(np.int64),
+            "m": m,
+            "pi0": pi0,
+            "lam0": lam0,
+            "sp0": np.logaddexp(0.0, lam0),
+            "logV0": np.log(n * pi0 * (1.0 - pi0)),
+        }
+
+    def lattice_span(self):
+        return _gcd_span(self.diffs)
+
+    def start(self, s_c):
+        big = self.parts.get("big")
+        if big is None:
+            return np.zeros((0, s_c.size))
+        return np.repeat(big["lam0"][:, None], s_c.size, axis=1)
+
+    def evaluate(self, t, lam):
+        k = t.size
+        out = {"K": np.zeros(k), "gt": np.zeros(k), "D": np.zeros(k), "log_ratio": np.zeros(k)}
+        one = self.parts.get("one")
+        if one is not None:
+            z = one["vals"] * t
+            zmax = np.maximum.reduceat(z, one["starts"], axis=0)
+            e = np.exp(z - np.repeat(zmax, one["n"].astype(np.int64), axis=0))
+            s0 = _segment_sum(e, one["starts"])
+            s1 = _segment_sum(e * one["vals"], one["starts"])
+            s2 = _segment_sum(e * one["vals"] ** 2, one["starts"])
+            mean = s1 / s0
+            out["K"] += (np.log(s0) + zmax - one["logn"][:, None]).sum(0)
+            out["gt"] += mean.sum(0)
+            out["D"] += (s2 / s0 - mean * mean).sum(0)
+        dp = self.parts.get("dp")
+        if dp is not None:
+            K, g, h = _dp_cgf(dp, t)
+            out["K"] += K
+            out["gt"] += g
+            out["D"] += h
+        big = self.parts.get("big")
+        if big is not None:
+            lam0 = big["lam0"][:, None]
+            lam_c = np.repeat(lam, big["ni"], axis=0)
+            z = lam_c + big["A"] * t
+            sp, pi, v = _logistic_parts(z)
+            pi0 = np.repeat(big["pi0"], big["ni"])[:, None]
+            sp0 = np.repeat(big["sp0"], big["ni"])[:, None]
+            out["K"] += (sp - sp0 - pi0 * (z - np.repeat(lam0, big["ni"], axis=0))).sum(0)
+            out["gt"] += np.einsum("ij,ij->j", big["A"], pi)
+            Av = big["A"] * v
+            out["D"] += np.einsum("ij,ij->j", Av, big["A"])
+            out["gl"] = _segment_sum(pi, big["starts"]) - big["m"][:, None]
+            out["C"] = _segment_sum(Av, big["starts"])
+            V = _segment_sum(v, big["starts"])
+            out["V"] = V
+            with np.errstate(divide="ignore"):
+                out["log_ratio"] += (np.log(V) - big["logV0"][:, None]).sum(0)
+        return out
+
+
+def _dp_cgf(dp, t):
+    """Exact CGF (and its t-derivatives) of the small strata: ``log e_k(e^{t b}) / C(n, k)``.
+
+    The recursion ``E_j <- E_j + r E_{j-1}`` runs over the cell positions (at most
+    ``_SMALL_STRATUM``), vectorised over strata and responses, with ``r = e^{t b - c}`` scaled
+    by the stratum's largest exponent ``c``; ``E'`` and ``E''`` carry the derivatives in ``t``.
+    """
+    vals, mask, kk = dp["vals"], dp["mask"], dp["k"]
+    z = vals * t
+    z = np.where(mask[:, :, None], z, -np.inf)
+    c = z.max(axis=1)  # (strata, k)
+    r = np.exp(z - c[:, None, :])
+    kmax = int(kk.max())
+    shape = (kmax + 1,) + c.shape
+    E, E1, E2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    E[0] = 1.0
+    for p in range(vals.shape[1]):
+        rp, bp = r[:, p], vals[:, p]
+        for j in range(kmax, 0, -1):
+            E2[j] += rp * (E2[j - 1] + 2.0 * bp * E1[j - 1] + bp * bp * E[j - 1])
+            E1[j] += rp * (E1[j - 1] + bp * E[j - 1])
+            E[j] += rp * E[j - 1]
+    idx = np.arange(kk.size)
+    Ek, E1k, E2k = E[kk, idx], E1[kk, idx], E2[kk, idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = E1k / Ek
+        h = E2k / Ek - g * g
+        K = np.log(Ek) + kk[:, None] * c - dp["log_binom"][:, None]
+    return K.sum(0), g.sum(0), np.maximum(h, 0.0).sum(0)
+
+
+# ==================================================================== the solver
+def _newton_step(ev):
+    """Newton step for ``min F(t, λ) = K(t, λ) - t s - λ·m`` with the arrowhead Hessian."""
+    gt, D = ev["gt_res"], ev["D"]
+    if "V" not in ev:
+        H = D
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dt = -gt / H
+        return dt, None, -gt * dt, H
+    C, V, gl = ev["C"], ev["V"], ev["gl"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Vs = np.maximum(V, 1e-300)
+        H = D - (C * C / Vs).sum(0)
+        dt = (-gt + (C * gl / Vs).sum(0)) / H
+        dl = (-gl - C * dt) / Vs
+    dec = -(gt * dt + (gl * dl).sum(0))
+    return dt, dl, dec, H
+
+
+def _solve(model, s_c):
+    """Saddlepoint ``t̂`` (and nuisance) of ``S - E S = s_c``, per column.
+
+    Returns ``t``, ``w²/2 = t s_c - (K(t) - K(0))`` (profile), the Schur complement ``H`` and
+    the log determinant ratio of the nuisance block, and a convergence flag.
+    """
+    k = s_c.size
+    sd = np.sqrt(np.maximum(model.var, 1e-300))
+    t = s_c / sd**2
+    cap = _START_SCALE / np.maximum(model.scale, 1e-300)
+    t = np.clip(t, -cap, cap)
+    lam = model.start(s_c)
+
+    def evaluate(t, lam):
+        ev = model.evaluate(t, lam)
+        ev["gt_res"] = ev["gt"] - s_c
+        ev["F"] = ev["K"] - t * s_c
+        return ev
+
+    ev = evaluate(t, lam)
+    converged = np.zeros(k, dtype=bool)
+    failed = np.zeros(k, dtype=bool)
+    for _ in range(_MAX_ITER):
+        dt, dl, dec, H = _newton_step(ev)
+        bad = ~(np.isfinite(dt) & np.isfinite(dec) & (H > 0))
+        failed |= bad & ~converged
+        converged |= (dec <= _DECREMENT_TOL) & ~failed
+        moving = ~(converged | failed)
+        if not moving.any():
+            break
+        step = np.where(moving, 1.0, 0.0)
+        dt = np.where(moving, dt, 0.0)
+        if dl is not None:
+            dl = np.where(moving, dl, 0.0)
+        accepted = ~moving
+        cand = ev
+        for _ in range(_MAX_HALVINGS):
+            t_c = t + step * dt
+            lam_c = lam if dl is None else lam + step * dl
+            cand = evaluate(t_c, lam_c)
+            with np.errstate(invalid="ignore"):
+                ok = cand["F"] <= ev["F"] - 1e-4 * step * dec + 1e-12 * (1 + np.abs(ev["F"]))
+            ok &= np.isfinite(cand["F"])
+            accepted = accepted | ok
+            if accepted.all():
+                break
+            step = np.where(accepted, step, 0.5 * step)
+        failed |= ~accepted
+        t = np.where(accepted, t + step * dt, t)
+        if dl is not None:
+            lam = np.where(accepted, lam + step * dl, lam)
+        ev = cand if accepted.all() else evaluate(t, lam)
+    else:
+        dt, dl, dec, H = _newton_step(ev)
+        converged |= (dec <= 1e3 * _DECREMENT_TOL) & ~failed
+    half_w2 = t * s_c - ev["K"]
+    return t, half_w2, H, ev["log_ratio"], converged & ~failed
+
+
+def _lr_upper(w, u_log, u_sign):
+    """Lugannani-Rice ``P(S >= s)`` from ``w`` and ``u = u_sign exp(u_log)``.
+
+    Written as ``φ(w) (M(w) + 1/u - 1/w)`` with the Mills ratio ``M`` for ``w > 0`` (no
+    underflow of the pieces before the sum), ``1 - Φ(w) + φ(w) (1/u - 1/w)`` otherwise.
+    """
+    out = np.empty(w.shape)
+    pos = w > 0
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        inv_u = u_sign * np.exp(-u_log)
+        wp = w[pos]
+        mills = 0.5 * special.erfcx(wp / np.sqrt(2.0)) * np.sqrt(2.0 * np.pi)
+        bracket = mills + inv_u[pos] - 1.0 / wp
+        out[pos] = np.exp(-0.5 * wp * wp - _LOG_SQRT_2PI) * bracket
+        wn = w[~pos]
+        out[~pos] = special.ndtr(-wn) + np.exp(-0.5 * wn * wn - _LOG_SQRT_2PI) * (
+            inv_u[~pos] - 1.0 / wn
+        )
+    return out
+
+
+def _edgeworth_upper(z, gamma):
+    """One-term Edgeworth ``P(S >= s)``, ``z = (s - E S) / sd`` (the LR limit at the mean)."""
+    return special.ndtr(-z) + np.exp(-0.5 * z * z - _LOG_SQRT_2PI) * gamma / 6.0 * (z * z - 1.0)
+
+
+def _tails_at(model, s_eval, span):
+    """Approximate ``P(S - E S >= e)`` and ``P(S - E S <= e)`` at ``e = s_eval``, per column.
+
+    One solve gives both tails (Lugannani-Rice at ``(w, u)`` and ``(-w, -u)``); ``span > 0``
+    puts the lattice ``u`` (Daniels' second continuity correction: evaluate the upper tail at
+    ``s - h/2`` and the lower one at ``s + h/2``). Returns the tails and a reason string per
+    column (``""``: fine).
+    """
+    k = s_eval.size
+    sd = np.sqrt(np.maximum(model.var, 0.0))
+    upper = np.full(k, np.nan)
+    lower = np.full(k, np.nan)
+    reason = np.full(k, "", dtype=object)
+    near = np.abs(s_eval) <= _NEAR_MEAN * sd
+    if near.any():
+        z, gamma = s_eval[near] / sd[near], model.kappa3[near] / sd[near] ** 3
+        upper[near] = _edgeworth_upper(z, gamma)
+        lower[near] = _edgeworth_upper(-z, -gamma)
+    far = ~near
+    if far.any():
+        t, half_w2, H, log_ratio, ok = _solve(_Sub(model, far), s_eval[far])
+        w = np.sign(t) * np.sqrt(2.0 * np.maximum(half_w2, 0.0))
+        h = span[far]
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            t_eff = np.where(h > 0, 2.0 * np.sinh(0.5 * t * h) / np.where(h > 0, h, 1.0), t)
+            u_log = np.log(np.abs(t_eff)) + 0.5 * np.log(H) + 0.5 * log_ratio
+        up = _lr_upper(w, u_log, np.sign(t))
+        lo = _lr_upper(-w, u_log, -np.sign(t))
+        ok &= np.isfinite(up) & np.isfinite(lo)
+        ok &= half_w2 > -1e-9 * (1.0 + np.abs(t * s_eval[far]))
+        upper[far] = np.clip(up, 0.0, 1.0)
+        lower[far] = np.clip(lo, 0.0, 1.0)
+        r = np.full(ok.size, "", dtype=object)
+        r[~ok] = (
+            f"{FALLBACK}: the saddlepoint equation has no solution (observed at or beyond "
+            "the edge of the support, or the solver did not converge)"
+        )
+        reason[far] = r
+    return upper, lower, reason
+
+
+class _Sub:
+    """A model restricted to some columns (the others need no solve)."""
+
+    def __init__(self, model, cols):
+        self._model, self._cols = model, cols
+        self.var, self.scale, self.kappa3 = model.var[cols], model.scale[cols], model.kappa3[cols]
+
+    def start(self, s_c):
+        return self._model.start(np.zeros(self._cols.size))[:, self._cols]
+
+    def evaluate(self, t, lam):
+        cols = self._cols
+        full_t = np.zeros(cols.size)
+        full_t[cols] = t
+        full_lam = self._model.start(np.zeros(cols.size))
+        if lam.shape[0]:
+            full_lam[:, cols] = lam
+        ev = self._model.evaluate(full_t, full_lam)
+        return {key: val[..., cols] for key, val in ev.items()}
+
+
+def _tails(model, s_c, span, alternative):
+    """P-values and methods of one block (``s_c``: observed minus the null mean)."""
+    k = s_c.size
+    methods = np.full(k, "saddlepoint", dtype=object)
+    sd = np.sqrt(np.maximum(model.var, 0.0))
+    tol = _EDGE_TOL * model.magnitude * np.sqrt(max(model.n_cells, 1))
+    upper = np.full(k, np.nan)
+    lower = np.full(k, np.nan)
+    # A null with no variance: S* is E S exactly.
+    constant = sd <= tol
+    upper[constant] = np.where(s_c <= tol, 1.0, 0.0)[constant]
+    lower[constant] = np.where(s_c >= -tol, 1.0, 0.0)[constant]
+    methods[constant] = "exact"
+    todo = ~constant
+    # Bernoulli: at (or beyond) an edge of the support the tail is exact.
+    if model.upper_edge is not None:
+        edge_up = todo & (s_c >= model.upper_edge - tol)
+        edge_lo = todo & (s_c <= model.lower_edge + tol)
+        beyond_up = s_c > model.upper_edge + tol
+        beyond_lo = s_c < model.lower_edge - tol
+        upper[edge_up] = np.where(beyond_up, 0.0, np.exp(model.edge_logp(1)))[edge_up]
+        lower[edge_up] = 1.0
+        lower[edge_lo] = np.where(beyond_lo, 0.0, np.exp(model.edge_logp(-1)))[edge_lo]
+        upper[edge_lo] = 1.0
+        methods[edge_up | edge_lo] = "exact"
+        todo &= ~(edge_up | edge_lo)
+    reasons = np.full(k, "", dtype=object)
+    if todo.any():
+        sub = _Sub(model, todo)
+        st, hl = s_c[todo], span[todo]
+        need_upper = alternative != "less"
+        need_lower = alternative != "greater"
+        if not hl.any():
+            up, lo, r = _tails_at(sub, st, hl)
+        else:
+            up = lo = np.full(st.size, np.nan)
+            r = np.full(st.size, "", dtype=object)
+            if need_upper:
+                up, _, r = _tails_at(sub, st - 0.5 * hl, hl)
+            if need_lower:
+                _, lo, r_lo = _tails_at(sub, st + 0.5 * hl, hl)
+                r = np.where(r != "", r, r_lo)
+        upper[todo], lower[todo], reasons[todo] = up, lo, r
+    if alternative == "greater":
+        pvalues = upper
+    elif alternative == "less":
+        pvalues = lower
+    else:
+        pvalues = np.minimum(1.0, 2.0 * np.minimum(upper, lower))
+    failed = reasons != ""
+    methods[failed] = reasons[failed]
+    return pvalues, methods
