@@ -12,6 +12,7 @@ examples and the tests.
 from __future__ import annotations
 
 import numbers
+from dataclasses import asdict, dataclass
 
 import anndata as ad
 import numpy as np
@@ -77,6 +78,452 @@ def _sample_guides(rng, n_cells, load, weights):
 def _nb(rng, mu, theta):
     """Negative binomial draws with mean ``mu`` and size ``theta`` (Gamma-Poisson mixture)."""
     return rng.poisson(rng.gamma(theta, mu / theta))
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Params:
+    """The validated arguments of simulate_screen, in signature order (as ``uns["simulation"]``)."""
+
+    n_cells: int
+    n_genes: int
+    n_programs: int
+    n_targets: int
+    guides_per_target: int
+    n_ntc_guides: int
+    moi: float
+    n_batches: int
+    effect_size: float
+    frac_targets_with_effect: float
+    burden_effect: float
+    burden_shape: str
+    burden_threshold: float | None
+    guide_load_cv: float
+    mean_umis: float
+    response: str
+
+    @property
+    def with_counts(self) -> bool:
+        """Whether the gene counts are stored (and gene pairs listed)."""
+        return self.response in ("both", "counts")
+
+    @property
+    def with_programs(self) -> bool:
+        """Whether the program usages are stored (and program pairs listed)."""
+        return self.response in ("both", "programs")
+
+
+# minimum of each integer argument and bounds of each real one, in the order they are checked
+_INT_MINIMA = {
+    "n_cells": 2,
+    "n_genes": 1,
+    "n_programs": 2,
+    "n_targets": 0,
+    "guides_per_target": 1,
+    "n_ntc_guides": 0,
+    "n_batches": 1,
+}
+_FLOAT_BOUNDS = {
+    "moi": {"low": 0.0, "low_open": True},
+    "effect_size": {},
+    "frac_targets_with_effect": {"low": 0.0, "high": 1.0},
+    "burden_effect": {"low": 0.0},
+    "guide_load_cv": {"low": 0.0, "low_open": True},
+    "mean_umis": {"low": 0.0, "low_open": True},
+}
+
+
+def _check_params(**raw) -> _Params:
+    """Validate the arguments of simulate_screen once and return them normalised."""
+    checked = dict(raw)
+    for name, min_value in _INT_MINIMA.items():
+        checked[name] = check_int(raw[name], name, min_value=min_value)
+    for name, bounds in _FLOAT_BOUNDS.items():
+        checked[name] = _check_float(raw[name], name, **bounds)
+    if raw["burden_threshold"] is not None:
+        checked["burden_threshold"] = _check_float(raw["burden_threshold"], "burden_threshold")
+    p = _Params(**checked)
+    if p.response not in _RESPONSES:
+        raise ValueError(f"response must be one of {_RESPONSES}, got {p.response!r}.")
+    if p.burden_shape not in _BURDEN_SHAPES:
+        raise ValueError(f"burden_shape must be one of {_BURDEN_SHAPES}, got {p.burden_shape!r}.")
+    if p.n_targets > p.n_genes:
+        raise ValueError(
+            f"n_targets ({p.n_targets}) must be <= n_genes ({p.n_genes}): each target is one of "
+            "the simulated genes; raise n_genes or lower n_targets."
+        )
+    if p.n_targets * p.guides_per_target + p.n_ntc_guides == 0:
+        raise ValueError("the library is empty; set n_targets or n_ntc_guides to at least 1.")
+    return p
+
+
+# ---- names and library ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Names of the genes, programs, cells, batches and guides, and the target of each guide."""
+
+    gene_names: np.ndarray
+    program_names: np.ndarray
+    cell_names: pd.Index
+    batch_labels: list
+    targets: np.ndarray  # the first n_targets gene names
+    guide_names: list
+    guide_target: np.ndarray  # target gene of each guide, NTC_LABEL for the non-targeting ones
+
+
+def _make_names(p: _Params) -> _Names:
+    """Name the genes, programs, cells, batches and guides, and map each guide to its target."""
+    width = max(3, len(str(p.n_genes - 1)))
+    gene_names = np.array([f"gene_{g:0{width}d}" for g in range(p.n_genes)], dtype=object)
+    targets = gene_names[: p.n_targets]
+    guide_names = [f"{t}_sg{j + 1}" for t in targets for j in range(p.guides_per_target)]
+    guide_names += [f"NTC_{j:03d}" for j in range(p.n_ntc_guides)]
+    guide_target = [t for t in targets for _ in range(p.guides_per_target)]
+    return _Names(
+        gene_names=gene_names,
+        program_names=np.array([f"program_{k:02d}" for k in range(p.n_programs)], dtype=object),
+        cell_names=pd.Index([f"cell_{i:06d}" for i in range(p.n_cells)]),
+        batch_labels=[f"batch{b}" for b in range(p.n_batches)],
+        targets=targets,
+        guide_names=guide_names,
+        guide_target=np.array(guide_target + [NTC_LABEL] * p.n_ntc_guides, dtype=object),
+    )
+
+
+# ---- design: effects and per-response parameters (one stream, fixed order) ----------------------
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Screen-level parameters: target effects, guide representation, gene and program terms."""
+
+    effect_targets: np.ndarray  # sorted indices of the targets with an effect
+    target_effect: np.ndarray  # log2 fold change of each target's own gene (0 without effect)
+    target_program: np.ndarray  # program shifted by each target with an effect (-1 otherwise)
+    guide_weights: np.ndarray  # representation of each guide in the library (sums to 1)
+    log_pi: np.ndarray  # baseline log composition of the genes
+    theta: np.ndarray  # NB size of each gene
+    gene_batch: np.ndarray  # batches x genes
+    gene_burden: np.ndarray  # burden loading of each gene
+    prog_base: np.ndarray
+    prog_batch: np.ndarray  # batches x programs
+    prog_lib: np.ndarray  # loading of each program on the standardised log library size
+    prog_burden: np.ndarray  # burden loading of each program
+    lib_batch: np.ndarray  # log library-size shift of each batch
+    moi_batch: np.ndarray  # MOI of each batch
+
+
+def _draw_effects(rng, p: _Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw which targets have an effect, its size and the program each one shifts."""
+    n_effect = int(round(p.frac_targets_with_effect * p.n_targets))
+    effect_targets = np.sort(rng.choice(p.n_targets, size=n_effect, replace=False))
+    effect_factor = rng.uniform(0.5, 1.5, size=n_effect)
+    target_effect = np.zeros(p.n_targets)
+    target_effect[effect_targets] = p.effect_size * effect_factor  # log2 FC of own gene
+    target_program = np.full(p.n_targets, -1)
+    target_program[effect_targets] = rng.integers(0, p.n_programs, size=n_effect)
+    return effect_targets, target_effect, target_program
+
+
+def _draw_design(rng, p: _Params, n_guides: int) -> _Design:
+    """Draw the effects, guide weights and per-response parameters from the design stream."""
+    effect_targets, target_effect, target_program = _draw_effects(rng, p)
+    guide_weights = np.exp(rng.normal(0.0, _GUIDE_ABUNDANCE_SD, size=n_guides))
+    guide_weights /= guide_weights.sum()
+
+    log_pi = rng.normal(0.0, 1.2, size=p.n_genes)
+    log_pi -= np.log(np.exp(log_pi).sum())
+    theta = np.exp(rng.normal(np.log(5.0), 0.5, size=p.n_genes))
+    gene_batch = rng.normal(0.0, 0.15, size=(p.n_batches, p.n_genes))
+    gene_burden = rng.normal(0.0, p.burden_effect, size=p.n_genes)
+    prog_base = rng.normal(0.0, 0.5, size=p.n_programs)
+    prog_batch = rng.normal(0.0, 0.2, size=(p.n_batches, p.n_programs))
+    prog_lib = rng.normal(0.0, 0.1, size=p.n_programs)
+    prog_burden = rng.normal(0.0, p.burden_effect, size=p.n_programs)
+    spread = p.n_batches > 1
+    lib_batch = np.linspace(-0.15, 0.15, p.n_batches) if spread else np.zeros(1)
+    moi_batch = p.moi * (np.linspace(0.85, 1.15, p.n_batches) if spread else np.ones(1))
+    return _Design(
+        effect_targets=effect_targets,
+        target_effect=target_effect,
+        target_program=target_program,
+        guide_weights=guide_weights,
+        log_pi=log_pi,
+        theta=theta,
+        gene_batch=gene_batch,
+        gene_burden=gene_burden,
+        prog_base=prog_base,
+        prog_batch=prog_batch,
+        prog_lib=prog_lib,
+        prog_burden=prog_burden,
+        lib_batch=lib_batch,
+        moi_batch=moi_batch,
+    )
+
+
+# ---- cells: batch, guide load, guides ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Each cell's batch, latent guide load, guides and burden."""
+
+    batch: np.ndarray  # batch code of each cell (sorted)
+    load: np.ndarray  # latent guide load
+    present: np.ndarray  # cells x guides, bool
+    n_targeting: np.ndarray  # number of targeting guides (the burden)
+    n_assigned: np.ndarray  # number of guides
+    burden_threshold: float  # as given, or resolved from the median burden
+    f_burden: np.ndarray  # standardised burden term f(n_targeting)
+    target_present: np.ndarray  # cells x targets, bool: the union of each target's guides
+
+
+def _draw_cells(rng, p: _Params, names: _Names, design: _Design) -> _Cells:
+    """Draw each cell's batch, guide load and guides from the guides stream; derive its burden."""
+    batch = np.sort(rng.integers(0, p.n_batches, size=p.n_cells))
+    shape = 1.0 / p.guide_load_cv**2
+    load = design.moi_batch[batch] * rng.gamma(shape, 1.0 / shape, size=p.n_cells)
+    present = _sample_guides(rng, p.n_cells, load, design.guide_weights)
+    is_ntc = names.guide_target == NTC_LABEL
+    n_targeting = present[:, ~is_ntc].sum(axis=1)
+    burden_threshold = p.burden_threshold
+    if burden_threshold is None:
+        burden_threshold = float(np.median(n_targeting)) + 0.5
+    target_present = (
+        present[:, : p.n_targets * p.guides_per_target]
+        .reshape(p.n_cells, p.n_targets, p.guides_per_target)
+        .any(axis=2)
+    )
+    return _Cells(
+        batch=batch,
+        load=load,
+        present=present,
+        n_targeting=n_targeting,
+        n_assigned=present.sum(axis=1),
+        burden_threshold=burden_threshold,
+        f_burden=_burden_response(n_targeting, p.burden_shape, burden_threshold),
+        target_present=target_present,
+    )
+
+
+# ---- responses: counts, programs, guide UMIs -----------------------------------------------------
+
+
+def _simulate_counts(rng_library, rng_counts, p: _Params, design: _Design, cells: _Cells):
+    """Draw the log library sizes (library stream) and the NB gene counts (counts stream)."""
+    log_lib = rng_library.normal(np.log(p.mean_umis) + design.lib_batch[cells.batch], _LIBRARY_SD)
+    # composition: batch and burden move genes relative to each other, not the library size
+    log_comp = (
+        design.log_pi[None, :]
+        + design.gene_batch[cells.batch]
+        + np.outer(cells.f_burden, design.gene_burden)
+    )
+    log_comp -= np.log(np.exp(log_comp).sum(axis=1, keepdims=True))
+    log_mu = log_lib[:, None] + log_comp
+    if p.n_targets:
+        log_mu[:, : p.n_targets] += (
+            np.log(2.0) * cells.target_present * design.target_effect[None, :]
+        )
+    counts = _nb(rng_counts, np.exp(log_mu), design.theta[None, :]).astype(np.float32)
+    return log_lib, counts
+
+
+def _simulate_programs(rng, p: _Params, design: _Design, cells: _Cells, log_lib) -> np.ndarray:
+    """Draw the program usages (programs stream): softmax of batch, library, burden, effects."""
+    z_lib = (log_lib - log_lib.mean()) / max(log_lib.std(), 1e-12)
+    logit = (
+        design.prog_base[None, :]
+        + design.prog_batch[cells.batch]
+        + np.outer(z_lib, design.prog_lib)
+        + np.outer(cells.f_burden, design.prog_burden)
+        + rng.normal(0.0, 0.5, size=(p.n_cells, p.n_programs))
+    )
+    effect_targets = design.effect_targets
+    prog_shift = np.zeros((p.n_targets, p.n_programs))
+    prog_shift[effect_targets, design.target_program[effect_targets]] = (
+        np.log(2.0) * design.target_effect[effect_targets]
+    )
+    if p.n_targets:
+        logit += cells.target_present.astype(np.float64) @ prog_shift
+    logit -= logit.max(axis=1, keepdims=True)
+    usage = np.exp(logit)
+    usage /= usage.sum(axis=1, keepdims=True)
+    return usage
+
+
+def _simulate_guide_umis(rng, present: np.ndarray) -> np.ndarray:
+    """Draw the guide UMIs (gRNA stream): >= 5 for carried guides, a little ambient noise else."""
+    assigned_umis = _ASSIGNMENT_THRESHOLD + _nb(rng, np.full(present.shape, _GUIDE_UMI_MEAN), 2.0)
+    ambient = (rng.random(present.shape) < _AMBIENT_RATE) * rng.integers(
+        1, _ASSIGNMENT_THRESHOLD, size=present.shape
+    )
+    return np.where(present, assigned_umis, ambient).astype(np.float32)
+
+
+# ---- truth and pairs -----------------------------------------------------------------------------
+
+
+def _gene_pairs(rng, p: _Params, names: _Names, design: _Design):
+    """Gene truth, discovery pairs (own gene and 5 others, design stream) and positive controls."""
+    effect_targets = design.effect_targets
+    eff_names = names.targets[effect_targets]
+    truth = pd.DataFrame(
+        {
+            "grna_target": eff_names,
+            "response_id": eff_names,
+            "effect": design.target_effect[effect_targets],
+            "response_kind": "gene",
+        }
+    )
+    discovery = []
+    others = np.arange(p.n_targets, p.n_genes) if p.n_genes > p.n_targets else np.arange(p.n_genes)
+    for t in range(p.n_targets):
+        pool = others[others != t]
+        k = min(_N_OTHER_DISCOVERY_GENES, pool.size)
+        genes = np.concatenate([[t], np.sort(rng.choice(pool, size=k, replace=False))])
+        discovery.append(
+            pd.DataFrame(
+                {
+                    "response_id": names.gene_names[genes],
+                    "grna_target": names.targets[t],
+                    "response_kind": "gene",
+                }
+            )
+        )
+    positive = pd.DataFrame(
+        {"response_id": eff_names, "grna_target": eff_names, "response_kind": "gene"}
+    )
+    return truth, discovery, positive
+
+
+def _program_pairs(p: _Params, names: _Names, design: _Design):
+    """Program truth (centred log-ratio shifts), discovery pairs (all) and positive controls."""
+    effect_targets = design.effect_targets
+    eff_names = names.targets[effect_targets]
+    clr_factor = 1.0 - 1.0 / p.n_programs
+    prog_of = names.program_names[design.target_program[effect_targets]] if eff_names.size else []
+    truth = pd.DataFrame(
+        {
+            "grna_target": eff_names,
+            "response_id": prog_of,
+            "effect": clr_factor * np.log(2.0) * design.target_effect[effect_targets],
+            "response_kind": "program",
+        }
+    )
+    discovery = pd.DataFrame(
+        {
+            "response_id": np.tile(names.program_names, p.n_targets),
+            "grna_target": np.repeat(names.targets, p.n_programs),
+            "response_kind": "program",
+        }
+    )
+    positive = pd.DataFrame(
+        {"response_id": prog_of, "grna_target": eff_names, "response_kind": "program"}
+    )
+    return truth, discovery, positive
+
+
+def _pairs_frame(parts: list, columns: list) -> pd.DataFrame:
+    """Concatenate table parts into one frame with ``columns``, every column but effect as str."""
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    frame = frame[columns]
+    for col in columns:
+        if col != "effect":
+            frame[col] = frame[col].astype(str)
+    return frame.reset_index(drop=True)
+
+
+def _pair_tables(rng, p: _Params, names: _Names, design: _Design):
+    """Build the true_effects, discovery_pairs and positive_control_pairs tables."""
+    truth, discovery, positive = [], [], []
+    if p.with_counts:
+        gene_truth, gene_discovery, gene_positive = _gene_pairs(rng, p, names, design)
+        truth.append(gene_truth)
+        discovery.extend(gene_discovery)
+        positive.append(gene_positive)
+    if p.with_programs:
+        prog_truth, prog_discovery, prog_positive = _program_pairs(p, names, design)
+        truth.append(prog_truth)
+        discovery.append(prog_discovery)
+        if not p.with_counts:
+            positive.append(prog_positive)
+    true_effects = _pairs_frame(truth, ["grna_target", "response_id", "effect", "response_kind"])
+    true_effects["effect"] = true_effects["effect"].astype(np.float64)
+    pair_cols = ["response_id", "grna_target", "response_kind"]
+    return true_effects, _pairs_frame(discovery, pair_cols), _pairs_frame(positive, pair_cols)
+
+
+# ---- covariates and assembly ---------------------------------------------------------------------
+
+
+def _covariates(cells: _Cells, counts: np.ndarray, batch_cat, cell_names) -> pd.DataFrame:
+    """The ``obsm["covar"]`` table: batch, library-size and burden covariates (and log1p)."""
+    n_umis = counts.sum(axis=1).astype(np.int64)
+    n_nonzero = np.count_nonzero(counts, axis=1).astype(np.int64)
+    return pd.DataFrame(
+        {
+            "batch": batch_cat,
+            "response_n_umis": n_umis,
+            "response_n_nonzero": n_nonzero,
+            "log1p_response_n_umis": np.log1p(n_umis),
+            "log1p_response_n_nonzero": np.log1p(n_nonzero),
+            "non_ntc_guides_per_cell": cells.n_targeting.astype(np.int64),
+            "grna_n_nonzero_assign": cells.n_assigned.astype(np.int64),
+            "log1p_non_ntc_guides_per_cell": np.log1p(cells.n_targeting),
+            "log1p_grna_n_nonzero_assign": np.log1p(cells.n_assigned),
+        },
+        index=cell_names,
+    )
+
+
+def _make_anndata(
+    p: _Params, names: _Names, design: _Design, cells: _Cells, counts, usage, grna
+) -> ad.AnnData:
+    """Assemble X, obs, var and obsm: stored responses, covariates, assignment, guide UMIs."""
+    batch_cat = pd.Categorical.from_codes(cells.batch, categories=names.batch_labels)
+    obs = pd.DataFrame({"batch": batch_cat, "guide_load": cells.load}, index=names.cell_names)
+    var = pd.DataFrame(
+        {
+            "is_target": np.arange(p.n_genes) < p.n_targets,
+            "dispersion": design.theta,
+            "burden_loading": design.gene_burden,
+        },
+        index=pd.Index(names.gene_names.astype(str)),
+    )
+    if p.with_counts:
+        adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    else:
+        adata = ad.AnnData(obs=obs)
+    adata.obsm["covar"] = _covariates(cells, counts, batch_cat, names.cell_names)
+    if p.with_programs:
+        adata.obsm["cnmf_usage"] = pd.DataFrame(
+            usage, index=names.cell_names, columns=pd.Index(names.program_names.astype(str))
+        )
+    adata.obsm["guide_assignment"] = sp.csr_matrix(cells.present.astype(np.int32))
+    adata.obsm["grna_counts"] = sp.csr_matrix(grna)
+    return adata
+
+
+def _store_uns(adata, p: _Params, names: _Names, tables, burden_threshold: float) -> None:
+    """Store the guide and program names, the truth and pairs tables and the parameters in uns."""
+    true_effects, discovery_pairs, positive_control_pairs = tables
+    adata.uns["guide_names"] = list(names.guide_names)
+    adata.uns["guide2gene"] = dict(zip(names.guide_names, names.guide_target.tolist(), strict=True))
+    # raw gRNA metadata (columns of grna_counts), as stored before assignment (SCEPTRE-style keys)
+    adata.uns["grna_ids"] = list(names.guide_names)
+    adata.uns["grna_target"] = names.guide_target.tolist()
+    adata.uns["program_names"] = list(names.program_names.astype(str))
+    adata.uns["true_effects"] = true_effects
+    adata.uns["discovery_pairs"] = discovery_pairs
+    adata.uns["positive_control_pairs"] = positive_control_pairs
+    simulation = asdict(p)
+    simulation["burden_threshold"] = float(burden_threshold)
+    simulation["ntc_label"] = NTC_LABEL
+    adata.uns["simulation"] = simulation
 
 
 def simulate_screen(
@@ -218,35 +665,24 @@ def simulate_screen(
     >>> sorted(adata.obsm)
     ['cnmf_usage', 'covar', 'grna_counts', 'guide_assignment']
     """
-    n_cells = check_int(n_cells, "n_cells", min_value=2)
-    n_genes = check_int(n_genes, "n_genes", min_value=1)
-    n_programs = check_int(n_programs, "n_programs", min_value=2)
-    n_targets = check_int(n_targets, "n_targets", min_value=0)
-    guides_per_target = check_int(guides_per_target, "guides_per_target", min_value=1)
-    n_ntc_guides = check_int(n_ntc_guides, "n_ntc_guides", min_value=0)
-    n_batches = check_int(n_batches, "n_batches", min_value=1)
-    moi = _check_float(moi, "moi", low=0.0, low_open=True)
-    effect_size = _check_float(effect_size, "effect_size")
-    frac_targets_with_effect = _check_float(
-        frac_targets_with_effect, "frac_targets_with_effect", low=0.0, high=1.0
+    p = _check_params(
+        n_cells=n_cells,
+        n_genes=n_genes,
+        n_programs=n_programs,
+        n_targets=n_targets,
+        guides_per_target=guides_per_target,
+        n_ntc_guides=n_ntc_guides,
+        moi=moi,
+        n_batches=n_batches,
+        effect_size=effect_size,
+        frac_targets_with_effect=frac_targets_with_effect,
+        burden_effect=burden_effect,
+        burden_shape=burden_shape,
+        burden_threshold=burden_threshold,
+        guide_load_cv=guide_load_cv,
+        mean_umis=mean_umis,
+        response=response,
     )
-    burden_effect = _check_float(burden_effect, "burden_effect", low=0.0)
-    guide_load_cv = _check_float(guide_load_cv, "guide_load_cv", low=0.0, low_open=True)
-    mean_umis = _check_float(mean_umis, "mean_umis", low=0.0, low_open=True)
-    if burden_threshold is not None:
-        burden_threshold = _check_float(burden_threshold, "burden_threshold")
-    if response not in _RESPONSES:
-        raise ValueError(f"response must be one of {_RESPONSES}, got {response!r}.")
-    if burden_shape not in _BURDEN_SHAPES:
-        raise ValueError(f"burden_shape must be one of {_BURDEN_SHAPES}, got {burden_shape!r}.")
-    if n_targets > n_genes:
-        raise ValueError(
-            f"n_targets ({n_targets}) must be <= n_genes ({n_genes}): each target is one of the "
-            "simulated genes; raise n_genes or lower n_targets."
-        )
-    if n_targets * guides_per_target + n_ntc_guides == 0:
-        raise ValueError("the library is empty; set n_targets or n_ntc_guides to at least 1.")
-
     root = seed_sequence(random_state)
     rng_design = as_generator(root, key="design")
     rng_guides = as_generator(root, key="guides")
@@ -255,246 +691,14 @@ def simulate_screen(
     rng_programs = as_generator(root, key="programs")
     rng_grna = as_generator(root, key="grna_counts")
 
-    # ---- names and library -------------------------------------------------------------------
-    width = max(3, len(str(n_genes - 1)))
-    gene_names = np.array([f"gene_{g:0{width}d}" for g in range(n_genes)], dtype=object)
-    program_names = np.array([f"program_{k:02d}" for k in range(n_programs)], dtype=object)
-    cell_names = pd.Index([f"cell_{i:06d}" for i in range(n_cells)])
-    batch_labels = [f"batch{b}" for b in range(n_batches)]
-    targets = gene_names[:n_targets]
-    guide_names = [f"{t}_sg{j + 1}" for t in targets for j in range(guides_per_target)]
-    guide_names += [f"NTC_{j:03d}" for j in range(n_ntc_guides)]
-    guide_target = np.array(
-        [t for t in targets for _ in range(guides_per_target)] + [NTC_LABEL] * n_ntc_guides,
-        dtype=object,
-    )
-    is_ntc = guide_target == NTC_LABEL
-    n_guides_lib = len(guide_names)
+    names = _make_names(p)
+    design = _draw_design(rng_design, p, len(names.guide_names))
+    cells = _draw_cells(rng_guides, p, names, design)
+    log_lib, counts = _simulate_counts(rng_library, rng_counts, p, design, cells)
+    usage = _simulate_programs(rng_programs, p, design, cells, log_lib)
+    grna = _simulate_guide_umis(rng_grna, cells.present)
+    tables = _pair_tables(rng_design, p, names, design)  # design stream, after the design draws
 
-    # ---- design: effects and per-response parameters (one stream, fixed order) ----------------
-    n_effect = int(round(frac_targets_with_effect * n_targets))
-    effect_targets = np.sort(rng_design.choice(n_targets, size=n_effect, replace=False))
-    effect_factor = rng_design.uniform(0.5, 1.5, size=n_effect)
-    target_effect = np.zeros(n_targets)
-    target_effect[effect_targets] = effect_size * effect_factor  # log2 FC of own gene
-    target_program = np.full(n_targets, -1)
-    target_program[effect_targets] = rng_design.integers(0, n_programs, size=n_effect)
-    guide_weights = np.exp(rng_design.normal(0.0, _GUIDE_ABUNDANCE_SD, size=n_guides_lib))
-    guide_weights /= guide_weights.sum()
-
-    log_pi = rng_design.normal(0.0, 1.2, size=n_genes)
-    log_pi -= np.log(np.exp(log_pi).sum())
-    theta = np.exp(rng_design.normal(np.log(5.0), 0.5, size=n_genes))
-    gene_batch = rng_design.normal(0.0, 0.15, size=(n_batches, n_genes))
-    gene_burden = rng_design.normal(0.0, burden_effect, size=n_genes)
-    prog_base = rng_design.normal(0.0, 0.5, size=n_programs)
-    prog_batch = rng_design.normal(0.0, 0.2, size=(n_batches, n_programs))
-    prog_lib = rng_design.normal(0.0, 0.1, size=n_programs)
-    prog_burden = rng_design.normal(0.0, burden_effect, size=n_programs)
-    lib_batch = np.linspace(-0.15, 0.15, n_batches) if n_batches > 1 else np.zeros(1)
-    moi_batch = moi * (np.linspace(0.85, 1.15, n_batches) if n_batches > 1 else np.ones(1))
-
-    # ---- cells: batch, guide load, guides -------------------------------------------------------
-    batch = np.sort(rng_guides.integers(0, n_batches, size=n_cells))
-    shape = 1.0 / guide_load_cv**2
-    load = moi_batch[batch] * rng_guides.gamma(shape, 1.0 / shape, size=n_cells)
-    present = _sample_guides(rng_guides, n_cells, load, guide_weights)
-    n_targeting = present[:, ~is_ntc].sum(axis=1)
-    n_assigned = present.sum(axis=1)
-    if burden_threshold is None:
-        burden_threshold = float(np.median(n_targeting)) + 0.5
-    f_burden = _burden_response(n_targeting, burden_shape, burden_threshold)
-
-    # target presence (union of its guides), cells x targets
-    target_present = (
-        present[:, : n_targets * guides_per_target]
-        .reshape(n_cells, n_targets, guides_per_target)
-        .any(axis=2)
-    )
-
-    # ---- counts ------------------------------------------------------------------------------
-    log_lib = rng_library.normal(np.log(mean_umis) + lib_batch[batch], _LIBRARY_SD)
-    # composition: batch and burden move genes relative to each other, not the library size
-    log_comp = log_pi[None, :] + gene_batch[batch] + np.outer(f_burden, gene_burden)
-    log_comp -= np.log(np.exp(log_comp).sum(axis=1, keepdims=True))
-    log_mu = log_lib[:, None] + log_comp
-    if n_targets:
-        log_mu[:, :n_targets] += np.log(2.0) * target_present * target_effect[None, :]
-    counts = _nb(rng_counts, np.exp(log_mu), theta[None, :]).astype(np.float32)
-    n_umis = counts.sum(axis=1).astype(np.int64)
-    n_nonzero = np.count_nonzero(counts, axis=1).astype(np.int64)
-
-    # ---- programs ----------------------------------------------------------------------------
-    z_lib = (log_lib - log_lib.mean()) / max(log_lib.std(), 1e-12)
-    logit = (
-        prog_base[None, :]
-        + prog_batch[batch]
-        + np.outer(z_lib, prog_lib)
-        + np.outer(f_burden, prog_burden)
-        + rng_programs.normal(0.0, 0.5, size=(n_cells, n_programs))
-    )
-    prog_shift = np.zeros((n_targets, n_programs))
-    prog_shift[effect_targets, target_program[effect_targets]] = (
-        np.log(2.0) * target_effect[effect_targets]
-    )
-    if n_targets:
-        logit += target_present.astype(np.float64) @ prog_shift
-    logit -= logit.max(axis=1, keepdims=True)
-    usage = np.exp(logit)
-    usage /= usage.sum(axis=1, keepdims=True)
-
-    # ---- guide UMIs and assignment -----------------------------------------------------------
-    assigned_umis = _ASSIGNMENT_THRESHOLD + _nb(
-        rng_grna, np.full(present.shape, _GUIDE_UMI_MEAN), 2.0
-    )
-    ambient = (rng_grna.random(present.shape) < _AMBIENT_RATE) * rng_grna.integers(
-        1, _ASSIGNMENT_THRESHOLD, size=present.shape
-    )
-    grna = np.where(present, assigned_umis, ambient).astype(np.float32)
-    assignment = sp.csr_matrix(present.astype(np.int32))
-
-    # ---- covariates --------------------------------------------------------------------------
-    batch_cat = pd.Categorical.from_codes(batch, categories=batch_labels)
-    covar = pd.DataFrame(
-        {
-            "batch": batch_cat,
-            "response_n_umis": n_umis,
-            "response_n_nonzero": n_nonzero,
-            "log1p_response_n_umis": np.log1p(n_umis),
-            "log1p_response_n_nonzero": np.log1p(n_nonzero),
-            "non_ntc_guides_per_cell": n_targeting.astype(np.int64),
-            "grna_n_nonzero_assign": n_assigned.astype(np.int64),
-            "log1p_non_ntc_guides_per_cell": np.log1p(n_targeting),
-            "log1p_grna_n_nonzero_assign": np.log1p(n_assigned),
-        },
-        index=cell_names,
-    )
-
-    # ---- truth and pairs ---------------------------------------------------------------------
-    with_counts = response in ("both", "counts")
-    with_programs = response in ("both", "programs")
-    eff_names = targets[effect_targets]
-    truth, discovery, positive = [], [], []
-    if with_counts:
-        truth.append(
-            pd.DataFrame(
-                {
-                    "grna_target": eff_names,
-                    "response_id": eff_names,
-                    "effect": target_effect[effect_targets],
-                    "response_kind": "gene",
-                }
-            )
-        )
-        others = np.arange(n_targets, n_genes) if n_genes > n_targets else np.arange(n_genes)
-        for t in range(n_targets):
-            pool = others[others != t]
-            k = min(_N_OTHER_DISCOVERY_GENES, pool.size)
-            genes = np.concatenate([[t], np.sort(rng_design.choice(pool, size=k, replace=False))])
-            discovery.append(
-                pd.DataFrame(
-                    {
-                        "response_id": gene_names[genes],
-                        "grna_target": targets[t],
-                        "response_kind": "gene",
-                    }
-                )
-            )
-        positive.append(
-            pd.DataFrame(
-                {"response_id": eff_names, "grna_target": eff_names, "response_kind": "gene"}
-            )
-        )
-    if with_programs:
-        clr_factor = 1.0 - 1.0 / n_programs
-        prog_of = program_names[target_program[effect_targets]] if n_effect else []
-        truth.append(
-            pd.DataFrame(
-                {
-                    "grna_target": eff_names,
-                    "response_id": prog_of,
-                    "effect": clr_factor * np.log(2.0) * target_effect[effect_targets],
-                    "response_kind": "program",
-                }
-            )
-        )
-        discovery.append(
-            pd.DataFrame(
-                {
-                    "response_id": np.tile(program_names, n_targets),
-                    "grna_target": np.repeat(targets, n_programs),
-                    "response_kind": "program",
-                }
-            )
-        )
-        if not with_counts:
-            positive.append(
-                pd.DataFrame(
-                    {"response_id": prog_of, "grna_target": eff_names, "response_kind": "program"}
-                )
-            )
-
-    def _frame(parts, columns):
-        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-        frame = frame[columns]
-        for col in columns:
-            if col != "effect":
-                frame[col] = frame[col].astype(str)
-        return frame.reset_index(drop=True)
-
-    true_effects = _frame(truth, ["grna_target", "response_id", "effect", "response_kind"])
-    true_effects["effect"] = true_effects["effect"].astype(np.float64)
-    pair_cols = ["response_id", "grna_target", "response_kind"]
-    discovery_pairs = _frame(discovery, pair_cols)
-    positive_control_pairs = _frame(positive, pair_cols)
-
-    # ---- assemble ------------------------------------------------------------------------------
-    obs = pd.DataFrame({"batch": batch_cat, "guide_load": load}, index=cell_names)
-    var = pd.DataFrame(
-        {
-            "is_target": np.arange(n_genes) < n_targets,
-            "dispersion": theta,
-            "burden_loading": gene_burden,
-        },
-        index=pd.Index(gene_names.astype(str)),
-    )
-    if with_counts:
-        adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
-    else:
-        adata = ad.AnnData(obs=obs)
-    adata.obsm["covar"] = covar
-    if with_programs:
-        adata.obsm["cnmf_usage"] = pd.DataFrame(
-            usage, index=cell_names, columns=pd.Index(program_names.astype(str))
-        )
-    adata.obsm["guide_assignment"] = assignment
-    adata.obsm["grna_counts"] = sp.csr_matrix(grna)
-    adata.uns["guide_names"] = list(guide_names)
-    adata.uns["guide2gene"] = dict(zip(guide_names, guide_target.tolist(), strict=True))
-    # raw gRNA metadata (columns of grna_counts), as stored before assignment (SCEPTRE-style keys)
-    adata.uns["grna_ids"] = list(guide_names)
-    adata.uns["grna_target"] = guide_target.tolist()
-    adata.uns["program_names"] = list(program_names.astype(str))
-    adata.uns["true_effects"] = true_effects
-    adata.uns["discovery_pairs"] = discovery_pairs
-    adata.uns["positive_control_pairs"] = positive_control_pairs
-    adata.uns["simulation"] = {
-        "n_cells": n_cells,
-        "n_genes": n_genes,
-        "n_programs": n_programs,
-        "n_targets": n_targets,
-        "guides_per_target": guides_per_target,
-        "n_ntc_guides": n_ntc_guides,
-        "moi": moi,
-        "n_batches": n_batches,
-        "effect_size": effect_size,
-        "frac_targets_with_effect": frac_targets_with_effect,
-        "burden_effect": burden_effect,
-        "burden_shape": burden_shape,
-        "burden_threshold": float(burden_threshold),
-        "guide_load_cv": guide_load_cv,
-        "mean_umis": mean_umis,
-        "response": response,
-        "ntc_label": NTC_LABEL,
-    }
+    adata = _make_anndata(p, names, design, cells, counts, usage, grna)
+    _store_uns(adata, p, names, tables, cells.burden_threshold)
     return adata
