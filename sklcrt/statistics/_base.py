@@ -429,6 +429,33 @@ class BaseStatistic(BaseEstimator):
             "n_treated": int(np.count_nonzero(x)),
         }
 
+    def score_pieces(self, columns=None) -> np.ndarray:
+        """Per-cell pieces ``a`` of the score sum: ``x @ a`` is the statistic's numerator.
+
+        For any treatment ``x``, ``S(x) = Σ_i x_i a_i`` is the part of the statistic that is
+        linear in ``x`` (the numerator before the ``x``-dependent standardisation), signed like
+        the effect. Its null distribution under the CRT or a stratified permutation has a
+        closed-form cumulant generating function, which
+        :func:`sklcrt.saddlepoint.saddlepoint_pvalues` uses.
+
+        Parameters
+        ----------
+        columns : array-like of int or bool, default=None
+            Responses (as in :meth:`evaluate`); None means all.
+
+        Returns
+        -------
+        ndarray of shape (n_cells, n_selected)
+            Dense float64 pieces; NaN for responses whose statistic is undefined.
+        """
+        check_is_fitted(self, "n_responses_")
+        return self._score_pieces(self._check_columns(columns))
+
+    def _score_pieces(self, cols: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no linear score pieces (no saddlepoint p-values)."
+        )
+
     # ---------------------------------------------------------------- helpers
     def _check_columns(self, columns) -> np.ndarray:
         G = self.n_responses_

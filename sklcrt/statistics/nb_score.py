@@ -681,6 +681,13 @@ class NBScoreStatistic(BaseStatistic):
         a *= inv
         return a, W
 
+    def _score_pieces(self, cols):
+        """``a_i = (y_i - μ_i) / (1 + μ_i/θ)``: ``Σ_{i∈x} a_i`` is the numerator of ``z(x)``, the
+        score of the treatment coefficient at the null fit."""
+        if self._cache is not None:
+            return np.take(self._cache[0], cols, axis=1)
+        return self._build_pieces(None, cols)[0]
+
     def _stored_pieces(self):
         if self._cache is None and self.pieces_cached_:
             self._cache = self._build_cache()

@@ -109,6 +109,10 @@ class OLSStatistic(BaseStatistic):
             return np.take(self.residuals_, block, axis=1)
         return self.residuals_[np.ix_(cells, block)]
 
+    def _score_pieces(self, cols):
+        """``ỹ``: ``xᵀỹ = β(x) d(x)``, the numerator of β and of the t statistic."""
+        return np.take(self.residuals_, cols, axis=1)
+
     def _prepare(self, chunk):
         """``d = xᵀx - ‖Qᵀx‖²`` of every resample (shared by all responses); NaN if collinear."""
         Q = self.basis_ if chunk.cells is None else self.basis_[chunk.cells]
