@@ -1303,7 +1303,8 @@ def _assignment_inputs(grna_counts, assignment, threshold, guide_names, guide_ta
             raise ValueError(
                 f"guide_targets has {len(guide_targets)} entries for {n_guides} guides."
             )
-    if assignment is None and threshold is not None and np.ndim(threshold) == 0:
+    scalar = threshold is not None and not isinstance(threshold, Mapping)
+    if assignment is None and scalar and np.ndim(threshold) == 0:
         assignment = counts >= float(threshold)
     if assignment is not None:
         assignment = _csr(assignment, "assignment").astype(bool)
