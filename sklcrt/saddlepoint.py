@@ -65,6 +65,8 @@ _BLOCK_BYTES = 8 * 2**20
 _LATTICE_TOL = 1e-7
 _EDGE_TOL = 1e-9
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+# |t| max|a| beyond which the support edges are checked (see _tails_at).
+_RUNAWAY = 20.0
 
 
 # ==================================================================== public API
@@ -302,6 +304,9 @@ class _Bernoulli:
     def lattice_span(self):
         return _gcd_span(self.A)
 
+    def support_edges(self, cols):
+        return self.lower_edge[cols], self.upper_edge[cols]
+
     def start(self, s_c):
         return np.zeros((0, s_c.size))
 
@@ -371,6 +376,10 @@ def _conditional_setup(codes, x):
         }
         n_used += cells.size
     out["n_cells"] = n_used
+    act = np.flatnonzero(cell_cls >= 0)
+    act = act[np.argsort(codes[act], kind="stable")]
+    _, act_codes = np.unique(codes[act], return_inverse=True)
+    out["active"] = {"cells": act, "codes": act_codes, "m": treated[np.unique(codes[act])]}
     return out
 
 
@@ -412,6 +421,28 @@ class _Conditional:
         big = self.parts.get("big")
         self.n_nuisance = 0 if big is None else big["n"].size
         self.upper_edge = self.lower_edge = None
+        self._active = setup["active"]
+        self._A_active = A[setup["active"]["cells"]]
+
+    def support_edges(self, cols):
+        """Smallest and largest ``S - E S`` that the resampling can make, for columns ``cols``.
+
+        The sums of the ``m_s`` smallest and largest pieces of every stratum (a sort per
+        column: called only for the few columns whose saddlepoint runs off to the edge).
+        """
+        codes, m = self._active["codes"], self._active["m"]
+        starts = np.concatenate(([0], np.cumsum(np.bincount(codes))[:-1]))
+        rank = np.arange(codes.size) - starts[codes]
+        lower, upper = np.zeros(cols.size), np.zeros(cols.size)
+        for j, c in enumerate(cols):  # loop over the flagged columns, not over cells
+            vals = self._A_active[:, c]
+            order = np.lexsort((vals, codes))  # by stratum, then increasing value
+            sorted_vals = vals[order]
+            n_s = np.bincount(codes)
+            lower[j] = sorted_vals[rank < m[codes]].sum()
+            upper[j] = sorted_vals[rank >= (n_s - m)[codes]].sum()
+        mean_active = self.mean[cols] - self.offset[cols]
+        return lower - mean_active, upper - mean_active
 
     @staticmethod
     def _part(name, centred, n, m, starts):
@@ -666,6 +697,14 @@ def _tails_at(model, s_eval, span):
         lo = _lr_upper(-w, u_log, -np.sign(t))
         ok &= np.isfinite(up) & np.isfinite(lo)
         ok &= half_w2 > -1e-9 * (1.0 + np.abs(t * s_eval[far]))
+        # A saddlepoint far out (tilted weights e^{|t| a} spanning e^{_RUNAWAY}) may be the
+        # solver creeping towards an edge of the support, where there is no solution.
+        runaway = np.flatnonzero(ok & (np.abs(t) * model.scale[far] > _RUNAWAY))
+        if runaway.size:
+            lo_edge, up_edge = model.support_edges(np.flatnonzero(far)[runaway])
+            e = s_eval[far][runaway]
+            tol = _EDGE_TOL * model.magnitude[far][runaway] * np.sqrt(max(model.n_cells, 1))
+            ok[runaway] = (e < up_edge - tol) & (e > lo_edge + tol)
         upper[far] = np.clip(up, 0.0, 1.0)
         lower[far] = np.clip(lo, 0.0, 1.0)
         r = np.full(ok.size, "", dtype=object)
@@ -683,9 +722,13 @@ class _Sub:
     def __init__(self, model, cols):
         self._model, self._cols = model, cols
         self.var, self.scale, self.kappa3 = model.var[cols], model.scale[cols], model.kappa3[cols]
+        self.magnitude, self.n_cells = model.magnitude[cols], model.n_cells
 
     def start(self, s_c):
         return self._model.start(np.zeros(self._cols.size))[:, self._cols]
+
+    def support_edges(self, idx):
+        return self._model.support_edges(np.flatnonzero(self._cols)[idx])
 
     def evaluate(self, t, lam):
         cols = self._cols
