@@ -16,7 +16,9 @@ Functions that draw one panel take ``ax=`` (a new figure is made when it is ``No
 the :class:`matplotlib.axes.Axes`, as scanpy's plots do; ``*_figure`` functions draw several
 panels and return the :class:`matplotlib.figure.Figure`. matplotlib is imported only when a plot
 is drawn (``import sklcrt`` stays fast) and every function works with the Agg backend.
-:func:`qq_data` computes the numbers behind a QQ plot without matplotlib.
+:func:`qq_data` computes the numbers behind a QQ plot without matplotlib. Results tables are read
+by column name (``pvalue``, ``effect``, ``p_adj``...); a table whose p-values are in ``p_value``
+(the runners' name before ``pvalue``) is read as well.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ _PLOT_EXTRA_HINT = (
 #: shape and colour, so that no set hides another where they overlap.
 _SET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _LFC_LABEL = "log2 fold change"
+
+
+#: The runners' p-value column is ``pvalue`` (scipy's word); tables from before the rename call
+#: it ``p_value``. Either is found when the other is asked for.
+_PVALUE_ALIASES = {"pvalue": "p_value", "p_value": "pvalue"}
+
+
+def _pcol(frame: pd.DataFrame, col: str) -> str:
+    """``col``, or its alias when the frame has only that (``pvalue`` / ``p_value``)."""
+    if col not in frame.columns and _PVALUE_ALIASES.get(col) in frame.columns:
+        return _PVALUE_ALIASES[col]
+    return col
 
 
 def _pyplot():
@@ -118,6 +132,7 @@ def _clean_pvalues(values, name: str) -> np.ndarray:
 def _pvalue_sets(pvalues, labels, by, pvalue_col: str) -> list[tuple[str | None, np.ndarray]]:
     """Normalise the accepted inputs to a list of (label, p-values)."""
     if isinstance(pvalues, pd.DataFrame):
+        pvalue_col = _pcol(pvalues, pvalue_col)
         if pvalue_col not in pvalues.columns:
             raise ValueError(
                 f"the results DataFrame has no {pvalue_col!r} column (columns: "
@@ -252,7 +267,7 @@ def qq_plot(
     band: float | None = 0.95,
     *,
     by: str | None = None,
-    pvalue_col: str = "p_value",
+    pvalue_col: str = "pvalue",
     scale: str = "log",
     max_points: int | None = 5000,
     diagonal: bool = True,
@@ -282,7 +297,7 @@ def qq_plot(
         ``None`` draws no band. One band is drawn per distinct number of p-values.
     by : str, default=None
         Column of the results DataFrame that names the method of each row (one set per value).
-    pvalue_col : str, default="p_value"
+    pvalue_col : str, default="pvalue"
         Column of the results DataFrame with the p-values.
     scale : {"log", "uniform"}, default="log"
         ``"log"``: ``-log10`` of expected and observed p-values, which shows the tail (the small
@@ -404,7 +419,7 @@ def _threshold_key(threshold: float) -> str:
 def _calibration_table(data, thresholds: Sequence[float], pvalue_col: str) -> pd.DataFrame:
     """Rows (method, threshold, n, k, fraction) from summaries, results tables or p-values."""
     if isinstance(data, pd.DataFrame):
-        if pvalue_col in data.columns:
+        if _pcol(data, pvalue_col) in data.columns:
             raise ValueError(
                 "calibration_plot compares methods: pass a dict {method: results} (or "
                 "{method: calibration_summary(results)}), not a single results table."
@@ -423,11 +438,12 @@ def _calibration_table(data, thresholds: Sequence[float], pvalue_col: str) -> pd
     rows = []
     for method, value in items:
         if isinstance(value, pd.DataFrame):
-            if pvalue_col not in value.columns:
+            col = _pcol(value, pvalue_col)
+            if col not in value.columns:
                 raise ValueError(
                     f"results of {method!r} have no {pvalue_col!r} column; set pvalue_col=."
                 )
-            value = value[pvalue_col]
+            value = value[col]
         if isinstance(value, Mapping):
             if "n_pairs" not in value:
                 raise ValueError(
@@ -459,7 +475,7 @@ def calibration_plot(
     *,
     ci: float = 0.95,
     scale: str = "fraction",
-    pvalue_col: str = "p_value",
+    pvalue_col: str = "pvalue",
     legend: bool = True,
 ):
     """Compare the calibration of several methods: fraction of null p-values below thresholds.
@@ -484,7 +500,7 @@ def calibration_plot(
     scale : {"fraction", "ratio"}, default="fraction"
         Plot the observed fraction (nominal levels as dashed lines) or its ratio to the nominal
         level (reference line at 1).
-    pvalue_col : str, default="p_value"
+    pvalue_col : str, default="pvalue"
         P-value column of results tables.
     legend : bool, default=True
         Draw a legend of the thresholds.
@@ -632,7 +648,7 @@ def volcano_plot(
     alpha: float = 0.1,
     *,
     effect_col: str = "effect",
-    pvalue_col: str = "p_value",
+    pvalue_col: str = "pvalue",
     padj_col: str = "p_adj",
     label_top: int = 10,
     label_cols: Sequence[str] = ("unit", "response"),
@@ -701,6 +717,7 @@ def volcano_plot(
     """
     if not isinstance(results, pd.DataFrame):
         raise TypeError(f"results must be a pandas DataFrame, got {type(results).__name__}.")
+    pvalue_col = _pcol(results, pvalue_col)
     missing = [c for c in (effect_col, pvalue_col) if c not in results.columns]
     if missing:
         raise ValueError(
@@ -836,6 +853,7 @@ def _result_sets(results, by: str | None, labels, name: str = "results"):
 
 
 def _column(frame: pd.DataFrame, col: str, what: str) -> np.ndarray:
+    col = _pcol(frame, col)
     if col not in frame.columns:
         raise ValueError(
             f"the {what} have no {col!r} column (columns: {list(frame.columns)}); set the "
@@ -943,7 +961,7 @@ def ntc_discoveries_plot(
     *,
     by: str | None = None,
     labels=None,
-    pvalue_col: str = "p_value",
+    pvalue_col: str = "pvalue",
     group_col: str | None = "ensemble",
 ):
     """Benjamini-Hochberg discoveries among null (NTC) pairs, one annotated bar per method.
@@ -963,7 +981,7 @@ def ntc_discoveries_plot(
         Column naming the method of each row.
     labels : sequence of str, default=None
         Bar labels replacing the dict keys or ``by`` values.
-    pvalue_col : str, default="p_value"
+    pvalue_col : str, default="pvalue"
         Column with the p-values; NaN (untested) pairs are left out.
     group_col : str or None, default="ensemble"
         Column of the NTC ensemble's grouping: the procedure runs within each grouping and the
@@ -1016,7 +1034,7 @@ def calibration_figure(
     labels=None,
     alpha: float = 0.1,
     band: float = 0.95,
-    pvalue_col: str = "p_value",
+    pvalue_col: str = "pvalue",
     effect_col: str = "effect",
     group_col: str | None = "ensemble",
     max_points: int | None = 5000,
@@ -1113,7 +1131,7 @@ def power_plot(
     ax=None,
     *,
     threshold: float = 1e-6,
-    pvalue_col: str = "p_value",
+    pvalue_col: str = "pvalue",
     label_cols: Sequence[str] | None = None,
     jitter: float = 0.25,
     max_points: int | None = 20000,
@@ -1134,7 +1152,7 @@ def power_plot(
         Axes to draw on; ``None`` makes a new figure.
     threshold : float, default=1e-6
         P-value line; the legend counts the positive controls below it.
-    pvalue_col : str, default="p_value"
+    pvalue_col : str, default="pvalue"
         Column with the p-values; NaN (untested) pairs are not drawn but counted in ``n``.
     label_cols : sequence of str, default=None
         Label the positive controls with these columns joined by ``":"`` (e.g.

@@ -55,11 +55,11 @@ def _results(seed=0, n=300, n_signal=20):
             "response": [f"G{i}" for i in range(n)],
             "statistic": effect / 0.2,
             "effect": effect,
-            "p_value": p,
+            "pvalue": p,
             "pass_qc": True,
         }
     )
-    frame.loc[n - 5 :, ["p_value", "effect"]] = np.nan  # untested pairs keep their rows
+    frame.loc[n - 5 :, ["pvalue", "effect"]] = np.nan  # untested pairs keep their rows
     frame.loc[n - 5 :, "pass_qc"] = False
     return frame
 
@@ -141,6 +141,12 @@ def test_qq_plot_results_by_column_and_labels():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["P (n = 200)", "S (n = 100)"]
 
 
+def test_tables_with_the_old_p_value_column_are_read():
+    old = _results().rename(columns={"pvalue": "p_value"})
+    assert len(qq_plot(old).get_lines()[0].get_xdata()) == 295
+    assert len(volcano_plot(old).collections) == 2
+
+
 def test_qq_plot_results_table_without_by_drops_untested():
     ax = qq_plot(_results())
     (points, _) = ax.get_lines()
@@ -157,7 +163,7 @@ def test_qq_plot_results_table_without_by_drops_untested():
         ({}, {}, "empty dict"),
         ([0.1, 0.2], {"band": 1.5}, "band"),
         ([0.1, 0.2], {"by": "method"}, "DataFrame"),
-        (pd.DataFrame({"p": [0.1]}), {}, "'p_value'"),
+        (pd.DataFrame({"p": [0.1]}), {}, "'pvalue'"),
         (pd.DataFrame({"p_value": [0.1]}), {"by": "method"}, "by='method'"),
         ({"a": [0.1], "b": [0.2]}, {"labels": ["x"]}, "labels has 1"),
         ([0.1, 0.2], {"max_points": 1}, "max_points"),
@@ -296,7 +302,7 @@ def test_volcano_plot_no_discoveries_draws_no_cutoff():
     ("results", "kwargs", "err", "match"),
     [
         (np.zeros(3), {}, TypeError, "DataFrame"),
-        (pd.DataFrame({"effect": [1.0]}), {}, ValueError, "p_value"),
+        (pd.DataFrame({"effect": [1.0]}), {}, ValueError, "'pvalue'"),
         (pd.DataFrame({"effect": [np.nan], "p_value": [np.nan]}), {}, ValueError, "no tested"),
         (pd.DataFrame({"effect": [1.0], "p_value": [2.0]}), {}, ValueError, r"\[0, 1\]"),
         (pd.DataFrame({"effect": [1.0], "p_value": [0.2]}), {"alpha": 0}, ValueError, "alpha"),
@@ -323,12 +329,15 @@ def screen():
     opts = dict(n_resamples=199, n_resamples_adaptive=999, progress=False)
     with warnings.catch_warnings():  # the runners' API is being reshaped; not what is tested here
         warnings.simplefilter("ignore", FutureWarning)
-        return {
-            "adata": adata,
+        tables = {
             "ntc": runners.run_ntc_ensemble(adata, n_ensemble=2, group_size=1, **opts),
             "power": runners.power_check(adata, adata.uns["positive_control_pairs"], **opts),
             "discovery": runners.discovery_analysis(adata, adata.uns["discovery_pairs"], **opts),
         }
+    # the runners' p-value column is being renamed p_value -> pvalue: test the new name
+    return {"adata": adata} | {
+        k: t.rename(columns={"p_value": "pvalue"}) for k, t in tables.items()
+    }
 
 
 def _legend(ax):
@@ -387,7 +396,7 @@ def test_calibration_figure_four_panels_on_simulated_ntc(screen):
         "NTC effects",
         "False discoveries",
     ]
-    n = int(ntc["p_value"].notna().sum())
+    n = int(ntc["pvalue"].notna().sum())
     assert _legend(tail)[0] == f"n = {n:,}"
     assert hist.get_xlabel() == "log2 fold change"
     hits = calibration_summary(ntc)["n_bh_discoveries"]  # BH within each grouping, summed
@@ -398,10 +407,10 @@ def test_calibration_figure_four_panels_on_simulated_ntc(screen):
 
 def test_calibration_figure_overlays_methods_with_counts(screen):
     ntc = screen["ntc"]
-    shifted = ntc.assign(p_value=ntc["p_value"] ** 2)  # an inflated "method"
+    shifted = ntc.assign(pvalue=ntc["pvalue"] ** 2)  # an inflated "method"
     fig = calibration_figure({"calibrated": ntc, "inflated": shifted}, alpha=0.2)
     bulk, tail, hist, disc = fig.axes
-    n = int(ntc["p_value"].notna().sum())
+    n = int(ntc["pvalue"].notna().sum())
     for ax in (bulk, tail, hist):
         assert _legend(ax)[:2] == [f"calibrated (n = {n:,})", f"inflated (n = {n:,})"]
     lines = tail.get_lines()[:2]
@@ -439,12 +448,12 @@ def test_ntc_discoveries_counts_bh_within_each_grouping():
 def test_power_plot_positive_controls_against_ntc(screen):
     pos, ntc = screen["power"], screen["ntc"]
     ax = power_plot(pos, ntc, label_cols=("grna_target", "response"))
-    n_ntc = int(ntc["p_value"].notna().sum())
+    n_ntc = int(ntc["pvalue"].notna().sum())
     assert [t.get_text() for t in ax.get_xticklabels()] == [
         f"NTC pairs\n(n = {n_ntc:,})",
         f"positive controls\n(n = {len(pos)})",
     ]
-    k = int((pos["p_value"] < 1e-6).sum())
+    k = int((pos["pvalue"] < 1e-6).sum())
     assert _legend(ax)[1] == f"positive controls ({k} of {len(pos)} below 1e-06)"
     assert ax.get_ylabel() == r"$-\log_{10}(p)$"
     (cut,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
