@@ -265,6 +265,8 @@ def run_pysceptre(inputs, pairs, repeats: int, n_jobs: int, limit_blas: bool):
                 if best is None or total < best["total"]:
                     best = times
                     result = qc.merge(res, on=["response_id", "grna_target"], how="left")
+                    # sklcrt spells the p-value "pvalue"; pysceptre "p_value".
+                    result = result.rename(columns={"p_value": "pvalue"})
     finally:
         for name, fn in originals.items():
             setattr(engine, name, fn)
@@ -354,8 +356,8 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame, a_cols, b_cols) -> dict:
     from scipy import stats
 
     keys = ["response_id", "grna_target"]
-    left = a[keys].assign(p_a=a["p_value"].to_numpy(float), e_a=a_effect, z_a=a_stat)
-    right = b[keys].assign(p_b=b["p_value"].to_numpy(float), e_b=b_effect, z_b=b_stat)
+    left = a[keys].assign(p_a=a["pvalue"].to_numpy(float), e_a=a_effect, z_a=a_stat)
+    right = b[keys].assign(p_b=b["pvalue"].to_numpy(float), e_b=b_effect, z_b=b_stat)
     m = left.merge(right, on=keys, how="inner")
     m = m[np.isfinite(m["p_a"]) & np.isfinite(m["p_b"])]
     out = {"n": len(m)}
@@ -392,13 +394,13 @@ def _pysceptre_cols(table):
 def print_small_pvalues(sk: pd.DataFrame, py: pd.DataFrame, cutoff=0.01, most=25) -> None:
     """Side by side, the pairs with p < cutoff in either tool (sklcrt CRT and pysceptre)."""
     keys = ["response_id", "grna_target"]
-    m = sk[keys + ["statistic", "effect", "p_value", "pvalue_method", "n_resamples"]].merge(
-        py[keys + ["z_orig", "fold_change", "p_value", "stage"]],
+    m = sk[keys + ["statistic", "effect", "pvalue", "pvalue_method", "n_resamples"]].merge(
+        py[keys + ["z_orig", "fold_change", "pvalue", "stage"]],
         on=keys,
         suffixes=("_sk", "_py"),
     )
-    m = m[(m["p_value_sk"] < cutoff) | (m["p_value_py"] < cutoff)]
-    m = m.sort_values("p_value_py").head(most)
+    m = m[(m["pvalue_sk"] < cutoff) | (m["pvalue_py"] < cutoff)]
+    m = m.sort_values("pvalue_py").head(most)
     print(f"\npairs with p < {cutoff} in either (sklcrt CRT | pysceptre), by pysceptre p:")
     print(
         f"  {'gene':16s} {'target':22s} {'z sk':>7s} {'z py':>7s} {'log2FC sk':>9s} "
@@ -408,8 +410,8 @@ def print_small_pvalues(sk: pd.DataFrame, py: pd.DataFrame, cutoff=0.01, most=25
         how = "sn" if r.pvalue_method == "skew_normal" else f"emp{r.n_resamples}"
         print(
             f"  {r.response_id:16s} {r.grna_target[:22]:22s} {r.statistic:7.2f} {r.z_orig:7.2f} "
-            f"{r.effect:9.3f} {np.log2(r.fold_change):9.3f} {r.p_value_sk:9.2e} {how:>6s} "
-            f"{r.p_value_py:11.2e} {int(r.stage):5d}"
+            f"{r.effect:9.3f} {np.log2(r.fold_change):9.3f} {r.pvalue_sk:9.2e} {how:>6s} "
+            f"{r.pvalue_py:11.2e} {int(r.stage):5d}"
         )
     print("  (how: sn = skew-normal fit, empN = empirical on N resamples; stage: pysceptre's,")
     print("   1 = 499 resamples, 2 = skew-normal on 4,999 more, 3 = empirical, fit rejected)")
@@ -530,7 +532,7 @@ def print_report(runs: dict, args, load_before, load_after) -> None:
     print("\ntested pairs and second-stage pairs:")
     for name, run in runs.items():
         tab = run["table"]
-        tested = int(np.isfinite(tab["p_value"].to_numpy(float)).sum())
+        tested = int(np.isfinite(tab["pvalue"].to_numpy(float)).sum())
         if name.startswith("sklcrt"):
             stage2 = int((tab["n_resamples"] > B1).sum())
             skew = int((tab["pvalue_method"] == "skew_normal").sum())

@@ -372,7 +372,7 @@ def main(argv=None) -> None:
         )
         print(
             f"pairs: {len(gene):,} targeting + {len(ntc):,} NTC; "
-            f"NTC frac p<0.05 {np.mean(ntc['p_value'] < 0.05):.3f}"
+            f"NTC frac p<0.05 {np.mean(ntc['pvalue'] < 0.05):.3f}"
         )
 
     if args.stage_units:

@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     print(
         f"calibration: {summary['n_pairs']} NTC pairs, frac p<0.01 {summary['frac_below_0.01']:.4f}"
         f", BH discoveries {summary['n_bh_discoveries']}; power: "
-        f"{int((pw['p_value'] < 1e-3).sum())}/{len(pw)} positive controls p<1e-3; discovery: "
+        f"{int((pw['pvalue'] < 1e-3).sum())}/{len(pw)} positive controls p<1e-3; discovery: "
         f"{int(disc['significant'].sum())} of {len(disc)} pairs significant"
     )
     print(

@@ -81,7 +81,7 @@ def calibration_columns(summary: dict) -> dict:
 def save_positive_controls(pc_tables: list, methods, reference: str, path: Path) -> None:
     """One row per positive control: size and log2FC (from ``reference``), p per method."""
     pcs = pd.concat(pc_tables, ignore_index=True)
-    wide = pcs.pivot(index="grna_target", columns="method", values="p_value")[list(methods)]
+    wide = pcs.pivot(index="grna_target", columns="method", values="pvalue")[list(methods)]
     first = pcs[pcs["method"] == reference].set_index("grna_target")
     wide.insert(0, "log2FC", first["effect"].round(3))
     wide.insert(0, "n_treated", first["n_treated"])

@@ -81,7 +81,7 @@ def main(argv=None):
         pc = power_check(inputs, positive, **run, **method)
         disc = discovery_analysis(inputs, discovery, alpha=args.alpha, **run, **method)
         summary = calibration_summary(ntc, alpha=args.alpha)
-        found = (pc["p_value"] < 1e-3) & (pc["effect"] < 0)
+        found = (pc["pvalue"] < 1e-3) & (pc["effect"] < 0)
         rows.append(
             {
                 "method": name,
@@ -91,10 +91,10 @@ def main(argv=None):
                 f"discoveries at BH {args.alpha:g}": int(disc["significant"].sum()),
             }
         )
-        ntc_p[name] = ntc["p_value"].dropna().to_numpy()
-        disc_p[name] = disc["p_value"].dropna().to_numpy()
+        ntc_p[name] = ntc["pvalue"].dropna().to_numpy()
+        disc_p[name] = disc["pvalue"].dropna().to_numpy()
         pc_tables.append(
-            pc[["grna_target", "response", "n_treated", "effect", "p_value"]].assign(method=name)
+            pc[["grna_target", "response", "n_treated", "effect", "pvalue"]].assign(method=name)
         )
         print(f"{name}: {rows[-1]} ({time.perf_counter() - tic:.1f} s)")
 

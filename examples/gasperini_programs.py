@@ -102,14 +102,14 @@ def main(argv=None):
             {
                 "method": name,
                 **calibration_columns(summary),
-                "target x program pairs": int(loop["p_value"].notna().sum()),
+                "target x program pairs": int(loop["pvalue"].notna().sum()),
                 f"discoveries at BH {args.alpha:g}": int(loop["significant"].sum()),
                 "TSS targets with a discovery": f"{n_tss_hit}/{len(tss)}",
                 "enhancer targets with a discovery": f"{n_enh_hit}/{n_enh}",
             }
         )
-        ntc_p[name] = ntc["p_value"].dropna().to_numpy()
-        loop_p[name] = loop["p_value"].dropna().to_numpy()
+        ntc_p[name] = ntc["pvalue"].dropna().to_numpy()
+        loop_p[name] = loop["pvalue"].dropna().to_numpy()
         print(f"{name}: {rows[-1]} ({time.perf_counter() - tic:.1f} s)")
 
     table = pd.DataFrame(rows)

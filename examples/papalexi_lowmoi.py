@@ -115,7 +115,7 @@ def main(argv=None):
         )
         summary = calibration_summary(ntc, alpha=args.alpha)
         summary_all = calibration_summary(ntc_all, alpha=args.alpha)
-        found = (pc["p_value"] < 1e-3) & (pc["effect"] < 0)
+        found = (pc["pvalue"] < 1e-3) & (pc["effect"] < 0)
         rows.append(
             {
                 "method": name,
@@ -127,11 +127,11 @@ def main(argv=None):
                 "NTC vs all other cells: BH discoveries": summary_all["n_bh_discoveries"],
             }
         )
-        ntc_p[f"{name}, vs NTC cells"] = ntc["p_value"].dropna().to_numpy()
-        ntc_p[f"{name}, vs all other cells"] = ntc_all["p_value"].dropna().to_numpy()
-        disc_p[name] = disc["p_value"].dropna().to_numpy()
+        ntc_p[f"{name}, vs NTC cells"] = ntc["pvalue"].dropna().to_numpy()
+        ntc_p[f"{name}, vs all other cells"] = ntc_all["pvalue"].dropna().to_numpy()
+        disc_p[name] = disc["pvalue"].dropna().to_numpy()
         pc_tables.append(
-            pc[["grna_target", "response", "n_treated", "effect", "p_value"]].assign(method=name)
+            pc[["grna_target", "response", "n_treated", "effect", "pvalue"]].assign(method=name)
         )
         print(f"{name}: {rows[-1]} ({time.perf_counter() - tic:.1f} s)")
 

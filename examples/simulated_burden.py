@@ -77,7 +77,7 @@ def main(argv=None):
             is_true = pd.Series([pair in true_pairs for pair in pairs], index=disc.index)
             pc = disc[is_true]
             n_true = int((is_true & disc["significant"]).sum())
-            n_found = int((pc["p_value"] < 1e-3).sum())
+            n_found = int((pc["pvalue"] < 1e-3).sum())
             rows.append(
                 {
                     "responses": f"{response} ({'NB score' if kind == 'gene' else 'OLS'})",
@@ -88,7 +88,7 @@ def main(argv=None):
                     "listed true effects among them": n_true,
                 }
             )
-            qq.setdefault(response, {})[name] = ntc["p_value"].dropna().to_numpy()
+            qq.setdefault(response, {})[name] = ntc["pvalue"].dropna().to_numpy()
             print(rows[-1])
 
     table = pd.DataFrame(rows)

@@ -928,7 +928,7 @@ def _load_pairs(config: dict, name: str, adata):
 def _p_values(results):
     import numpy as np
 
-    p = results["p_value"].to_numpy(dtype=float)
+    p = results["pvalue"].to_numpy(dtype=float)
     return p[np.isfinite(p)]
 
 
@@ -1166,7 +1166,7 @@ def run_analysis(
         )
         lap(name, t0)
         _write_table(results, out_dir, fname, files)
-        p = results["p_value"].to_numpy(dtype=float)
+        p = results["pvalue"].to_numpy(dtype=float)
         tested = np.isfinite(p)
         n_sig = int(results["significant"].sum())
         part = {
@@ -1364,7 +1364,7 @@ def _schema_help() -> str:
     lines += [
         "",
         "outputs in output_dir: calibration.csv (and calibration_no_burden.csv), power.csv,",
-        "discovery.csv (one row per pair, or per guide and pair with per_guide: p_value, effect, "
+        "discovery.csv (one row per pair, or per guide and pair with per_guide: pvalue, effect, "
         "p_adj,",
         "significant, pass_qc, qc_reason...), qq_plot.png (needs matplotlib), summary.json and "
         "summary.txt",

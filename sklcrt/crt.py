@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numbers
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -11,6 +14,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from sklcrt._choices import ALTERNATIVES, PVALUE_METHODS, RESAMPLING_ALIASES, RESAMPLING_METHODS
 from sklcrt._random import as_generator
 from sklcrt._validation import (
     check_1d_numeric,
@@ -19,17 +23,17 @@ from sklcrt._validation import (
     check_same_length,
 )
 from sklcrt.propensity import NewtonLogisticRegression, fit_propensity
-from sklcrt.pvalues import ALTERNATIVES, compute_pvalues
-from sklcrt.resampling import resolve_resampling
-from sklcrt.samplers import (
-    BernoulliSampler,
-    PermutationSampler,
-    StratifiedPermutationSampler,
+from sklcrt.pvalues import (
+    adaptive_second_stage_mask,
+    combine_two_stage_pvalues,
+    compute_pvalues,
 )
+from sklcrt.resampling import SAMPLERS, resolve_resampling
+from sklcrt.samplers import BaseSampler, BernoulliSampler
 from sklcrt.statistics import OLSStatistic
 from sklcrt.strata import StratumEncoder
 
-__all__ = ["CRTTest"]
+__all__ = ["CRTResult", "CRTTest"]
 
 
 def _resamples_on_cells(resamples: sp.csr_matrix, cells: np.ndarray, n_cells: int) -> sp.csr_matrix:
@@ -61,45 +65,133 @@ def _resamples_on_cells(resamples: sp.csr_matrix, cells: np.ndarray, n_cells: in
     return out
 
 
+@dataclass(frozen=True)
+class CRTResult:
+    """What a fitted :class:`CRTTest` found, one entry per tested response.
+
+    Shaped like the result of :func:`scipy.stats.permutation_test` (``statistic``, ``pvalue``,
+    ``null_distribution``), plus the effect size and how each p-value was made.
+
+    Attributes
+    ----------
+    statistic : ndarray of shape (n_responses,)
+        Observed test statistic.
+    pvalue : ndarray of shape (n_responses,)
+        Final p-value.
+    null_distribution : ndarray of shape (n_resamples, n_responses) or None
+        First-stage null statistics, kept only with ``store_null=True``.
+    effect : ndarray of shape (n_responses,)
+        Effect size (OLS beta, or log2 fold change for counts).
+    effect_se : ndarray of shape (n_responses,)
+        Standard error of ``effect``.
+    pvalue_method : ndarray of object, shape (n_responses,)
+        ``"empirical"`` or ``"skew_normal"``, for each p-value.
+    n_resamples : ndarray of int, shape (n_responses,)
+        Resamples behind each p-value.
+    n_treated : int
+        Treated cells.
+    """
+
+    statistic: np.ndarray
+    pvalue: np.ndarray
+    null_distribution: np.ndarray | None
+    effect: np.ndarray
+    effect_se: np.ndarray
+    pvalue_method: np.ndarray
+    n_resamples: np.ndarray
+    n_treated: int
+
+
+class _Components(NamedTuple):
+    """The resolved, unfitted parts of a test."""
+
+    method: str
+    sampler: BaseSampler
+    encoder: StratumEncoder | None
+    needs: frozenset  # per-cell inputs the parts use: "p_hat", "strata", "batch", "burden"
+
+
+class _Treatment(NamedTuple):
+    """The fitted model of the unit's treatment and a way to draw from it."""
+
+    sampler: BaseSampler
+    encoder: StratumEncoder | None
+    propensity_model: object
+    p_hat: np.ndarray | None
+    strata: np.ndarray | None
+    cells: np.ndarray | None  # the eligible cells (None: every cell)
+
+
+# The components a ``None`` parameter stands for: ``get_params(deep=True)`` shows their nested
+# parameters and ``set_params(encoder__n_bins=...)`` builds them, so grids need no hand-built
+# objects.
+_DEFAULT_COMPONENTS = {
+    "statistic": OLSStatistic,
+    "propensity": NewtonLogisticRegression,
+    "encoder": StratumEncoder,
+    "sampler": BernoulliSampler,
+}
+# Components the string API builds itself (their defaults are not shown while it is in use).
+_STRING_API_COMPONENTS = ("encoder", "sampler")
+# Bytes held per treated entry of a block of resamples: the sampler's int64 keys, then the CSR
+# matrix's float64 data and int32 indices.
+_BYTES_PER_TREATED_ENTRY = 20
+
+
 class CRTTest(BaseEstimator):
     """Conditional randomization / stratified permutation test of one unit against many responses.
 
-    ``fit`` fits a propensity model ``P(x = 1 | C)``, builds strata (batch x propensity bins x
-    burden
-    bins) when the sampler needs them, draws ``n_resamples`` synthetic treatment vectors once and
-    evaluates the statistic of every response on all of them in one vectorised step. Where the
-    first-stage p-value is at most ``adaptive_threshold``, ``n_resamples_adaptive`` fresh resamples
-    give the final p-value (valid: see :func:`sklcrt.pvalues.adaptive_second_stage_mask`).
+    ``fit`` fits a propensity model ``P(x = 1 | C)`` where the sampler or its strata need one,
+    builds strata (batch x propensity bins x burden bins) when the sampler needs them, draws
+    ``n_resamples`` synthetic treatment vectors once and evaluates the statistic of every response
+    on all of them in one vectorised step. Where the first-stage p-value is at most
+    ``adaptive_threshold``, ``n_resamples_adaptive`` fresh resamples give the final p-value (valid:
+    see :func:`sklcrt.pvalues.adaptive_second_stage_mask`).
+
+    This estimator is the one owner of a test's settings: the runners take it as a template (or
+    build it from the same parameter names) and the command line maps its sections onto
+    :meth:`set_params`.
 
     Components are configured either as objects (``sampler``, ``encoder``, ``propensity``,
-    ``statistic``; nested parameters such as ``encoder__n_burden_bins`` work with ``get_params``,
-    ``set_params``, ``clone`` and ``ParameterGrid``) or through the string API
-    (``resampling_method`` and ``resampling_kwargs``), which builds the same objects.
+    ``statistic``) or through the string API (``resampling_method`` and ``resampling_kwargs``),
+    which builds the same objects. A ``None`` component stands for its default
+    (:class:`~sklcrt.samplers.BernoulliSampler`, :class:`~sklcrt.strata.StratumEncoder`,
+    :class:`~sklcrt.propensity.NewtonLogisticRegression`,
+    :class:`~sklcrt.statistics.OLSStatistic`), whose nested parameters ``get_params(deep=True)``
+    lists and ``set_params`` sets (``encoder__n_burden_bins=4`` builds the encoder), so
+    ``ParameterGrid`` works on ``CRTTest()`` as it is.
+
+    Components declare what they need (``required_inputs()``): a sampler whose declaration names
+    ``"strata"`` gets strata from the encoder, one naming ``"p_hat"`` gets propensities; an
+    encoder names ``"p_hat"``, ``"batch"`` and ``"burden"`` as its settings use them. A user's
+    sampler is therefore one class (see :class:`~sklcrt.samplers.BaseSampler`).
 
     Parameters
     ----------
     statistic : BaseStatistic, default=None
-        The test statistic; ``None`` means :class:`~sklcrt.statistics.OLSStatistic`. When ``fit`` is
-        called with ``Y=None`` the statistic must already be fitted and is reused as is, so one null
+        The test statistic; ``None`` means :class:`~sklcrt.statistics.OLSStatistic` (the runners
+        pick :class:`~sklcrt.statistics.NBScoreStatistic` for counts). When ``fit`` is called with
+        ``responses=None`` the statistic must already be fitted and is reused as is, so one null
         model serves every unit of a screen.
     propensity : classifier with ``predict_proba``, default=None
         Model of ``P(x = 1 | C)``; ``None`` means
         :class:`~sklcrt.propensity.NewtonLogisticRegression` (same fit as scikit-learn's
         ``LogisticRegression``, faster).
     encoder : StratumEncoder, default=None
-        Builds strata for a stratified sampler; ``None`` means ``StratumEncoder()`` when the sampler
-        is stratified.
+        Builds strata for a sampler that needs them; ``None`` means ``StratumEncoder()`` then.
+        Giving one to a sampler that uses no strata is an error.
     sampler : BaseSampler, default=None
         Draws synthetic treatment vectors; ``None`` means :class:`~sklcrt.samplers.BernoulliSampler`
         (the classic CRT), unless ``resampling_method`` says otherwise.
     resampling_method : {"bernoulli_index", "crt", "stratified_perm", "perm"}, default=None
-        String API; when set, ``sampler`` and ``encoder`` must be left ``None``.
+        String API (``None`` with ``resampling_kwargs=None``: the objects above); when set,
+        ``sampler`` and ``encoder`` must be left ``None``.
     resampling_kwargs : dict, default=None
         Options of the string API (``n_bins``, ``stratify_by_batch``, ``batch_key``, ``burden_key``,
-        ``n_burden_bins``, ``burden_bin_method``, ``burden_clip_quantiles``, ``min_stratum_size``).
-        For high MOI we recommend ``resampling_method="stratified_perm"`` with ``n_bins=20``,
-        ``stratify_by_batch=True``, ``burden_key="log1p_non_ntc_guides_per_cell"``,
-        ``n_burden_bins=8`` and ``burden_bin_method="quantile"``.
+        ``n_burden_bins``, ``burden_bin_method``, ``burden_clip_quantiles``, ``min_stratum_size``;
+        see :func:`sklcrt.resampling.resolve_resampling`). For high MOI we recommend
+        ``resampling_method="stratified_perm"`` with
+        :data:`~sklcrt.resampling.RECOMMENDED_HIGH_MOI_KWARGS`.
     n_resamples : int, default=499
         First-stage resamples, shared by all responses.
     n_resamples_adaptive : int, default=4999
@@ -113,40 +205,44 @@ class CRTTest(BaseEstimator):
         How the final p-value is computed from the null statistics; ``"skew_normal"`` fits a
         skew-normal tail, with a goodness-of-fit guard that falls back to the empirical p-value.
     store_null : bool, default=False
-        Keep the first-stage null statistics in ``null_distribution_``.
+        Keep the first-stage null statistics in ``result_.null_distribution``.
+    memory_budget_mb : float, default=1024
+        Memory for one unit's resamples and null statistics, in MiB. Resamples are drawn and
+        evaluated in blocks of a quarter of it, so peak memory does not grow with
+        ``n_resamples`` or the treated fraction; null statistics (``n_resamples`` x responses
+        float64) that cannot fit in it are refused before any work. The blocks depend only on
+        this budget and the unit's treated count, so results do not depend on ``n_jobs`` or
+        chunking; a budget so small that a unit's resamples need several blocks changes its
+        random draws (like another seed).
     random_state : int, SeedSequence or None, default=None
         Seeds the resamples.
 
     Attributes
     ----------
-    statistic_ : ndarray of shape (n_responses,)
-        Observed test statistic for each response.
-    effect_ : ndarray of shape (n_responses,)
-        Effect size (OLS beta, or log2 fold change for counts). It always comes from the
-        statistic's all-cells model: the coefficient of ``x`` added to the null model fitted on
-        every cell, i.e. the treated cells against all other cells (adjusted for ``C``), also
+    result_ : CRTResult
+        The results (``statistic``, ``pvalue``, ``null_distribution``, ``effect``,
+        ``effect_se``, ``pvalue_method``, ``n_resamples``, ``n_treated``).
+    statistic_, pvalue_, effect_, effect_se_, pvalue_method_, n_resamples_ : ndarray
+        The fields of ``result_``, one entry per tested response. ``effect_`` always comes from
+        the statistic's all-cells model: the coefficient of ``x`` added to the null model fitted
+        on every cell, i.e. the treated cells against all other cells (adjusted for ``C``), also
         when ``fit`` is given ``eligible`` (see Notes).
-    effect_se_ : ndarray of shape (n_responses,)
-        Standard error of ``effect_``.
-    pvalues_ : ndarray of shape (n_responses,)
-        Final p-values.
-    pvalue_methods_ : ndarray of shape (n_responses,)
-        ``"empirical"`` or ``"skew_normal"``, for each p-value.
-    n_resamples_ : ndarray of shape (n_responses,)
-        Resamples behind each final p-value.
     n_treated_ : int
         Treated cells.
     propensity_ : ndarray of shape (n_cells,) or None
-        Fitted ``P(x = 1 | C)``, ``None`` when the sampler needs none; 0 for cells outside
+        Fitted ``P(x = 1 | C)``, ``None`` when no component needs it; 0 for cells outside
         ``eligible``.
     strata_ : ndarray of shape (n_cells,) or None
-        Stratum id of each cell, ``None`` for unstratified samplers; -1 for cells outside
+        Stratum id of each cell, ``None`` for samplers without strata; -1 for cells outside
         ``eligible``.
     diagnostics_ : dict
-        Stratum diagnostics, resampling method, stage counts and ``n_eligible`` (cells that may
-        be treated in a resample; ``n_cells`` without ``eligible``).
-    null_distribution_ : ndarray of shape (n_resamples, n_responses)
-        First-stage null statistics, only when ``store_null=True``.
+        Stratum diagnostics, resampling method, stage counts, ``n_eligible`` (cells that may
+        be treated in a resample; ``n_cells`` without ``eligible``) and ``n_blocks`` (blocks of
+        resamples drawn).
+    resampling_method_ : str
+        The string name of the sampler (its class name for a sampler without one).
+    columns_ : ndarray of int or None
+        The tested responses (``None``: all).
     statistic_estimator_, sampler_, encoder_, propensity_model_ : fitted components.
 
     Notes
@@ -162,7 +258,7 @@ class CRTTest(BaseEstimator):
     treatment vector, invariant to how the treatment is permuted among the eligible cells. The
     observed ``statistic_``, ``effect_`` and ``effect_se_`` are those of the all-cells model
     (``effect_`` is the treated cells against all other cells, adjusted for ``C``); only the
-    reference distribution, hence ``pvalues_``, is restricted to the eligible cells.
+    reference distribution, hence ``pvalue_``, is restricted to the eligible cells.
 
     Examples
     --------
@@ -172,27 +268,27 @@ class CRTTest(BaseEstimator):
     >>> C = rng.normal(size=(500, 2))
     >>> x = rng.random(500) < 0.2
     >>> Y = rng.normal(size=(500, 3))
-    >>> test = CRTTest(n_resamples=99, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
-    >>> test.pvalues_.shape
+    >>> test = CRTTest(n_resamples=99, n_resamples_adaptive=0, random_state=0)
+    >>> test.fit(C, x, responses=Y).result_.pvalue.shape
     (3,)
+    >>> "encoder__n_burden_bins" in CRTTest().get_params()
+    True
     """
 
     _parameter_constraints: dict = {
         "statistic": [HasMethods(["fit", "evaluate", "observed"]), None],
         "propensity": [HasMethods(["fit", "predict_proba"]), None],
-        "encoder": [HasMethods(["fit_transform"]), None],
-        "sampler": [HasMethods(["fit", "sample"]), None],
-        "resampling_method": [
-            StrOptions({"bernoulli_index", "crt", "stratified_perm", "perm"}),
-            None,
-        ],
+        "encoder": [HasMethods(["fit_transform", "required_inputs"]), None],
+        "sampler": [HasMethods(["fit", "sample", "required_inputs"]), None],
+        "resampling_method": [StrOptions({*RESAMPLING_METHODS, *RESAMPLING_ALIASES}), None],
         "resampling_kwargs": [dict, None],
         "n_resamples": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_resamples_adaptive": [Interval(numbers.Integral, 0, None, closed="left")],
         "adaptive_threshold": [Interval(numbers.Real, 0, 1, closed="both")],
         "alternative": [StrOptions(set(ALTERNATIVES))],
-        "pvalue_method": [StrOptions({"empirical", "skew_normal"})],
+        "pvalue_method": [StrOptions(set(PVALUE_METHODS))],
         "store_null": ["boolean"],
+        "memory_budget_mb": [Interval(numbers.Real, 0, None, closed="neither")],
         "random_state": ["random_state", np.random.SeedSequence],
     }
 
@@ -211,6 +307,7 @@ class CRTTest(BaseEstimator):
         alternative="two-sided",
         pvalue_method="empirical",
         store_null=False,
+        memory_budget_mb=1024,
         random_state=None,
     ):
         self.statistic = statistic
@@ -225,12 +322,82 @@ class CRTTest(BaseEstimator):
         self.alternative = alternative
         self.pvalue_method = pvalue_method
         self.store_null = store_null
+        self.memory_budget_mb = memory_budget_mb
         self.random_state = random_state
 
+    # ------------------------------------------------------------------ parameters
+    def _uses_string_api(self) -> bool:
+        return self.resampling_method is not None or self.resampling_kwargs is not None
+
+    def get_params(self, deep=True):
+        """Parameters of the test; with ``deep``, also those of its (default) components.
+
+        A component left ``None`` shows the nested parameters of the default it stands for
+        (``encoder__n_burden_bins`` and the rest), except the sampler and encoder while the string
+        API is in use (it builds them from ``resampling_kwargs``).
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Include the nested parameters of the components.
+
+        Returns
+        -------
+        params : dict
+            Parameter names mapped to their values.
+        """
+        params = super().get_params(deep=deep)
+        if deep:
+            for name, default in self._default_components().items():
+                for key, value in default.get_params(deep=True).items():
+                    params[f"{name}__{key}"] = value
+        return params
+
+    def set_params(self, **params):
+        """Set parameters; a nested one of a ``None`` component builds its default first.
+
+        Parameters
+        ----------
+        **params : dict
+            Parameters, e.g. ``n_resamples=999`` or ``encoder__n_burden_bins=4``.
+
+        Returns
+        -------
+        self : CRTTest
+        """
+        defaults = self._default_components()
+        for key in params:
+            name, nested, _ = key.partition("__")
+            if nested and name in defaults and name not in params:
+                setattr(self, name, defaults.pop(name))
+        return super().set_params(**params)
+
+    def check_params(self) -> CRTTest:
+        """Validate the parameters and resolve the components, without fitting.
+
+        The runners call it once before any work, so a bad setting fails before the null fit.
+
+        Returns
+        -------
+        self : CRTTest
+        """
+        self._validate_params()
+        self._components()
+        return self
+
+    def _default_components(self) -> dict:
+        """Fresh defaults of the components left ``None`` (and not built by the string API)."""
+        return {
+            name: factory()
+            for name, factory in _DEFAULT_COMPONENTS.items()
+            if getattr(self, name) is None
+            and not (name in _STRING_API_COMPONENTS and self._uses_string_api())
+        }
+
     # ------------------------------------------------------------------ components
-    def _resolve_components(self, burden):
-        """The unfitted sampler and encoder, and the method name, from objects or strings."""
-        if self.resampling_method is not None or self.resampling_kwargs is not None:
+    def _components(self) -> _Components:
+        """The unfitted sampler and encoder, the method name and what they need."""
+        if self._uses_string_api():
             if self.sampler is not None or self.encoder is not None:
                 raise ValueError(
                     "Configure resampling either with objects (sampler=, encoder=) or with the "
@@ -239,46 +406,71 @@ class CRTTest(BaseEstimator):
             config = resolve_resampling(
                 self.resampling_method or "bernoulli_index", self.resampling_kwargs
             )
-            if config.burden_key is None and burden is not None:
+            method, sampler, encoder = config.method, config.sampler, config.encoder
+        else:
+            sampler = BernoulliSampler() if self.sampler is None else clone(self.sampler)
+            method = _method_name(sampler)
+            encoder = None
+            if "strata" in sampler.required_inputs():
+                encoder = StratumEncoder() if self.encoder is None else clone(self.encoder)
+            elif self.encoder is not None:
                 raise ValueError(
-                    "burden values were passed but resampling_kwargs['burden_key'] is None; set "
-                    "burden_key to use burden bins, or do not pass burden."
+                    f"encoder is only used by samplers that need strata; "
+                    f"{type(sampler).__name__} takes none. Use "
+                    "sampler=StratifiedPermutationSampler() or drop the encoder."
                 )
-            if config.burden_key is not None and burden is None:
-                raise ValueError(
-                    f"resampling_kwargs['burden_key']={config.burden_key!r} asks for burden bins "
-                    "but no burden values were passed to fit(burden=...)."
-                )
-            encoder = config.encoder
-            return config.method, clone(config.sampler), None if encoder is None else clone(encoder)
-        sampler = BernoulliSampler() if self.sampler is None else clone(self.sampler)
-        encoder = None
-        if isinstance(sampler, StratifiedPermutationSampler):
-            encoder = StratumEncoder() if self.encoder is None else clone(self.encoder)
-        elif self.encoder is not None:
-            raise ValueError(
-                f"encoder is only used by stratified samplers; {type(sampler).__name__} takes "
-                "none. "
-                "Use sampler=StratifiedPermutationSampler() or drop the encoder."
-            )
-        method = {
-            BernoulliSampler: "bernoulli_index",
-            StratifiedPermutationSampler: "stratified_perm",
-            PermutationSampler: "perm",
-        }.get(type(sampler), type(sampler).__name__)
-        return method, sampler, encoder
+        needs = set(sampler.required_inputs())
+        if encoder is not None:
+            needs |= encoder.required_inputs()
+        return _Components(method, sampler, encoder, frozenset(needs))
 
-    @staticmethod
-    def _needs_propensity(sampler, encoder) -> bool:
-        if isinstance(sampler, PermutationSampler):
-            return False
-        if encoder is not None and getattr(encoder, "n_bins", 2) == 1:
-            return False
-        return True
+    def covariate_columns(self) -> dict[str, str]:
+        """The raw covariate columns this test reads, for the runners.
+
+        Returns
+        -------
+        dict
+            ``{"batch": column}`` when the strata are nested in batches and ``{"burden":
+            column}`` when they use burden bins (both from the encoder, or from
+            ``resampling_kwargs`` in the string API); empty for a test without strata.
+
+        Raises
+        ------
+        ValueError
+            When the strata are nested in batches but no batch column is named.
+
+        Examples
+        --------
+        >>> from sklcrt import CRTTest
+        >>> CRTTest(resampling_method="stratified_perm").covariate_columns()
+        {'batch': 'batch'}
+        >>> CRTTest(resampling_method="crt").covariate_columns()
+        {}
+        """
+        parts = self._components()
+        columns = {}
+        if "batch" in parts.needs:
+            if parts.encoder.batch_key is None:
+                raise ValueError(
+                    "the strata are nested in batches (stratify_by_batch=True) but no batch "
+                    "column is named; set batch_key (encoder__batch_key, or "
+                    "resampling_kwargs['batch_key']) or stratify_by_batch=False."
+                )
+            columns["batch"] = parts.encoder.batch_key
+        if "burden" in parts.needs:
+            columns["burden"] = parts.encoder.burden_key
+        return columns
+
+    def _burden_setting(self) -> str:
+        if self._uses_string_api():
+            return "resampling_kwargs['burden_key']"
+        return "encoder.burden_key"
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, *, Y=None, batch=None, burden=None, columns=None, eligible=None):
-        """Test the unit ``y`` against every response in ``Y``.
+    def fit(
+        self, X, y, *, responses=None, batch=None, burden=None, columns=None, eligible=None, **kw
+    ):
+        """Test the unit ``y`` against every response in ``responses``.
 
         Parameters
         ----------
@@ -286,12 +478,17 @@ class CRTTest(BaseEstimator):
             Encoded covariates ``C`` (an intercept is added where missing).
         y : array-like of shape (n_cells,)
             The unit's binary treatment ``x`` (1 = the cell carries the unit).
-        Y : array-like or sparse matrix of shape (n_cells, n_responses), default=None
+        responses : array-like or sparse matrix of shape (n_cells, n_responses), default=None
             Responses. ``None`` reuses the already-fitted ``statistic`` (its null model).
+            (Formerly ``Y``, which scikit-learn's metadata routing reserves; ``Y=`` still works
+            with a ``FutureWarning``.)
         batch : array-like of shape (n_cells,), default=None
-            Raw batch labels, used for strata when the encoder stratifies by batch.
+            Raw batch labels, used for strata when the encoder stratifies by batch (``None``: one
+            batch).
         burden : array-like of shape (n_cells,), default=None
             Raw burden values (e.g. ``log1p_non_ntc_guides_per_cell``), binned into strata.
+            Required exactly when the test has burden bins (the encoder's ``burden_key``, or
+            ``resampling_kwargs['burden_key']``, is set).
         columns : array-like of int, default=None
             Test only these responses (indices into the statistic's responses).
         eligible : array-like of bool of shape (n_cells,), default=None
@@ -306,138 +503,191 @@ class CRTTest(BaseEstimator):
         -------
         self : CRTTest
         """
+        responses = _deprecated_Y(responses, kw)
         self._validate_params()
+        parts = self._components()
         C = _check_covariates(X)
         x = check_binary_treatment(y, "y")
         check_same_length(X=C, y=x, batch=batch, burden=burden, eligible=eligible)
         check_has_both_arms(x, "y")
         eligible = _check_eligible(eligible, x)
-        if burden is not None:
-            burden = check_1d_numeric(burden, "burden")
+        burden = self._check_burden(burden, parts)
         if batch is not None:
             batch = np.asarray(batch)
 
-        statistic = self._fitted_statistic(Y, C)
+        statistic = self._fitted_statistic(responses, C)
         if statistic.n_cells_ != x.size:
             raise ValueError(
                 f"the fitted statistic has {statistic.n_cells_} cells but y has {x.size}."
             )
-        if columns is not None:
-            columns = np.asarray(columns, dtype=np.intp)
-            if columns.ndim != 1 or (
-                columns.size and (columns.min() < 0 or columns.max() >= statistic.n_responses_)
-            ):
-                raise ValueError(
-                    f"columns must be 1-D indices in [0, {statistic.n_responses_}), got {columns}."
-                )
-
-        method, sampler, encoder = self._resolve_components(burden)
-        # Every model of the treatment (propensity, strata, sampler) sees the eligible cells only;
-        # the statistic (the responses' null models) keeps all cells.
-        if eligible is None:
-            cells = None
-            C_e, x_e, batch_e, burden_e = C, x, batch, burden
-        else:
-            cells = np.flatnonzero(eligible)
-            C_e, x_e = C[cells], x[cells]
-            batch_e = None if batch is None else batch[cells]
-            burden_e = None if burden is None else burden[cells]
-        p_hat = None
-        propensity_model = None
-        if self._needs_propensity(sampler, encoder):
-            propensity_model = (
-                NewtonLogisticRegression() if self.propensity is None else clone(self.propensity)
-            )
-            p_hat = fit_propensity(propensity_model, C_e, x_e)
-        strata = None
-        if encoder is not None:
-            use_batch = batch_e if getattr(encoder, "stratify_by_batch", True) else None
-            p_for_bins = p_hat if p_hat is not None else np.zeros(x_e.size)
-            strata = encoder.fit_transform(p_for_bins, batch=use_batch, burden=burden_e)
-        sampler.fit(x_e, strata=strata, p_hat=p_hat)
-
-        def draw(n_resamples, rng):
-            resamples = sampler.sample(n_resamples, random_state=rng)
-            if cells is None:
-                return resamples
-            return _resamples_on_cells(resamples, cells, x.size)
-
-        rng = as_generator(self.random_state)
-        observed = statistic.observed(x, columns=columns)
-        null = statistic.evaluate(draw(self.n_resamples, rng), columns)
-        final_method = "empirical" if self.n_resamples_adaptive else self.pvalue_method
-        pvalues, methods = compute_pvalues(
-            observed["statistic"], null, alternative=self.alternative, method=final_method
-        )
-        n_used = np.full(pvalues.shape, self.n_resamples, dtype=np.int64)
-
-        n_stage2 = 0
-        if self.n_resamples_adaptive:
-            # Fresh resamples where stage 1 says the p-value may be small; the rest keep their
-            # (valid) stage-1 p-value.
-            second = np.flatnonzero(pvalues <= self.adaptive_threshold)
-            n_stage2 = int(second.size)
-            if n_stage2:
-                cols2 = second if columns is None else columns[second]
-                null2 = statistic.evaluate(draw(self.n_resamples_adaptive, rng), cols2)
-                p2, m2 = compute_pvalues(
-                    observed["statistic"][second],
-                    null2,
-                    alternative=self.alternative,
-                    method=self.pvalue_method,
-                )
-                pvalues[second] = p2
-                methods[second] = m2
-                n_used[second] = self.n_resamples_adaptive
+        columns = _check_columns(columns, statistic.n_responses_)
+        treatment = _fit_treatment(parts, self.propensity, C, x, batch, burden, eligible)
+        result, stages = self._resample_and_test(statistic, treatment, x, columns)
 
         self.statistic_estimator_ = statistic
-        self.sampler_ = sampler
-        self.encoder_ = encoder
-        self.propensity_model_ = propensity_model
+        self.sampler_ = treatment.sampler
+        self.encoder_ = treatment.encoder
+        self.propensity_model_ = treatment.propensity_model
+        p_hat, strata, cells = treatment.p_hat, treatment.strata, treatment.cells
         if cells is not None:
             # Full-length attributes: ineligible cells are never treated (propensity 0) and
             # belong to no stratum (-1).
-            if p_hat is not None:
-                p_hat = _on_cells(p_hat, cells, x.size, 0.0)
-            if strata is not None:
-                strata = _on_cells(strata, cells, x.size, -1)
+            p_hat = None if p_hat is None else _on_cells(p_hat, cells, x.size, 0.0)
+            strata = None if strata is None else _on_cells(strata, cells, x.size, -1)
         self.propensity_ = p_hat
         self.strata_ = strata
         self.columns_ = columns
-        self.statistic_ = np.asarray(observed["statistic"], dtype=float)
-        self.effect_ = np.asarray(observed["effect"], dtype=float)
-        self.effect_se_ = np.asarray(observed["effect_se"], dtype=float)
-        self.n_treated_ = int(observed["n_treated"])
-        self.pvalues_ = pvalues
-        self.pvalue_methods_ = np.asarray(methods, dtype=object)
-        self.n_resamples_ = n_used
-        self.resampling_method_ = method
+        self.result_ = result
+        self.n_treated_ = result.n_treated
+        self.resampling_method_ = parts.method
         diagnostics = {
-            "resampling_method": method,
+            "resampling_method": parts.method,
             "n_cells": int(x.size),
-            "n_treated": self.n_treated_,
+            "n_treated": result.n_treated,
             "n_eligible": int(x.size if cells is None else cells.size),
-            "n_stage2": n_stage2,
+            **stages,
         }
-        if encoder is not None:
-            diagnostics.update(encoder.diagnostics_)
+        if treatment.encoder is not None:
+            diagnostics.update(treatment.encoder.diagnostics_)
         else:
             diagnostics["n_strata"] = 1
         self.diagnostics_ = diagnostics
-        if self.store_null:
-            self.null_distribution_ = null
         return self
 
-    def _fitted_statistic(self, Y, C):
-        if Y is None:
+    def _check_burden(self, burden, parts: _Components):
+        """The burden as floats, required exactly when the test has burden bins."""
+        setting = self._burden_setting()
+        if "burden" in parts.needs and burden is None:
+            key = parts.encoder.burden_key
+            raise ValueError(
+                f"{setting}={key!r} asks for burden bins but no burden values were passed to "
+                f"fit(burden=...); pass them (the raw column {key!r}), or set {setting} to None "
+                "to turn burden bins off."
+            )
+        if burden is not None and "burden" not in parts.needs:
+            if parts.encoder is None:
+                raise ValueError(
+                    f"burden values were passed but the sampler {type(parts.sampler).__name__} "
+                    "uses no strata, so nothing would use them; burden bins need a stratified "
+                    "sampler (resampling_method='stratified_perm'), or do not pass burden."
+                )
+            raise ValueError(
+                f"burden values were passed but {setting} is None (burden bins off); set "
+                f"{setting} to the burden column's name to use burden bins, or do not pass "
+                "burden."
+            )
+        return None if burden is None else check_1d_numeric(burden, "burden")
+
+    def _fitted_statistic(self, responses, C):
+        if responses is None:
             if self.statistic is None:
-                raise ValueError("Y is required unless statistic= is an already fitted statistic.")
+                raise ValueError(
+                    "responses is required unless statistic= is an already fitted statistic."
+                )
             check_is_fitted(self.statistic, "n_responses_")
             return self.statistic
         statistic = OLSStatistic() if self.statistic is None else clone(self.statistic)
-        return statistic.fit(Y, C)
+        return statistic.fit(responses, C)
+
+    def _resample_and_test(self, statistic, treatment: _Treatment, x, columns):
+        """Observed statistics, the two stages of resampling and the final p-values."""
+        rng = as_generator(self.random_state)
+        observed = statistic.observed(x, columns=columns)
+        n_columns = statistic.n_responses_ if columns is None else columns.size
+        rows_per_block = self._rows_per_block(int(observed["n_treated"]), n_columns)
+        draw = _Draws(treatment, x.size, rows_per_block)
+        adaptive = self.n_resamples_adaptive > 0
+        null = draw.evaluate(statistic, self.n_resamples, columns, rng)
+        p1, methods = compute_pvalues(
+            observed["statistic"],
+            null,
+            alternative=self.alternative,
+            method="empirical" if adaptive else self.pvalue_method,
+        )
+        n_used = np.full(p1.shape, self.n_resamples, dtype=np.int64)
+        pvalue = p1
+        second = np.zeros(p1.shape, dtype=bool)
+        if adaptive and self.adaptive_threshold > 0:
+            # Fresh resamples where stage 1 says the p-value may be small; the rest keep their
+            # (valid) stage-1 p-value.
+            second = adaptive_second_stage_mask(p1, self.adaptive_threshold)
+        if second.any():
+            selected = np.flatnonzero(second)
+            cols2 = selected if columns is None else columns[selected]
+            null2 = draw.evaluate(statistic, self.n_resamples_adaptive, cols2, rng)
+            p2, m2 = compute_pvalues(
+                observed["statistic"][selected],
+                null2,
+                alternative=self.alternative,
+                method=self.pvalue_method,
+            )
+            pvalue = combine_two_stage_pvalues(p1, p2, second)
+            methods[selected] = m2
+            n_used[selected] = self.n_resamples_adaptive
+        result = CRTResult(
+            statistic=np.asarray(observed["statistic"], dtype=float),
+            pvalue=pvalue,
+            null_distribution=null if self.store_null else None,
+            effect=np.asarray(observed["effect"], dtype=float),
+            effect_se=np.asarray(observed["effect_se"], dtype=float),
+            pvalue_method=np.asarray(methods, dtype=object),
+            n_resamples=n_used,
+            n_treated=int(observed["n_treated"]),
+        )
+        stages = {"n_stage2": int(second.sum()), "n_blocks": draw.n_blocks}
+        return result, stages
+
+    def _rows_per_block(self, n_treated: int, n_columns: int) -> int:
+        """Resamples per block within the memory budget; refuses null statistics that cannot
+        fit in it, before any work."""
+        budget = float(self.memory_budget_mb) * 2**20
+        largest = max(self.n_resamples, self.n_resamples_adaptive)
+        null_bytes = 8.0 * largest * max(n_columns, 1)
+        if null_bytes > budget:
+            raise ValueError(
+                f"n_resamples={largest} with {n_columns} response(s) needs "
+                f"{null_bytes / 2**20:.0f} MiB of null statistics, more than memory_budget_mb="
+                f"{self.memory_budget_mb:g}; lower n_resamples / n_resamples_adaptive, test fewer "
+                "responses per call, or raise memory_budget_mb."
+            )
+        per_row = _BYTES_PER_TREATED_ENTRY * max(n_treated, 1)
+        return max(1, int(budget / 4 // per_row))
 
     # ------------------------------------------------------------------ results
+    statistic_ = property(lambda self: self._field("statistic"), doc="``result_.statistic``.")
+    pvalue_ = property(lambda self: self._field("pvalue"), doc="``result_.pvalue``.")
+    effect_ = property(lambda self: self._field("effect"), doc="``result_.effect``.")
+    effect_se_ = property(lambda self: self._field("effect_se"), doc="``result_.effect_se``.")
+    pvalue_method_ = property(
+        lambda self: self._field("pvalue_method"), doc="``result_.pvalue_method``."
+    )
+    n_resamples_ = property(lambda self: self._field("n_resamples"), doc="``result_.n_resamples``.")
+
+    @property
+    def null_distribution_(self):
+        """``result_.null_distribution`` (only with ``store_null=True``)."""
+        null = self._field("null_distribution")
+        if null is None:
+            raise AttributeError("null_distribution_ is kept only with store_null=True.")
+        return null
+
+    @property
+    def pvalues_(self):
+        """Deprecated alias of ``pvalue_``."""
+        _renamed("pvalues_", "pvalue_")
+        return self.pvalue_
+
+    @property
+    def pvalue_methods_(self):
+        """Deprecated alias of ``pvalue_method_``."""
+        _renamed("pvalue_methods_", "pvalue_method_")
+        return self.pvalue_method_
+
+    def _field(self, name):
+        if "result_" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} is not fitted yet; call fit first.")
+        return getattr(self.result_, name)
+
     def to_frame(self, response_names=None) -> pd.DataFrame:
         """The results as a tidy DataFrame, one row per tested response.
 
@@ -450,9 +700,10 @@ class CRTTest(BaseEstimator):
         -------
         pandas.DataFrame
             Columns ``response``, ``n_treated``, ``statistic``, ``effect``, ``effect_se``,
-            ``p_value``, ``pvalue_method``, ``n_resamples``, ``n_strata``.
+            ``pvalue``, ``pvalue_method``, ``n_resamples``, ``n_strata``.
         """
-        check_is_fitted(self, "pvalues_")
+        check_is_fitted(self, "result_")
+        result = self.result_
         idx = (
             np.arange(self.statistic_estimator_.n_responses_)
             if self.columns_ is None
@@ -462,16 +713,111 @@ class CRTTest(BaseEstimator):
         return pd.DataFrame(
             {
                 "response": names,
-                "n_treated": self.n_treated_,
-                "statistic": self.statistic_,
-                "effect": self.effect_,
-                "effect_se": self.effect_se_,
-                "p_value": self.pvalues_,
-                "pvalue_method": self.pvalue_methods_,
-                "n_resamples": self.n_resamples_,
+                "n_treated": result.n_treated,
+                "statistic": result.statistic,
+                "effect": result.effect,
+                "effect_se": result.effect_se,
+                "pvalue": result.pvalue,
+                "pvalue_method": result.pvalue_method,
+                "n_resamples": result.n_resamples,
                 "n_strata": self.diagnostics_.get("n_strata", 1),
             }
         )
+
+
+def _method_name(sampler: BaseSampler) -> str:
+    """The string API's name of a sampler, or its class name."""
+    for name, cls in SAMPLERS.items():
+        if type(sampler) is cls:
+            return name
+    return type(sampler).__name__
+
+
+def _fit_treatment(parts: _Components, propensity, C, x, batch, burden, eligible) -> _Treatment:
+    """Fit the propensity model, the strata and the sampler on the eligible cells."""
+    # Every model of the treatment sees the eligible cells only; the statistic (the responses'
+    # null models) keeps all cells.
+    cells = None if eligible is None else np.flatnonzero(eligible)
+    if cells is not None:
+        C, x = C[cells], x[cells]
+        batch = None if batch is None else batch[cells]
+        burden = None if burden is None else burden[cells]
+    p_hat = None
+    model = None
+    if "p_hat" in parts.needs:
+        model = NewtonLogisticRegression() if propensity is None else clone(propensity)
+        p_hat = fit_propensity(model, C, x)
+    strata = None
+    encoder = parts.encoder
+    if encoder is not None:
+        use_batch = batch if "batch" in encoder.required_inputs() else None
+        p_for_bins = p_hat if p_hat is not None else np.zeros(x.size)
+        strata = encoder.fit_transform(p_for_bins, batch=use_batch, burden=burden)
+    sampler = parts.sampler
+    sampler.fit(
+        x,
+        strata=strata if "strata" in sampler.required_inputs() else None,
+        p_hat=p_hat if "p_hat" in sampler.required_inputs() else None,
+    )
+    return _Treatment(sampler, encoder, model, p_hat, strata, cells)
+
+
+class _Draws:
+    """Resamples of a fitted treatment model, drawn and evaluated block by block."""
+
+    def __init__(self, treatment: _Treatment, n_cells: int, rows_per_block: int):
+        self.treatment = treatment
+        self.n_cells = n_cells
+        self.rows_per_block = rows_per_block
+        self.n_blocks = 0
+
+    def evaluate(self, statistic, n_resamples: int, columns, rng) -> np.ndarray:
+        """Null statistics ``(n_resamples, n_columns)`` of fresh resamples."""
+        blocks = []
+        for start in range(0, n_resamples, self.rows_per_block):
+            rows = min(self.rows_per_block, n_resamples - start)
+            resamples = self.treatment.sampler.sample(rows, random_state=rng)
+            if self.treatment.cells is not None:
+                resamples = _resamples_on_cells(resamples, self.treatment.cells, self.n_cells)
+            blocks.append(statistic.evaluate(resamples, columns))
+            del resamples
+            self.n_blocks += 1
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+
+
+def _check_columns(columns, n_responses: int):
+    if columns is None:
+        return None
+    columns = np.asarray(columns, dtype=np.intp)
+    if columns.ndim != 1 or (columns.size and (columns.min() < 0 or columns.max() >= n_responses)):
+        raise ValueError(f"columns must be 1-D indices in [0, {n_responses}), got {columns}.")
+    return columns
+
+
+def _deprecated_Y(responses, kwargs: dict):
+    """``fit(Y=...)``, the responses' old name, still accepted with a FutureWarning."""
+    if "Y" in kwargs:
+        if responses is not None:
+            raise TypeError("pass the responses once, as responses= (Y= is its old name).")
+        warnings.warn(
+            "CRTTest.fit(Y=...) is renamed fit(responses=...) (scikit-learn's metadata routing "
+            "reserves 'Y'); Y= will be removed in a future release.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        responses = kwargs.pop("Y")
+    if kwargs:
+        raise TypeError(f"CRTTest.fit() got unexpected keyword argument(s) {sorted(kwargs)}.")
+    return responses
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"CRTTest.{old} is renamed {new} (one spelling of p-value: 'pvalue'); {old} will be "
+        "removed in a future release.",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def _check_eligible(eligible, x: np.ndarray) -> np.ndarray | None:

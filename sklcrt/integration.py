@@ -13,7 +13,7 @@ import pandas as pd
 __all__ = ["combine_guides_bonferroni"]
 
 #: Columns of the per-guide table that :func:`combine_guides_bonferroni` needs.
-REQUIRED_COLUMNS = ("unit", "grna_target", "response", "p_value")
+REQUIRED_COLUMNS = ("unit", "grna_target", "response", "pvalue")
 
 
 def combine_guides_bonferroni(
@@ -22,7 +22,7 @@ def combine_guides_bonferroni(
     unit_col: str = "unit",
     target_col: str = "grna_target",
     response_col: str = "response",
-    p_col: str = "p_value",
+    p_col: str = "pvalue",
     pass_col: str = "pass_qc",
     reason_col: str = "qc_reason",
 ) -> pd.DataFrame:
@@ -51,8 +51,8 @@ def combine_guides_bonferroni(
     -------
     DataFrame
         One row per (target, response), in order of first appearance, with: ``unit`` (the
-        target), ``grna_target``, ``response``, ``p_value`` (Bonferroni), ``best_guide``,
-        ``p_value_best_guide`` (its own p-value), ``n_guides`` (rows of the pair),
+        target), ``grna_target``, ``response``, ``pvalue`` (Bonferroni), ``best_guide``,
+        ``pvalue_best_guide`` (its own p-value), ``n_guides`` (rows of the pair),
         ``n_guides_tested`` (``k``), ``guides_tested`` (``";"``-joined names), every other
         column of ``results`` taken from the best guide (e.g. ``effect``, ``effect_se``,
         ``statistic``, ``n_treated``), ``pass_qc`` and ``qc_reason``. BH adjustment is left to
@@ -70,14 +70,14 @@ def combine_guides_bonferroni(
     >>> from sklcrt.integration import combine_guides_bonferroni
     >>> per_guide = pd.DataFrame({
     ...     "unit": ["g1", "g2", "g3", "g4"], "grna_target": ["A", "A", "B", "B"],
-    ...     "response": ["X", "X", "X", "X"], "p_value": [0.01, 0.2, float("nan"), 0.5],
+    ...     "response": ["X", "X", "X", "X"], "pvalue": [0.01, 0.2, float("nan"), 0.5],
     ...     "effect": [-1.0, -0.2, float("nan"), 0.1],
     ...     "pass_qc": [True, True, False, True], "qc_reason": ["", "", "few cells", ""]})
     >>> out = combine_guides_bonferroni(per_guide)
-    >>> out[["grna_target", "p_value", "best_guide", "effect", "n_guides_tested"]]
-      grna_target  p_value best_guide  effect  n_guides_tested
-    0           A     0.02         g1    -1.0                2
-    1           B     0.50         g4     0.1                1
+    >>> out[["grna_target", "pvalue", "best_guide", "effect", "n_guides_tested"]]
+      grna_target  pvalue best_guide  effect  n_guides_tested
+    0           A    0.02         g1    -1.0                2
+    1           B    0.50         g4     0.1                1
     """
     if not isinstance(results, pd.DataFrame):
         raise ValueError(f"results must be a pandas DataFrame, got {type(results).__name__}.")
@@ -143,7 +143,7 @@ def combine_guides_bonferroni(
     loc = list(out.columns).index(response_col) + 1
     out.insert(loc, p_col, combined)
     out.insert(loc + 1, "best_guide", np.where(has_test, names[best_row], None))
-    out.insert(loc + 2, "p_value_best_guide", np.where(has_test, p_best, np.nan))
+    out.insert(loc + 2, "pvalue_best_guide", np.where(has_test, p_best, np.nan))
     out.insert(loc + 3, "n_guides", n_guides.astype(np.int64))
     out.insert(loc + 4, "n_guides_tested", n_tested)
     out.insert(loc + 5, "guides_tested", guides_tested)

@@ -20,8 +20,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
 
+from sklcrt._threads import single_threaded_blas
 from sklcrt._validation import check_binary_treatment, check_has_both_arms, check_same_length
 
 __all__ = ["NewtonLogisticRegression", "fit_propensity"]
@@ -184,7 +184,7 @@ class NewtonLogisticRegression(ClassifierMixin, BaseEstimator):
             mean = w_pos / w_total
             beta[n_features] = np.log(mean / (1.0 - mean))
 
-        with _single_threaded_blas():
+        with single_threaded_blas():
             beta, n_iter, converged = _newton(
                 X, target, w, penalty, beta, self.fit_intercept, self.tol, self.max_iter
             )
@@ -206,7 +206,7 @@ class NewtonLogisticRegression(ClassifierMixin, BaseEstimator):
         """Log-odds of ``classes_[1]``, shape (n_samples,)."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        with _single_threaded_blas():
+        with single_threaded_blas():
             return X @ self.coef_[0] + self.intercept_[0]
 
     def predict_proba(self, X) -> np.ndarray:
@@ -225,20 +225,6 @@ class NewtonLogisticRegression(ClassifierMixin, BaseEstimator):
         return self.classes_[(z > 0).astype(np.intp)]
 
 
-_BLAS_CONTROLLER = None
-
-
-def _single_threaded_blas():
-    """Context limiting BLAS to one thread.
-
-    The products of a Newton iteration are thin (cells x features); on them threaded BLAS is
-    slower than one thread (about 3x at 200,000 x 12 on 2 cores), and it oversubscribes the
-    cores when units run in parallel.
-    """
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _unique_labels(y: np.ndarray) -> np.ndarray:

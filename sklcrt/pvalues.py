@@ -33,6 +33,8 @@ import numbers
 import numpy as np
 from scipy import special, stats
 
+from sklcrt._choices import ALTERNATIVES, PVALUE_METHODS
+
 __all__ = [
     "ALTERNATIVES",
     "PVALUE_METHODS",
@@ -45,11 +47,6 @@ __all__ = [
     "skew_normal_pvalues",
 ]
 
-ALTERNATIVES = ("two-sided", "less", "greater")
-"""Valid values of ``alternative`` (SciPy's words)."""
-
-PVALUE_METHODS = ("empirical", "skew_normal")
-"""Valid values of ``method`` in :func:`compute_pvalues`."""
 
 SKEW_NORMAL_THRESHOLD = 0.05
 """Largest empirical p-value that :func:`compute_pvalues` replaces by a skew-normal one by default.

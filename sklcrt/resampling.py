@@ -7,23 +7,23 @@ analysts configure screens; :func:`resolve_resampling` validates them and maps t
 
 from __future__ import annotations
 
+import importlib
 import numbers
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from sklcrt._choices import RESAMPLING_ALIASES, RESAMPLING_METHODS
+from sklcrt._choices import SAMPLERS as _SAMPLER_PATHS
 from sklcrt.binning import BIN_METHODS, _check_clip_quantiles
-from sklcrt.samplers import (
-    BaseSampler,
-    BernoulliSampler,
-    PermutationSampler,
-    StratifiedPermutationSampler,
-)
+from sklcrt.samplers import BaseSampler
 from sklcrt.strata import StratumEncoder
 
 __all__ = [
+    "SAMPLERS",
     "DEFAULT_RESAMPLING_KWARGS",
     "RECOMMENDED_HIGH_MOI_KWARGS",
     "RESAMPLING_ALIASES",
@@ -32,8 +32,11 @@ __all__ = [
     "resolve_resampling",
 ]
 
-RESAMPLING_METHODS = ("bernoulli_index", "stratified_perm", "perm")
-RESAMPLING_ALIASES = {"crt": "bernoulli_index"}
+#: The sampler class behind each ``resampling_method`` (named in :mod:`sklcrt._choices`).
+SAMPLERS: dict[str, type[BaseSampler]] = {
+    name: getattr(importlib.import_module(path.split(":")[0]), path.split(":")[1])
+    for name, path in _SAMPLER_PATHS.items()
+}
 
 DEFAULT_RESAMPLING_KWARGS: dict[str, Any] = dict(
     n_bins=10,
@@ -141,7 +144,7 @@ def resolve_resampling(
         - ``min_stratum_size`` (int >= 1, 2): smaller strata are pooled.
 
         The stratification keys are validated for every method but used only by
-        ``"stratified_perm"``.
+        ``"stratified_perm"``; a ``burden_key`` with another method warns that it is ignored.
 
     Returns
     -------
@@ -215,8 +218,9 @@ def resolve_resampling(
         kwargs["burden_clip_quantiles"], "resampling_kwargs['burden_clip_quantiles']"
     )
 
+    sampler = SAMPLERS[method]()
     encoder = None
-    if method == "stratified_perm":
+    if "strata" in sampler.required_inputs():
         encoder = StratumEncoder(
             n_bins=kwargs["n_bins"],
             stratify_by_batch=kwargs["stratify_by_batch"],
@@ -224,12 +228,17 @@ def resolve_resampling(
             burden_bin_method=kwargs["burden_bin_method"],
             burden_clip_quantiles=kwargs["burden_clip_quantiles"],
             min_stratum_size=kwargs["min_stratum_size"],
+            batch_key=kwargs["batch_key"],
+            burden_key=kwargs["burden_key"],
         )
-        sampler: BaseSampler = StratifiedPermutationSampler()
-    elif method == "perm":
-        sampler = PermutationSampler()
-    else:
-        sampler = BernoulliSampler()
+    elif kwargs["burden_key"] is not None:
+        warnings.warn(
+            f"resampling_kwargs['burden_key']={kwargs['burden_key']!r} is ignored by "
+            f"resampling_method={resampling_method!r}, which uses no strata; burden bins need "
+            "resampling_method='stratified_perm'.",
+            UserWarning,
+            stacklevel=2,
+        )
     return ResamplingConfig(
         method=method,
         sampler=sampler,

@@ -73,6 +73,18 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
     stratify_by_batch=True)`` with burden ``log1p_non_ntc_guides_per_cell`` (or
     ``log1p_grna_n_nonzero_assign``).
 
+    A sampler declares what its :meth:`fit` needs besides the treatment in the class attribute
+    ``_required_inputs`` (any of ``"strata"``, ``"p_hat"``); :class:`~sklcrt.crt.CRTTest` reads
+    it through :meth:`required_inputs` and builds exactly those (strata from its encoder,
+    propensities from its classifier), so a user's sampler is one class::
+
+        class MySampler(BaseSampler):
+            _required_inputs = frozenset({"strata"})
+
+            def _fit(self, x, strata, p_hat): ...
+            def _sample_keys(self, n_resamples, rng): ...
+            def inclusion_probabilities(self): ...
+
     Attributes
     ----------
     n_cells_ : int
@@ -80,6 +92,19 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
     n_treated_ : int
         Number of observed treated cells ``m``.
     """
+
+    #: What :meth:`fit` needs besides the treatment: any of ``"strata"``, ``"p_hat"``.
+    _required_inputs: frozenset[str] = frozenset()
+
+    def required_inputs(self) -> frozenset[str]:
+        """The inputs :meth:`fit` needs besides the treatment (``"strata"``, ``"p_hat"``).
+
+        Returns
+        -------
+        frozenset of str
+            The class's declaration ``_required_inputs``.
+        """
+        return frozenset(self._required_inputs)
 
     def fit(self, x_obs, strata=None, p_hat=None) -> BaseSampler:
         """Learn what the resamples must preserve.
@@ -347,6 +372,8 @@ class StratifiedPermutationSampler(_WithinStrataPermutation):
     ((5, 8), [1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0])
     """
 
+    _required_inputs = frozenset({"strata"})
+
     def _fit(self, x, strata, p_hat) -> None:
         if strata is None:
             raise ValueError(
@@ -431,6 +458,8 @@ class BernoulliSampler(BaseSampler):
     >>> R[:, :2].toarray().tolist()
     [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]
     """
+
+    _required_inputs = frozenset({"p_hat"})
 
     def _fit(self, x, strata, p_hat) -> None:
         if p_hat is None:

@@ -119,6 +119,17 @@ class StratumEncoder(BaseEstimator):
         Every raw stratum with fewer cells than this is pooled into one extra stratum whose id is
         ``(largest raw id) + 1``; the other strata keep their raw ids. ``1`` disables pooling.
         The pooled stratum itself may still be smaller than ``min_stratum_size``.
+    batch_key : str or None, default="batch"
+        Column of the raw covariates (``adata.obsm["covar"]``) with the batch labels, read by the
+        runners when ``stratify_by_batch``; :meth:`fit` itself takes the labels as ``batch``.
+    burden_key : str or None, default="log1p_non_ntc_guides_per_cell"
+        Column of the raw covariates with the numeric burden, read raw by the runners (never from
+        the encoded covariates); ``None`` turns burden bins off. :meth:`fit` itself takes the
+        values as ``burden``; :class:`~sklcrt.crt.CRTTest` requires them exactly when
+        ``burden_key`` is set, so a test never silently runs without the burden it was
+        configured with. The string API's ``resampling_kwargs["burden_key"]`` defaults to
+        ``None`` (burden bins off unless asked); an encoder built by hand bins the burden unless
+        told otherwise.
 
     Attributes
     ----------
@@ -178,6 +189,8 @@ class StratumEncoder(BaseEstimator):
         "burden_bin_method": [StrOptions(set(BIN_METHODS))],
         "burden_clip_quantiles": ["array-like"],
         "min_stratum_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_key": [str, None],
+        "burden_key": [str, None],
     }
 
     def __init__(
@@ -188,6 +201,8 @@ class StratumEncoder(BaseEstimator):
         burden_bin_method: str = "quantile",
         burden_clip_quantiles: tuple[float, float] = (0.0, 1.0),
         min_stratum_size: int = 2,
+        batch_key: str | None = "batch",
+        burden_key: str | None = "log1p_non_ntc_guides_per_cell",
     ):
         self.n_bins = n_bins
         self.stratify_by_batch = stratify_by_batch
@@ -195,6 +210,26 @@ class StratumEncoder(BaseEstimator):
         self.burden_bin_method = burden_bin_method
         self.burden_clip_quantiles = burden_clip_quantiles
         self.min_stratum_size = min_stratum_size
+        self.batch_key = batch_key
+        self.burden_key = burden_key
+
+    def required_inputs(self) -> frozenset[str]:
+        """The per-cell inputs :meth:`fit` uses with these settings.
+
+        Returns
+        -------
+        frozenset of str
+            ``"p_hat"`` when there are propensity bins (``n_bins > 1``), ``"batch"`` when strata
+            are nested in batches, ``"burden"`` when ``burden_key`` is set.
+        """
+        needs = set()
+        if self.n_bins != 1:
+            needs.add("p_hat")
+        if self.stratify_by_batch:
+            needs.add("batch")
+        if self.burden_key is not None:
+            needs.add("burden")
+        return frozenset(needs)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, p_hat, batch=None, burden=None) -> StratumEncoder:

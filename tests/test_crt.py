@@ -41,13 +41,13 @@ def test_fit_attributes_and_frame():
     C, batch, burden, Y, rng = _confounded_null(n=800, g=5)
     x = _unit(C, rng)
     test = CRTTest(n_resamples=99, n_resamples_adaptive=0, store_null=True, random_state=0)
-    test.fit(C, x, Y=Y, batch=batch)
+    test.fit(C, x, responses=Y, batch=batch)
     for name in ("statistic_", "effect_", "effect_se_", "pvalues_", "n_resamples_"):
         assert getattr(test, name).shape == (5,)
     assert test.propensity_.shape == (800,)
     assert test.null_distribution_.shape == (99, 5)
     assert test.n_treated_ == int(x.sum())
-    assert np.all((test.pvalues_ > 0) & (test.pvalues_ <= 1))
+    assert np.all((test.pvalue_ > 0) & (test.pvalue_ <= 1))
     frame = test.to_frame(response_names=list("abcde"))
     assert list(frame["response"]) == list("abcde")
     assert (frame["n_resamples"] == 99).all()
@@ -80,9 +80,9 @@ def test_string_api_equals_objects():
         n_resamples_adaptive=0,
         random_state=3,
     )
-    a = by_string.fit(C, x, Y=Y, batch=batch, burden=burden)
-    b = by_objects.fit(C, x, Y=Y, batch=batch, burden=burden)
-    np.testing.assert_array_equal(a.pvalues_, b.pvalues_)
+    a = by_string.fit(C, x, responses=Y, batch=batch, burden=burden)
+    b = by_objects.fit(C, x, responses=Y, batch=batch, burden=burden)
+    np.testing.assert_array_equal(a.pvalue_, b.pvalue_)
     np.testing.assert_array_equal(a.strata_, b.strata_)
     assert a.diagnostics_["n_strata"] == b.diagnostics_["n_strata"]
 
@@ -120,7 +120,7 @@ def test_reproducible_and_seed_sensitive():
 
     def fit(seed):
         test = CRTTest(n_resamples=49, n_resamples_adaptive=0, store_null=True, random_state=seed)
-        return test.fit(C, x, Y=Y).null_distribution_
+        return test.fit(C, x, responses=Y).null_distribution_
 
     np.testing.assert_array_equal(fit(1), fit(1))
     assert not np.array_equal(fit(1), fit(2))
@@ -132,9 +132,9 @@ def test_prefitted_statistic_is_reused():
     stat = OLSStatistic().fit(Y, C)
     a = CRTTest(statistic=stat, n_resamples=49, n_resamples_adaptive=0, random_state=0)
     a.fit(C, x)
-    b = CRTTest(n_resamples=49, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    b = CRTTest(n_resamples=49, n_resamples_adaptive=0, random_state=0).fit(C, x, responses=Y)
     assert a.statistic_estimator_ is stat
-    np.testing.assert_allclose(a.pvalues_, b.pvalues_)
+    np.testing.assert_allclose(a.pvalue_, b.pvalue_)
     sub = CRTTest(statistic=stat, n_resamples=49, n_resamples_adaptive=0, random_state=0)
     sub.fit(C, x, columns=[2, 0])
     np.testing.assert_allclose(sub.statistic_, a.statistic_[[2, 0]])
@@ -143,13 +143,13 @@ def test_prefitted_statistic_is_reused():
 def test_custom_propensity_classifier():
     C, batch, burden, Y, rng = _confounded_null(n=800, g=2)
     x = _unit(C, rng)
-    ours = CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    ours = CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(C, x, responses=Y)
     sk = CRTTest(
         propensity=LogisticRegression(max_iter=1000, tol=1e-10),
         n_resamples=19,
         n_resamples_adaptive=0,
         random_state=0,
-    ).fit(C, x, Y=Y)
+    ).fit(C, x, responses=Y)
     np.testing.assert_allclose(ours.propensity_, sk.propensity_, atol=1e-4)
 
 
@@ -166,7 +166,7 @@ def test_bad_treatment(kwargs, match):
     rng = np.random.default_rng(0)
     C, Y = rng.normal(size=(20, 2)), rng.normal(size=(20, 2))
     with pytest.raises(ValueError, match=match):
-        CRTTest(n_resamples=9).fit(C, kwargs["y"], Y=Y)
+        CRTTest(n_resamples=9).fit(C, kwargs["y"], responses=Y)
 
 
 def test_bad_inputs():
@@ -176,25 +176,25 @@ def test_bad_inputs():
     C_nan = C.copy()
     C_nan[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        CRTTest(n_resamples=9).fit(C_nan, x, Y=Y)
+        CRTTest(n_resamples=9).fit(C_nan, x, responses=Y)
     Y_nan = Y.copy()
     Y_nan[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN|finite"):
-        CRTTest(n_resamples=9).fit(C, x, Y=Y_nan)
+        CRTTest(n_resamples=9).fit(C, x, responses=Y_nan)
     with pytest.raises(ValueError, match="negative"):
-        CRTTest(statistic=NBScoreStatistic(), n_resamples=9).fit(C, x, Y=-np.ones((30, 2)))
+        CRTTest(statistic=NBScoreStatistic(), n_resamples=9).fit(C, x, responses=-np.ones((30, 2)))
     with pytest.raises(ValueError, match="not both"):
-        CRTTest(sampler=PermutationSampler(), resampling_method="perm").fit(C, x, Y=Y)
+        CRTTest(sampler=PermutationSampler(), resampling_method="perm").fit(C, x, responses=Y)
     with pytest.raises(ValueError, match="burden_key"):
         CRTTest(
             resampling_method="stratified_perm",
             resampling_kwargs={"burden_key": "b"},
             n_resamples=9,
-        ).fit(C, x, Y=Y)
+        ).fit(C, x, responses=Y)
     with pytest.raises(ValueError, match="n_resamples"):
-        CRTTest(n_resamples=0).fit(C, x, Y=Y)
+        CRTTest(n_resamples=0).fit(C, x, responses=Y)
     with pytest.raises(ValueError, match="alternative"):
-        CRTTest(alternative="both").fit(C, x, Y=Y)
+        CRTTest(alternative="both").fit(C, x, responses=Y)
 
 
 def _null_pvalues(sampler, statistic, counts, n_units=40, g=50, B=199, seed=0, **extra):
@@ -213,7 +213,7 @@ def _null_pvalues(sampler, statistic, counts, n_units=40, g=50, B=199, seed=0, *
             **extra,
         )
         test.fit(C, x, batch=batch, burden=burden if "encoder" in extra else None)
-        pvals.append(test.pvalues_)
+        pvals.append(test.pvalue_)
     return np.concatenate(pvals)
 
 
@@ -255,11 +255,11 @@ def test_power_under_effect(counts):
         Y[x, :10] -= 0.6
     stat = NBScoreStatistic() if counts else OLSStatistic()
     test = CRTTest(statistic=stat, n_resamples=499, n_resamples_adaptive=0, random_state=0).fit(
-        C, x, Y=Y
+        C, x, responses=Y
     )
-    assert np.all(test.pvalues_[:10] <= 0.01)
+    assert np.all(test.pvalue_[:10] <= 0.01)
     assert np.all(test.effect_[:10] < 0)
-    assert np.mean(test.pvalues_[10:] <= 0.05) <= 0.3
+    assert np.mean(test.pvalue_[10:] <= 0.05) <= 0.3
 
 
 def test_adaptive_second_stage_only_where_small():
@@ -267,10 +267,10 @@ def test_adaptive_second_stage_only_where_small():
     x = _unit(C, rng)
     Y = Y.copy()
     Y[x, :3] += 1.0
-    test = CRTTest(n_resamples=99, n_resamples_adaptive=999, random_state=0).fit(C, x, Y=Y)
+    test = CRTTest(n_resamples=99, n_resamples_adaptive=999, random_state=0).fit(C, x, responses=Y)
     assert np.all(test.n_resamples_[:3] == 999)
-    assert np.all(test.pvalues_[:3] <= 2 / 1000)
-    big = test.pvalues_ > 0.02
+    assert np.all(test.pvalue_[:3] <= 2 / 1000)
+    big = test.pvalue_ > 0.02
     assert np.all(test.n_resamples_[big] == 99)
     assert test.diagnostics_["n_stage2"] == int(np.sum(test.n_resamples_ == 999))
 
@@ -278,11 +278,11 @@ def test_adaptive_second_stage_only_where_small():
 def test_newton_propensity_is_default():
     C, batch, burden, Y, rng = _confounded_null(n=500, g=2)
     x = _unit(C, rng)
-    test = CRTTest(n_resamples=9, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    test = CRTTest(n_resamples=9, n_resamples_adaptive=0, random_state=0).fit(C, x, responses=Y)
     assert isinstance(test.propensity_model_, NewtonLogisticRegression)
     perm = CRTTest(
         sampler=PermutationSampler(), n_resamples=9, n_resamples_adaptive=0, random_state=0
-    ).fit(C, x, Y=Y)
+    ).fit(C, x, responses=Y)
     assert perm.propensity_ is None and perm.strata_ is None
 
 
@@ -317,11 +317,11 @@ def test_eligible_none_or_all_true_is_unchanged(name):
             n_resamples=99, n_resamples_adaptive=199, adaptive_threshold=0.5, random_state=4,
             store_null=True, **config,
         )  # fmt: skip
-        return test.fit(C, x, Y=Y, **kwargs, **extra)
+        return test.fit(C, x, responses=Y, **kwargs, **extra)
 
     base = fit()
     for other in (fit(eligible=None), fit(eligible=np.ones(x.size, dtype=bool))):
-        np.testing.assert_array_equal(other.pvalues_, base.pvalues_)
+        np.testing.assert_array_equal(other.pvalue_, base.pvalue_)
         np.testing.assert_array_equal(other.null_distribution_, base.null_distribution_)
         np.testing.assert_array_equal(other.n_resamples_, base.n_resamples_)
         assert other.diagnostics_["n_eligible"] == x.size
@@ -376,13 +376,13 @@ def test_eligible_errors():
     outside[np.flatnonzero(x)[0]] = False
     test = CRTTest(n_resamples=9, n_resamples_adaptive=0)
     with pytest.raises(ValueError, match="1 treated cell.*not eligible"):
-        test.fit(C, x, Y=Y, eligible=outside)
+        test.fit(C, x, responses=Y, eligible=outside)
     with pytest.raises(ValueError, match="eligible marks no control cell"):
-        test.fit(C, x, Y=Y, eligible=x)
+        test.fit(C, x, responses=Y, eligible=x)
     with pytest.raises(ValueError, match="length mismatch.*eligible"):
-        test.fit(C, x, Y=Y, eligible=eligible[:-1])
+        test.fit(C, x, responses=Y, eligible=eligible[:-1])
     with pytest.raises(ValueError, match="eligible must be"):
-        test.fit(C, x, Y=Y, eligible=np.where(eligible, 2, 0))
+        test.fit(C, x, responses=Y, eligible=np.where(eligible, 2, 0))
 
 
 def _low_moi_screen(rng, n=3000, g=40, counts=False):
@@ -412,8 +412,8 @@ def test_eligible_ntc_controls_calibrate_low_moi(counts):
             statistic=stat, resampling_method="perm", n_resamples=199, n_resamples_adaptive=0,
             random_state=rep,
         )  # fmt: skip
-        p_nt.append(test.fit(C, x, eligible=x | ntc).pvalues_)
-        p_all.append(test.fit(C, x).pvalues_)
+        p_nt.append(test.fit(C, x, eligible=x | ntc).pvalue_)
+        p_all.append(test.fit(C, x).pvalue_)
     p_nt, p_all = np.concatenate(p_nt), np.concatenate(p_all)
     assert p_nt.size == 600
     se = np.sqrt(0.05 * 0.95 / p_nt.size)

@@ -13,7 +13,7 @@ def _per_guide():
             "unit": ["a1", "a2", "a3", "a1", "a2", "a3", "b1", "b2", "c1"],
             "grna_target": ["A", "A", "A", "A", "A", "A", "B", "B", "C"],
             "response": ["X", "X", "X", "Y", "Y", "Y", "X", "X", "X"],
-            "p_value": [0.04, 0.01, 0.5, 0.3, 0.6, np.nan, 0.7, 0.9, np.nan],
+            "pvalue": [0.04, 0.01, 0.5, 0.3, 0.6, np.nan, 0.7, 0.9, np.nan],
             "effect": [-0.5, -1.5, 0.1, 0.2, 0.3, np.nan, 0.05, 0.0, np.nan],
             "n_treated": [30, 25, 40, 30, 25, 40, 20, 22, 3],
             "pass_qc": [True, True, True, True, True, False, True, True, False],
@@ -31,16 +31,16 @@ def test_bonferroni_min_p_times_tested_guides():
         ("C", "X"),
     ]
     o = out.set_index(["grna_target", "response"])
-    assert o.loc[("A", "X"), "p_value"] == pytest.approx(0.03)  # 3 x 0.01
+    assert o.loc[("A", "X"), "pvalue"] == pytest.approx(0.03)  # 3 x 0.01
     assert o.loc[("A", "X"), "best_guide"] == "a2" and o.loc[("A", "X"), "effect"] == -1.5
     assert o.loc[("A", "X"), "n_treated"] == 25 and o.loc[("A", "X"), "n_guides_tested"] == 3
     # the untested a3 does not count: 2 x 0.3
-    assert o.loc[("A", "Y"), "p_value"] == pytest.approx(0.6)
+    assert o.loc[("A", "Y"), "pvalue"] == pytest.approx(0.6)
     assert o.loc[("A", "Y"), "n_guides"] == 3 and o.loc[("A", "Y"), "n_guides_tested"] == 2
     assert o.loc[("A", "Y"), "guides_tested"] == "a1;a2"
-    assert o.loc[("B", "X"), "p_value"] == 1.0  # 2 x 0.7 capped
+    assert o.loc[("B", "X"), "pvalue"] == 1.0  # 2 x 0.7 capped
     c = o.loc[("C", "X")]
-    assert not c["pass_qc"] and np.isnan(c["p_value"]) and c["best_guide"] is None
+    assert not c["pass_qc"] and np.isnan(c["pvalue"]) and c["best_guide"] is None
     assert "no guide tested" in c["qc_reason"] and "no treated cells" in c["qc_reason"]
     assert np.isnan(c["effect"])
     assert out["pass_qc"].tolist() == [True, True, True, False]
@@ -55,7 +55,7 @@ def test_bonferroni_matches_brute_force_on_random_tables():
             "unit": [f"g{i % 7}" for i in range(n)],
             "grna_target": [f"T{(i % 7) // 3}" for i in range(n)],
             "response": [f"R{i // 7}" for i in range(n)],
-            "p_value": rng.random(n),
+            "pvalue": rng.random(n),
             "pass_qc": rng.random(n) > 0.2,
         }
     )
@@ -65,9 +65,9 @@ def test_bonferroni_matches_brute_force_on_random_tables():
         if tested.empty:
             assert not out.loc[(t, r), "pass_qc"]
             continue
-        expected = min(1.0, tested["p_value"].min() * len(tested))
-        assert out.loc[(t, r), "p_value"] == pytest.approx(expected)
-        assert out.loc[(t, r), "best_guide"] == tested.loc[tested["p_value"].idxmin(), "unit"]
+        expected = min(1.0, tested["pvalue"].min() * len(tested))
+        assert out.loc[(t, r), "pvalue"] == pytest.approx(expected)
+        assert out.loc[(t, r), "best_guide"] == tested.loc[tested["pvalue"].idxmin(), "unit"]
 
 
 def test_without_pass_column_every_finite_p_counts_and_ties_take_the_first():
@@ -76,21 +76,21 @@ def test_without_pass_column_every_finite_p_counts_and_ties_take_the_first():
             "unit": ["g1", "g2"],
             "grna_target": ["A", "A"],
             "response": ["X", "X"],
-            "p_value": [0.1, 0.1],
+            "pvalue": [0.1, 0.1],
         }
     )
     out = combine_guides_bonferroni(frame)
-    assert out["p_value"].tolist() == [pytest.approx(0.2)] and out["best_guide"].tolist() == ["g1"]
+    assert out["pvalue"].tolist() == [pytest.approx(0.2)] and out["best_guide"].tolist() == ["g1"]
 
 
 @pytest.mark.parametrize(
     ("frame", "match"),
     [
-        (pd.DataFrame({"unit": ["g"], "grna_target": ["A"], "p_value": [0.1]}), r"\['response'\]"),
-        (pd.DataFrame(columns=["unit", "grna_target", "response", "p_value"]), "is empty"),
+        (pd.DataFrame({"unit": ["g"], "grna_target": ["A"], "pvalue": [0.1]}), r"\['response'\]"),
+        (pd.DataFrame(columns=["unit", "grna_target", "response", "pvalue"]), "is empty"),
         (
             pd.DataFrame(
-                {"unit": ["g"], "grna_target": ["A"], "response": ["X"], "p_value": [1.5]}
+                {"unit": ["g"], "grna_target": ["A"], "response": ["X"], "pvalue": [1.5]}
             ),
             "outside",
         ),

@@ -71,6 +71,8 @@ def test_kwargs_map_onto_the_encoder():
         burden_bin_method="uniform",
         burden_clip_quantiles=(0.01, 0.99),
         min_stratum_size=3,
+        batch_key=None,
+        burden_key="log1p_grna_n_nonzero_assign",
     )
     assert cfg.burden_key == "log1p_grna_n_nonzero_assign" and cfg.batch_key is None
     assert cfg.stratify_by_batch is False

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sklcrt import runners
+from sklcrt import execution, runners
 from sklcrt.crt import CRTTest
 from sklcrt.datasets import simulate_screen
 from sklcrt.inputs import prepare_crt_inputs
@@ -56,8 +56,8 @@ def test_every_requested_pair_gets_a_row(adata, inputs):
     got = set(zip(res["grna_target"], res["response"], strict=True))
     assert got == set(zip(pairs["grna_target"], pairs["response_id"], strict=True))
     tested = res["pass_qc"]
-    assert res.loc[tested, "p_value"].between(0, 1).all()
-    assert res.loc[~tested, "p_value"].isna().all()
+    assert res.loc[tested, "pvalue"].between(0, 1).all()
+    assert res.loc[~tested, "pvalue"].isna().all()
     assert (res.loc[~tested, "qc_reason"] != "").all()
     for col in (
         "unit",
@@ -66,7 +66,7 @@ def test_every_requested_pair_gets_a_row(adata, inputs):
         "statistic",
         "effect",
         "effect_se",
-        "p_value",
+        "pvalue",
         "pvalue_method",
         "n_resamples",
         "n_strata",
@@ -94,7 +94,7 @@ def test_reproducible_across_n_jobs_and_order(adata, inputs):
         a.drop(columns=["p_adj", "significant"]), b.drop(columns=["p_adj", "significant"])
     )
     c = run_gene_loop(inputs, pairs=pairs, n_jobs=1, random_state=8, **STRAT)
-    assert not np.array_equal(a["p_value"].to_numpy(), c.sort_values(key)["p_value"].to_numpy())
+    assert not np.array_equal(a["pvalue"].to_numpy(), c.sort_values(key)["pvalue"].to_numpy())
 
 
 @pytest.mark.slow
@@ -124,7 +124,7 @@ def test_checkpoint_resume_after_interruption(inputs, tmp_path, monkeypatch):
     full = run_gene_loop(inputs, targets=targets, random_state=5, **STRAT)
 
     calls = {"n": 0}
-    original = runners._test_unit
+    original = execution._test_unit
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -133,20 +133,20 @@ def test_checkpoint_resume_after_interruption(inputs, tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     ckpt = tmp_path / "ckpt"
-    monkeypatch.setattr(runners, "_test_unit", flaky)
+    monkeypatch.setattr(execution, "_test_unit", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_gene_loop(inputs, targets=targets, random_state=5, checkpoint_dir=str(ckpt), **STRAT)
     written = [f for f in os.listdir(ckpt) if f.startswith("unit_")]
     assert len(written) == 2
 
-    monkeypatch.setattr(runners, "_test_unit", original)
+    monkeypatch.setattr(execution, "_test_unit", original)
     seen = {"n": 0}
 
     def counting(*args, **kwargs):
         seen["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runners, "_test_unit", counting)
+    monkeypatch.setattr(execution, "_test_unit", counting)
     resumed = run_gene_loop(
         inputs, targets=targets, random_state=5, checkpoint_dir=str(ckpt), **STRAT
     )
@@ -170,7 +170,7 @@ def test_burden_key_errors(inputs):
 
 def test_burden_read_raw_not_encoded(inputs, monkeypatch):
     seen = {}
-    original = runners._test_unit
+    original = execution._test_unit
 
     def spy(template, inputs_, statistic, unit, target, guides, columns, batch, burden, *rest):
         seen["burden"] = burden
@@ -179,7 +179,7 @@ def test_burden_read_raw_not_encoded(inputs, monkeypatch):
             template, inputs_, statistic, unit, target, guides, columns, batch, burden, *rest
         )
 
-    monkeypatch.setattr(runners, "_test_unit", spy)
+    monkeypatch.setattr(execution, "_test_unit", spy)
     run_unit(inputs, list(inputs["units"])[0], **STRAT)
     raw = inputs["covar_df_raw"]["log1p_non_ntc_guides_per_cell"].to_numpy(dtype=float)
     np.testing.assert_array_equal(seen["burden"], raw)
@@ -215,10 +215,10 @@ def test_calibration_summary_adjusts_within_ensemble_groupings():
     # Grouping 0 has one small p-value among 4 (BH: 0.001 * 4 <= 0.1); pooled with grouping 1's
     # 100 large p-values it is no discovery (0.001 * 104 > 0.1).
     p = np.r_[0.001, 0.5, 0.6, 0.7, np.full(100, 0.9)]
-    res = pd.DataFrame({"p_value": p, "effect": 0.0, "ensemble": np.r_[[0] * 4, [1] * 100]})
+    res = pd.DataFrame({"pvalue": p, "effect": 0.0, "ensemble": np.r_[[0] * 4, [1] * 100]})
     assert calibration_summary(res)["n_bh_discoveries"] == 1
     assert calibration_summary(res.drop(columns="ensemble"))["n_bh_discoveries"] == 0
-    res.loc[1, "p_value"] = np.nan  # untested pairs are left out within their grouping too
+    res.loc[1, "pvalue"] = np.nan  # untested pairs are left out within their grouping too
     assert calibration_summary(res)["n_bh_discoveries"] == 1
     assert calibration_summary(res)["n_pairs"] == 103
 
@@ -286,7 +286,7 @@ def test_nt_cells_reproducible_across_n_jobs(low_moi_inputs):
     assert tested.sum() > 10
     # same null model and observed statistic, another reference distribution
     np.testing.assert_array_equal(a.loc[tested, "statistic"], complement.loc[tested, "statistic"])
-    assert not np.array_equal(a.loc[tested, "p_value"], complement.loc[tested, "p_value"])
+    assert not np.array_equal(a.loc[tested, "pvalue"], complement.loc[tested, "pvalue"])
 
 
 def test_nt_cells_controls_are_ntc_only_cells(low_moi_inputs, monkeypatch):

@@ -23,8 +23,8 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import ThreadpoolController
 
+from sklcrt._threads import single_threaded_blas
 from sklcrt._validation import check_binary_treatment, check_has_both_arms, check_same_length
 
 __all__ = ["BaseStatistic"]
@@ -46,20 +46,6 @@ _FULL_FRACTION = 0.5
 _CACHED_PIECES_BYTES = 1 * 2**20
 
 
-_BLAS_CONTROLLER = None
-
-
-def _single_threaded_blas():
-    """Context limiting BLAS to one thread.
-
-    The products on the hot path are thin (cells x rank @ rank x block); threaded BLAS gains
-    nothing on them and, when units already run in parallel, oversubscription makes them many
-    times slower.
-    """
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 class _Chunk:
@@ -341,7 +327,7 @@ class BaseStatistic(BaseEstimator):
         out = np.empty((R.shape[0], cols.size))
         if cols.size == 0 or R.shape[0] == 0:
             return out
-        with _single_threaded_blas():
+        with single_threaded_blas():
             return self._evaluate(R, cols, out)
 
     def _evaluate(self, R, cols, out):
@@ -420,7 +406,7 @@ class BaseStatistic(BaseEstimator):
         check_has_both_arms(x, "x")
         cols = self._check_columns(columns)
         statistic = self.evaluate(sp.csr_matrix(x.astype(np.float64)[None, :]), cols)[0]
-        with _single_threaded_blas():
+        with single_threaded_blas():
             effect, effect_se = self._effects(x, cols)
         return {
             "statistic": statistic,

@@ -10,7 +10,8 @@ from joblib import Parallel, delayed
 from scipy.special import gammaln, polygamma, psi
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from sklcrt.statistics._base import BaseStatistic, _dense_block, _single_threaded_blas
+from sklcrt._threads import single_threaded_blas
+from sklcrt.statistics._base import BaseStatistic, _dense_block
 
 __all__ = ["NBScoreStatistic"]
 
@@ -588,7 +589,7 @@ class NBScoreStatistic(BaseStatistic):
         # same fit (numpy releases the GIL in these passes over whole blocks). Threads, whatever
         # joblib backend is configured for the units: the blocks share Y and the design.
         blocks = (fitted[start : start + k] for start in range(0, fitted.size, k))
-        with _single_threaded_blas():
+        with single_threaded_blas():
             fits = Parallel(n_jobs=self.n_jobs, backend="threading")(
                 delayed(fit_block)(block) for block in blocks
             )

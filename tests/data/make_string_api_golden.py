@@ -109,8 +109,8 @@ def estimator_rows(adata) -> pd.DataFrame:
             adaptive_threshold=0.2,
             random_state=7,
             **options,
-        ).fit(inputs["C"], x, Y=inputs["Y"], batch=covar["batch"].to_numpy(), burden=burden)
-        frame = test.to_frame(inputs["response_names"]).rename(columns={})
+        ).fit(inputs["C"], x, responses=inputs["Y"], batch=covar["batch"].to_numpy(), burden=burden)
+        frame = test.to_frame(inputs["response_names"])
         frame.insert(0, "unit", "first_target")
         frame.insert(0, "case", name)
         frames.append(frame)
@@ -149,7 +149,8 @@ def golden_frame() -> pd.DataFrame:
         n_cells=2500, n_genes=24, n_programs=6, n_targets=5, n_ntc_guides=8, random_state=11
     )
     out = pd.concat([estimator_rows(adata), runner_rows(adata)], ignore_index=True)
-    return out[COLUMNS]
+    # The tables spell the p-value "pvalue" since the redesign; the stored table kept "p_value".
+    return out.rename(columns={"pvalue": "p_value"})[COLUMNS]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""The allowed values of sklcrt's string options, in one place.
+
+Every layer (the estimator, the runners, the command line and its ``--help``) reads its choices
+from here. The module imports nothing, so the command line can show them without loading numpy.
+"""
+
+#: ``alternative`` of the tests and p-values (SciPy's words).
+ALTERNATIVES = ("two-sided", "less", "greater")
+
+#: ``pvalue_method`` of :class:`~sklcrt.crt.CRTTest` and the runners.
+PVALUE_METHODS = ("empirical", "skew_normal")
+
+#: ``resampling_method`` of the string API and the sampler class behind each (module:class);
+#: giving a new sampler a string name is one line here.
+SAMPLERS = {
+    "bernoulli_index": "sklcrt.samplers:BernoulliSampler",
+    "stratified_perm": "sklcrt.samplers:StratifiedPermutationSampler",
+    "perm": "sklcrt.samplers:PermutationSampler",
+}
+RESAMPLING_METHODS = tuple(SAMPLERS)
+RESAMPLING_ALIASES = {"crt": "bernoulli_index"}
+
+#: ``control_group`` of the runners, in SCEPTRE's words.
+CONTROL_GROUPS = ("complement", "nt_cells")
+
+#: ``response`` of :func:`~sklcrt.inputs.prepare_crt_inputs`.
+RESPONSE_KINDS = ("counts", "programs")
+
+#: Targets that mark non-targeting guides by default (compared case-insensitively).
+DEFAULT_NTC_LABELS = ("non-targeting", "non_targeting", "nontargeting", "NTC")

@@ -1,0 +1,320 @@
+"""Running units: QC and the test of each unit, in parallel chunks, with checkpoints.
+
+The runners (:mod:`sklcrt.runners`) turn an analysis into jobs ``(unit, target, guides,
+columns)``; :func:`run_units` tests them with one configured :class:`~sklcrt.crt.CRTTest` and one
+fitted null model, each unit's random stream keyed by its name, and returns one row per pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from joblib import Parallel, delayed, effective_n_jobs
+from sklearn.base import clone
+
+from sklcrt._random import seed_sequence
+from sklcrt._threads import single_threaded_blas
+from sklcrt.crt import CRTTest
+from sklcrt.inputs import unit_treatment
+from sklcrt.strata import factorize_batch
+
+__all__ = ["RESULT_COLUMNS", "run_units"]
+
+RESULT_COLUMNS = [
+    "unit",
+    "grna_target",
+    "response",
+    "n_treated",
+    "n_nonzero_treated",
+    "n_nonzero_control",
+    "statistic",
+    "effect",
+    "effect_se",
+    "pvalue",
+    "pvalue_method",
+    "n_resamples",
+    "n_strata",
+    "pass_qc",
+    "qc_reason",
+]
+
+
+# ---------------------------------------------------------------------- one unit
+def _qc_counts(
+    Y, x: np.ndarray, columns: np.ndarray, eligible: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nonzero-expression cells among treated and control cells for each selected response.
+
+    Control cells are the eligible untreated cells (all untreated cells when ``eligible`` is
+    None)."""
+    if sp.issparse(Y):
+        sub = Y[:, columns].tocsc() if not sp.isspmatrix_csc(Y) else Y[:, columns]
+        nz = sub.copy()
+        nz.data = (nz.data != 0).astype(np.int64)
+        if eligible is None:
+            total = np.asarray(nz.sum(axis=0)).ravel()
+        else:
+            total = np.asarray(nz[np.flatnonzero(eligible)].sum(axis=0)).ravel()
+        treated = np.asarray(nz[np.flatnonzero(x)].sum(axis=0)).ravel()
+    else:
+        sub = np.asarray(Y)[:, columns] != 0
+        total = sub.sum(axis=0) if eligible is None else sub[eligible].sum(axis=0)
+        treated = sub[x].sum(axis=0)
+    return treated.astype(np.int64), (total - treated).astype(np.int64)
+
+
+def _test_unit(
+    template: CRTTest,
+    inputs: dict,
+    statistic,
+    unit: str,
+    target: str,
+    guides: Sequence[str],
+    columns: np.ndarray,
+    batch,
+    burden,
+    random_state,
+    min_nonzero: int,
+) -> pd.DataFrame:
+    """Rows for one unit: QC, then the CRT on the pairs that pass."""
+    names = np.asarray(inputs["response_names"], dtype=object)
+    x = unit_treatment(inputs, guides)
+    n_treated = int(x.sum())
+    controls = inputs.get("control_cells")
+    # The cells a resample may treat: the unit's cells and the control group (None: all cells).
+    eligible = None if controls is None else x | controls
+    n_control = x.size - n_treated if eligible is None else int(eligible.sum()) - n_treated
+    rows = pd.DataFrame({"unit": unit, "grna_target": target, "response": names[columns]})
+    rows["n_treated"] = n_treated
+    for col in ("statistic", "effect", "effect_se", "pvalue"):
+        rows[col] = np.nan
+    # "" (not None) for untested pairs, so the table saves to h5ad.
+    rows["pvalue_method"] = ""
+    rows["n_resamples"] = 0
+    rows["n_strata"] = 0
+    rows["n_nonzero_treated"] = -1
+    rows["n_nonzero_control"] = -1
+    pass_qc = np.ones(len(columns), dtype=bool)
+    reason = np.full(len(columns), "", dtype=object)
+
+    if n_treated == 0 or n_control == 0:
+        pass_qc[:] = False
+        if n_treated == 0:
+            reason[:] = "no treated cells"
+        elif controls is None:
+            reason[:] = "no control cells"
+        else:
+            reason[:] = "no control cells (every cell of the control group is treated)"
+    elif inputs["response_kind"] == "counts" and min_nonzero > 0:
+        nz_t, nz_c = _qc_counts(inputs["Y"], x, columns, eligible)
+        rows["n_nonzero_treated"] = nz_t
+        rows["n_nonzero_control"] = nz_c
+        low_t, low_c = nz_t < min_nonzero, nz_c < min_nonzero
+        pass_qc &= ~(low_t | low_c)
+        reason[low_t] = f"fewer than {min_nonzero} treated cells with nonzero expression"
+        reason[low_c & ~low_t] = f"fewer than {min_nonzero} control cells with nonzero expression"
+
+    if pass_qc.any():
+        test = clone(template).set_params(statistic=statistic, random_state=random_state)
+        test.fit(
+            inputs["C"],
+            x,
+            responses=None,
+            batch=batch,
+            burden=burden,
+            columns=columns[pass_qc],
+            eligible=eligible,
+        )
+        ok = np.flatnonzero(pass_qc)
+        rows.loc[ok, "statistic"] = test.statistic_
+        rows.loc[ok, "effect"] = test.effect_
+        rows.loc[ok, "effect_se"] = test.effect_se_
+        rows.loc[ok, "pvalue"] = test.pvalue_
+        rows.loc[ok, "pvalue_method"] = test.pvalue_method_
+        rows.loc[ok, "n_resamples"] = test.n_resamples_
+        rows["n_strata"] = int(test.diagnostics_.get("n_strata", 1))
+    rows["pass_qc"] = pass_qc
+    rows["qc_reason"] = reason
+    return rows[RESULT_COLUMNS]
+
+
+# ---------------------------------------------------------------------- many units
+def _config_fingerprint(template: CRTTest, extra: dict) -> str:
+    params = {
+        k: repr(v) for k, v in sorted(template.get_params(deep=False).items()) if k != "statistic"
+    }
+    params.update({k: repr(v) for k, v in sorted(extra.items())})
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _unit_file(checkpoint_dir: str, unit: str) -> str:
+    digest = hashlib.sha256(unit.encode()).hexdigest()[:20]
+    return os.path.join(checkpoint_dir, f"unit_{digest}.pkl")
+
+
+# Inputs a unit's test reads (the rest of the inputs dict stays in the parent process).
+_UNIT_INPUT_KEYS = ("response_names", "response_kind", "C", "guides", "guide_names")
+# Most units per task when units run in parallel (see _run_units).
+_MAX_CHUNK = 32
+
+
+def _unit_inputs(inputs: dict, control_cells: np.ndarray | None = None) -> dict:
+    """The part of ``inputs`` that :func:`_test_unit` reads, with the guides in CSC form, and the
+    control group's cells (``None``: every other cell, see :func:`_control_cells`)."""
+    shared = {k: inputs[k] for k in _UNIT_INPUT_KEYS}
+    shared["control_cells"] = control_cells
+    if inputs["response_kind"] == "counts":  # read by the pairwise QC, a few columns per unit
+        Y = inputs["Y"]
+        shared["Y"] = sp.csc_matrix(Y) if sp.issparse(Y) else Y
+    if sp.issparse(shared["guides"]):
+        shared["guides"] = sp.csc_matrix(shared["guides"])  # a unit reads a few columns
+    return shared
+
+
+def _chunk_size(n_units: int, n_jobs) -> int:
+    """Units per task: one at a time in this process, else about 4 tasks per worker (<= 32)."""
+    workers = effective_n_jobs(n_jobs)
+    if workers == 1 or n_units == 0:
+        return 1
+    return max(1, min(_MAX_CHUNK, -(-n_units // (4 * workers))))
+
+
+def _work_chunk(
+    chunk,
+    *,
+    template,
+    inputs,
+    statistic,
+    batch,
+    burden,
+    random_state,
+    min_nonzero,
+    checkpoint_dir,
+):
+    """Test the units of one task; returns ``[(unit, frame), ...]``."""
+    out = []
+    # The products of a unit's test are thin (cells x a few columns): threaded BLAS gains
+    # nothing there and oversubscribes the cores when units run in parallel.
+    with single_threaded_blas():
+        for unit, target, guides, columns in chunk:
+            frame = _test_unit(
+                template,
+                inputs,
+                statistic,
+                unit,
+                target,
+                guides,
+                columns,
+                batch,
+                burden,
+                seed_sequence(random_state, unit),
+                min_nonzero,
+            )
+            if checkpoint_dir is not None:
+                tmp = _unit_file(checkpoint_dir, unit) + ".tmp"
+                frame.to_pickle(tmp)
+                os.replace(tmp, _unit_file(checkpoint_dir, unit))
+            out.append((unit, frame))
+    return out
+
+
+def run_units(
+    inputs: dict,
+    jobs: list[tuple[str, str, list[str], np.ndarray]],
+    *,
+    statistic,
+    template: CRTTest,
+    batch: np.ndarray | None,
+    burden: np.ndarray | None,
+    random_state,
+    n_jobs: int,
+    progress: bool,
+    checkpoint_dir: str | None,
+    min_nonzero: int,
+    desc: str,
+    fingerprint_extra: dict,
+    control_cells: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Test every (unit, target, guides, columns) job; results in job order, seed per unit name.
+
+    ``control_cells`` (from :func:`_control_cells`, computed once per run) is the control group
+    each unit is compared with besides its own cells; ``None`` compares with all other cells."""
+    if random_state is None:
+        raise ValueError(
+            "random_state=None would make a screen irreproducible; pass an integer seed."
+        )
+    done: dict[str, pd.DataFrame] = {}
+    if checkpoint_dir is not None:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        stamp = os.path.join(checkpoint_dir, "config.json")
+        fingerprint = _config_fingerprint(
+            template,
+            {**fingerprint_extra, "random_state": random_state, "min_nonzero": min_nonzero},
+        )
+        if os.path.exists(stamp):
+            with open(stamp) as fh:
+                if json.load(fh)["fingerprint"] != fingerprint:
+                    raise ValueError(
+                        f"checkpoint_dir {checkpoint_dir!r} holds units from a run with other "
+                        "arguments; use a new directory or the same arguments to resume."
+                    )
+        else:
+            with open(stamp, "w") as fh:
+                json.dump({"fingerprint": fingerprint}, fh)
+        for unit, *_ in jobs:
+            path = _unit_file(checkpoint_dir, unit)
+            if os.path.exists(path):
+                done[unit] = pd.read_pickle(path)
+
+    todo = [job for job in jobs if job[0] not in done]
+    if batch is not None:
+        # Integer codes in the order of the sorted labels: the strata are the same, and each
+        # unit factorizes small integers instead of (e.g.) 200,000 strings.
+        try:
+            batch = factorize_batch(batch, "batch")[0]
+        except ValueError:
+            pass  # e.g. missing labels: left to the encoder, which says so if it uses them
+    shared = _unit_inputs(inputs, control_cells)
+    options = dict(
+        template=template,
+        inputs=shared,
+        statistic=statistic,
+        batch=batch,
+        burden=burden,
+        random_state=random_state,
+        min_nonzero=min_nonzero,
+        checkpoint_dir=checkpoint_dir,
+    )
+    # Units go to the workers in chunks: every task ships the shared inputs and the fitted null
+    # model (joblib hashes and memory-maps the large arrays once per task), which costs about as
+    # much as testing a few units; chunks spread that over many units.
+    size = _chunk_size(len(todo), n_jobs)
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_work_chunk)(chunk, **options) for chunk in chunks
+    )
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=desc)
+        try:
+            for pairs in results:
+                for unit, frame in pairs:
+                    done[unit] = frame
+                bar.update(len(pairs))
+        finally:
+            bar.close()
+    else:
+        for pairs in results:
+            for unit, frame in pairs:
+                done[unit] = frame
+    frames = [done[unit] for unit, *_ in jobs]
+    if not frames:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
