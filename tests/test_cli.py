@@ -116,7 +116,7 @@ def test_demo_writes_tables_plot_and_summary(tmp_path, capsys, small_demo):
     assert (calib["grna_target"] == "non-targeting").all()
     assert len(calib) == summary["calibration"]["stratified_perm + burden bins"]["n_requested"]
     discovery = pd.read_csv(out / "discovery.csv")
-    assert {"p_value", "p_adj", "significant", "effect"} <= set(discovery.columns)
+    assert {"pvalue", "p_adj", "significant", "effect"} <= set(discovery.columns)
     # the printed table, and nothing else with --quiet
     assert "frac p<0.01" in stdout and "stratified_perm + burden bins" in stdout
     assert "[sklcrt]" not in stdout
@@ -272,7 +272,7 @@ def test_control_group_nt_cells(tmp_path, capsys):
     assert tested.sum() > 5
     # same statistic (all-cells null model), other controls: other p-values and QC counts
     pd.testing.assert_series_equal(a.loc[tested, "statistic"], b.loc[tested, "statistic"])
-    assert not a.loc[tested, "p_value"].equals(b.loc[tested, "p_value"])
+    assert not a.loc[tested, "pvalue"].equals(b.loc[tested, "pvalue"])
     assert (b["n_nonzero_control"] <= a["n_nonzero_control"]).all()
 
 

@@ -98,7 +98,7 @@ def test_ntc_groups_are_calibrated(gasperini):
         **RESAMPLING,
     )
     assert len(res) == (len(inputs["ntc_guides"]) // 2) * len(inputs["response_names"])
-    assert res.loc[res["pass_qc"], "p_value"].notna().all()
+    assert res.loc[res["pass_qc"], "pvalue"].notna().all()
     assert (res["n_strata"] > 40).all()  # batch x propensity x burden bins
 
     summary = calibration_summary(res)
@@ -125,8 +125,8 @@ def test_positive_controls_are_found(gasperini):
         **RESAMPLING,
     )
     assert len(res) == 10
-    found = (res["p_value"] < 1e-3) & (res["effect"] < 0)
-    assert found.sum() >= 8, res[["unit", "n_treated", "effect", "p_value", "n_resamples"]]
+    found = (res["pvalue"] < 1e-3) & (res["effect"] < 0)
+    assert found.sum() >= 8, res[["unit", "n_treated", "effect", "pvalue", "n_resamples"]]
 
 
 # ---------------------------------------------------------------------- Papalexi 2021, low MOI
