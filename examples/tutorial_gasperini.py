@@ -3,7 +3,8 @@
 Guide assignment (UMI threshold 5) -> calibration check on non-targeting pairs -> power check on
 the positive controls -> discovery analysis, then an :class:`sklcrt.report.AnalysisReport` and its
 output folder. Writes ``assignment.png``, ``calibration.png``, ``power.png`` and ``volcano.png`` to
-``--out`` (default ``docs/_static/tutorial``) and the whole output folder to ``--out/report``.
+``--out`` (default ``docs/_static/tutorial``), the printed summary to ``summary.txt`` and, with
+``--report DIR``, the whole output folder.
 Reads ``../shared/data/gasperini2019_highmoi.h5ad``. Run ``python examples/tutorial_gasperini.py``.
 
 TODO(lead): add the cellwise QC step (``sklcrt.qc.cellwise_qc`` and ``plotting.qc_figure``) and
@@ -13,6 +14,7 @@ the pairs step (``sklcrt.pairs``) when they land, and the pass-through of ``key_
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import matplotlib
 
@@ -37,6 +39,8 @@ from sklcrt.runners import (  # noqa: E402
 def main(argv=None):
     parser = base_parser(__doc__.splitlines()[0])
     parser.set_defaults(out=ROOT / "docs" / "_static" / "tutorial")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="also write the whole output folder (tables, figures, summary.json)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
@@ -83,7 +87,8 @@ def main(argv=None):
                 "bernoulli_index", **{k: v for k, v in run.items() if k != "statistic"}},
     )  # fmt: skip
     print(report)
-    report.write(args.out / "report", figures=False)
+    if args.report is not None:
+        report.write(args.report)
     (args.out / "summary.txt").write_text(report.summary() + "\n")
     print(f"total: {time.perf_counter() - tic:.1f} s")
 

@@ -642,6 +642,41 @@ def _repel_labels(ax, annotations, fixed=(), pad_points: float = 1.5) -> None:
         placed.append(best)
 
 
+def _stack_labels(ax, annotations, pad_points: float = 1.5) -> None:
+    """Place labels of one column in the order of their points, top to bottom, never overlapping.
+
+    ``annotations`` come sorted by their points' height (highest first). A first pass moves each
+    label down just below the one above when they would overlap; a second pass, from the bottom,
+    moves labels that fell below the axes back up. The order of the labels is the order of the
+    points, so their connectors never cross.
+    """
+    if not annotations:
+        return
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    renderer = _renderer(fig)
+    to_points = 72.0 / fig.dpi
+    pad = pad_points / to_points
+    ax.get_xlim(), ax.get_ylim()
+    boxes = []
+    for ann in annotations:
+        ann.update_positions(renderer)
+        boxes.append(list(Text.get_window_extent(ann, renderer).extents))
+    y0s = [b[1] for b in boxes]
+    heights = [b[3] - b[1] for b in boxes]
+    for k in range(1, len(boxes)):  # down: below the label above
+        y0s[k] = min(y0s[k], y0s[k - 1] - pad - heights[k])
+    bottom = ax.get_window_extent(renderer).y0
+    if y0s[-1] < bottom:
+        y0s[-1] = bottom
+        for k in range(len(boxes) - 2, -1, -1):  # up: above the label below
+            y0s[k] = max(y0s[k], y0s[k + 1] + heights[k + 1] + pad)
+    for ann, box, y0 in zip(annotations, boxes, y0s, strict=True):
+        dx, dy = ann.xyann
+        ann.xyann = (dx, dy + (y0 - box[1]) * to_points)
+
+
 def volcano_plot(
     results: pd.DataFrame,
     ax=None,
@@ -1246,14 +1281,19 @@ def power_plot(
         rows = np.flatnonzero(tested)
         order = np.argsort(p_pos[rows], kind="stable")
         annotations = []
+        # every label starts in one column right of the points, so the connectors never cross
+        to_points = 72.0 / ax.figure.dpi
+        ax.get_xlim(), ax.get_ylim()  # apply any pending autoscaling first
+        x_text = ax.transData.transform((xpos + jitter * 0.6, 0.0))[0] + 8 / to_points
         for j in order:
             i = rows[j]
             text = ":".join(str(positive[c].iloc[i]) for c in cols) or str(positive.index[i])
+            dx = (x_text - ax.transData.transform((x_pos[j], y_pos[j]))[0]) * to_points
             annotations.append(
                 ax.annotate(
                     text,
                     (x_pos[j], y_pos[j]),
-                    xytext=(8, 0),
+                    xytext=(dx, 0),
                     textcoords="offset points",
                     va="center",
                     fontsize="x-small",
@@ -1267,7 +1307,7 @@ def power_plot(
                     },
                 )
             )
-        _repel_labels(ax, annotations)
+        _stack_labels(ax, annotations)
     ax.legend(frameon=False, loc="upper left", fontsize="small")
     return ax
 
@@ -1421,8 +1461,8 @@ def guide_umi_plot(
     if assigned is not None:
         is_assigned = np.asarray(assigned[:, j].toarray()).ravel()[rows]
     ax = _get_ax(ax)
-    title = names[j] if targets is None else f"{names[j]} ({targets[j]})"
-    ax.set_title(title, fontsize="medium")
+    title = names[j] if targets is None else f"{names[j]}\n({targets[j]})"
+    ax.set_title(title, fontsize="small")
     ax.set_xlabel("gRNA UMIs per cell")
     ax.set_ylabel("cells")
     if values.size == 0:

@@ -531,7 +531,7 @@ def test_assignment_figure_from_anndata(screen):
     names = list(adata.uns["grna_ids"])
     per_guide = np.asarray(adata.obsm["guide_assignment"].sum(axis=0)).ravel()
     top = names[int(np.argmax(per_guide))]
-    assert umi_axes[0].get_title() == f"{top} ({adata.uns['guide2gene'][top]})"
+    assert umi_axes[0].get_title() == f"{top}\n({adata.uns['guide2gene'][top]})"
     per_cell_ax, per_guide_ax = fig.axes[3:]
     assert sum(p.get_height() for p in per_cell_ax.patches) == adata.n_obs
     assert per_cell_ax.get_xlabel() == "gRNAs per cell"
