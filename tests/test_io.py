@@ -211,7 +211,7 @@ def _results_with_failed_qc():
             "response": ["G1", "G2", "G1"],
             "n_treated": [30, 30, 2],
             "effect": [-1.2, 0.1, np.nan],
-            "p_value": [1e-8, 0.4, np.nan],
+            "pvalue": [1e-8, 0.4, np.nan],
             "pvalue_method": ["skew_normal", "empirical", None],  # None: failed QC
             "n_resamples": [4999, 499, 0],
             "pass_qc": [True, True, False],
@@ -297,9 +297,9 @@ def test_load_results_errors_and_bare_tables():
     adata = ad.AnnData(np.zeros((2, 1)))
     with pytest.raises(KeyError, match="no results"):
         load_results(adata, "missing")
-    adata.uns["bare"] = pd.DataFrame({"p_value": [0.5]})
+    adata.uns["bare"] = pd.DataFrame({"pvalue": [0.5]})
     frame, params = load_results(adata, "bare")
-    assert params == {} and frame["p_value"].tolist() == [0.5]
+    assert params == {} and frame["pvalue"].tolist() == [0.5]
     adata.uns["odd"] = {"x": 1}
     with pytest.raises(ValueError, match="not a stored result"):
         load_results(adata, "odd")
