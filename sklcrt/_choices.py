@@ -7,8 +7,11 @@ from here. The module imports nothing, so the command line can show them without
 #: ``alternative`` of the tests and p-values (SciPy's words).
 ALTERNATIVES = ("two-sided", "less", "greater")
 
-#: ``pvalue_method`` of :class:`~sklcrt.crt.CRTTest` and the runners.
-PVALUE_METHODS = ("empirical", "skew_normal")
+#: How :func:`~sklcrt.pvalues.compute_pvalues` turns null statistics into p-values.
+RESAMPLING_PVALUE_METHODS = ("empirical", "skew_normal")
+#: ``pvalue_method`` of :class:`~sklcrt.crt.CRTTest` and the runners (``"saddlepoint"``: no
+#: resampling, see :mod:`sklcrt.saddlepoint`).
+PVALUE_METHODS = (*RESAMPLING_PVALUE_METHODS, "saddlepoint")
 
 #: ``resampling_method`` of the string API and the sampler class behind each (module:class);
 #: giving a new sampler a string name is one line here.

@@ -15,6 +15,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from sklcrt._choices import ALTERNATIVES, PVALUE_METHODS, RESAMPLING_ALIASES, RESAMPLING_METHODS
+from sklcrt._fingerprint import array_fingerprint
 from sklcrt._random import as_generator
 from sklcrt._validation import (
     check_1d_numeric,
@@ -27,8 +28,10 @@ from sklcrt.pvalues import (
     adaptive_second_stage_mask,
     combine_two_stage_pvalues,
     compute_pvalues,
+    empirical_pvalues,
 )
 from sklcrt.resampling import SAMPLERS, resolve_resampling
+from sklcrt.saddlepoint import FALLBACK, saddlepoint_pvalues
 from sklcrt.samplers import BaseSampler, BernoulliSampler
 from sklcrt.statistics import OLSStatistic
 from sklcrt.strata import StratumEncoder
@@ -85,7 +88,8 @@ class CRTResult:
     effect_se : ndarray of shape (n_responses,)
         Standard error of ``effect``.
     pvalue_method : ndarray of object, shape (n_responses,)
-        ``"empirical"`` or ``"skew_normal"``, for each p-value.
+        ``"empirical"``, ``"skew_normal"``, ``"saddlepoint"``, ``"exact"`` (a saddlepoint
+        null with no variance) or ``"empirical (saddlepoint_fallback: <reason>)"``.
     n_resamples : ndarray of int, shape (n_responses,)
         Resamples behind each p-value.
     n_treated : int
@@ -201,9 +205,15 @@ class CRTTest(BaseEstimator):
         First-stage p-value at or below which a response gets the second stage.
     alternative : {"two-sided", "less", "greater"}, default="two-sided"
         Direction of the alternative, in SciPy's words.
-    pvalue_method : {"empirical", "skew_normal"}, default="empirical"
-        How the final p-value is computed from the null statistics; ``"skew_normal"`` fits a
-        skew-normal tail, with a goodness-of-fit guard that falls back to the empirical p-value.
+    pvalue_method : {"empirical", "skew_normal", "saddlepoint"}, default="empirical"
+        How the final p-value is computed. ``"empirical"``: from the null statistics, at least
+        ``1 / (B + 1)``. ``"skew_normal"``: a skew-normal tail fitted to them where the empirical
+        p-value is resolution-limited, with a goodness-of-fit guard that falls back to the
+        empirical p-value. ``"saddlepoint"``: no resampling; a saddlepoint approximation of the
+        sampler's exact law (:func:`sklcrt.saddlepoint.saddlepoint_pvalues`) for the score sum
+        ``S = x @ a`` (:meth:`~sklcrt.statistics.BaseStatistic.score_pieces`, the statistic's
+        numerator), accurate far into the tail; where it cannot be trusted, ``S`` is resampled
+        ``n_resamples`` times and ``pvalue_method_`` says why.
     store_null : bool, default=False
         Keep the first-stage null statistics in ``result_.null_distribution``.
     memory_budget_mb : float, default=1024
@@ -585,6 +595,14 @@ class CRTTest(BaseEstimator):
                     "responses is required unless statistic= is an already fitted statistic."
                 )
             check_is_fitted(self.statistic, "n_responses_")
+            fitted_on = getattr(self.statistic, "covariates_fingerprint_", None)
+            if fitted_on is not None and fitted_on != array_fingerprint(C):
+                raise ValueError(
+                    "the fitted statistic's null model was fitted on other covariates than X "
+                    "(their fingerprints differ): a null model serves only the screen it was "
+                    "fitted on. Refit it on these data (pass responses=) or pass the X it was "
+                    "fitted with."
+                )
             return self.statistic
         statistic = OLSStatistic() if self.statistic is None else clone(self.statistic)
         return statistic.fit(responses, C)
@@ -596,6 +614,29 @@ class CRTTest(BaseEstimator):
         n_columns = statistic.n_responses_ if columns is None else columns.size
         rows_per_block = self._rows_per_block(int(observed["n_treated"]), n_columns)
         draw = _Draws(treatment, x.size, rows_per_block)
+        if self.pvalue_method == "saddlepoint":
+            pvalue, methods, n_used = self._saddlepoint(statistic, treatment, x, columns, draw, rng)
+            second = np.zeros(pvalue.shape, dtype=bool)
+            null = None
+        else:
+            pvalue, methods, n_used, null, second = self._two_stages(
+                statistic, observed, columns, draw, rng
+            )
+        result = CRTResult(
+            statistic=np.asarray(observed["statistic"], dtype=float),
+            pvalue=pvalue,
+            null_distribution=null if self.store_null else None,
+            effect=np.asarray(observed["effect"], dtype=float),
+            effect_se=np.asarray(observed["effect_se"], dtype=float),
+            pvalue_method=np.asarray(methods, dtype=object),
+            n_resamples=n_used,
+            n_treated=int(observed["n_treated"]),
+        )
+        stages = {"n_stage2": int(second.sum()), "n_blocks": draw.n_blocks}
+        return result, stages
+
+    def _two_stages(self, statistic, observed, columns, draw, rng):
+        """Resampling p-values: every response at stage 1, the small ones again at stage 2."""
         adaptive = self.n_resamples_adaptive > 0
         null = draw.evaluate(statistic, self.n_resamples, columns, rng)
         p1, methods = compute_pvalues(
@@ -624,18 +665,44 @@ class CRTTest(BaseEstimator):
             pvalue = combine_two_stage_pvalues(p1, p2, second)
             methods[selected] = m2
             n_used[selected] = self.n_resamples_adaptive
-        result = CRTResult(
-            statistic=np.asarray(observed["statistic"], dtype=float),
-            pvalue=pvalue,
-            null_distribution=null if self.store_null else None,
-            effect=np.asarray(observed["effect"], dtype=float),
-            effect_se=np.asarray(observed["effect_se"], dtype=float),
-            pvalue_method=np.asarray(methods, dtype=object),
-            n_resamples=n_used,
-            n_treated=int(observed["n_treated"]),
+        return pvalue, methods, n_used, null, second
+
+    def _saddlepoint(self, statistic, treatment: _Treatment, x, columns, draw, rng):
+        """Saddlepoint p-values of the score sum ``S = x @ a`` from the sampler's exact law;
+        responses where the approximation cannot be trusted are resampled (on ``S``)."""
+        law = treatment.sampler._null_law
+        if law is None:
+            raise ValueError(
+                f"pvalue_method='saddlepoint' needs a sampler whose resampling law is known "
+                f"exactly; {type(treatment.sampler).__name__} declares none (_null_law). Use "
+                "BernoulliSampler, PermutationSampler or StratifiedPermutationSampler, or a "
+                "resampling pvalue_method."
+            )
+        a = statistic.score_pieces(columns)
+        n, cells = x.size, treatment.cells
+        if law == "bernoulli":
+            p_hat = treatment.p_hat if cells is None else _on_cells(treatment.p_hat, cells, n, 0.0)
+            laws = {"p_hat": p_hat}
+        else:
+            strata = treatment.strata
+            if strata is None:
+                strata = None if cells is None else np.zeros(cells.size, dtype=np.int64)
+            if strata is not None and cells is not None:
+                strata = _on_cells(strata, cells, n, -1)
+            laws = {"x": x, "strata": strata}
+        observed = x.astype(np.float64) @ a
+        pvalue, methods = saddlepoint_pvalues(a, observed, alternative=self.alternative, **laws)
+        methods = np.asarray(methods, dtype=object)
+        n_used = np.zeros(pvalue.shape, dtype=np.int64)
+        fallback = np.flatnonzero(
+            np.char.startswith(methods.astype(str), FALLBACK) & np.isfinite(observed)
         )
-        stages = {"n_stage2": int(second.sum()), "n_blocks": draw.n_blocks}
-        return result, stages
+        if fallback.size:
+            null = draw.evaluate(_LinearScore(a), self.n_resamples, fallback, rng)
+            pvalue[fallback] = empirical_pvalues(observed[fallback], null, self.alternative)
+            methods[fallback] = [f"empirical ({reason})" for reason in methods[fallback]]
+            n_used[fallback] = self.n_resamples
+        return pvalue, methods, n_used
 
     def _rows_per_block(self, n_treated: int, n_columns: int) -> int:
         """Resamples per block within the memory budget; refuses null statistics that cannot
@@ -783,6 +850,16 @@ class _Draws:
             del resamples
             self.n_blocks += 1
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+
+
+class _LinearScore:
+    """The score sum ``S = x @ a`` as a statistic, to resample where the saddlepoint falls back."""
+
+    def __init__(self, pieces: np.ndarray):
+        self.pieces = pieces
+
+    def evaluate(self, resamples, columns) -> np.ndarray:
+        return np.asarray(resamples @ self.pieces[:, columns])
 
 
 def _check_columns(columns, n_responses: int):

@@ -33,7 +33,8 @@ import numbers
 import numpy as np
 from scipy import special, stats
 
-from sklcrt._choices import ALTERNATIVES, PVALUE_METHODS
+from sklcrt._choices import ALTERNATIVES
+from sklcrt._choices import RESAMPLING_PVALUE_METHODS as PVALUE_METHODS
 
 __all__ = [
     "ALTERNATIVES",

@@ -26,6 +26,7 @@ from scipy import stats
 from sklearn.base import clone
 
 from sklcrt._choices import CONTROL_GROUPS
+from sklcrt._fingerprint import array_fingerprint, content_fingerprint
 from sklcrt._random import as_generator
 from sklcrt._validation import check_1d_numeric
 from sklcrt.crt import CRTTest
@@ -167,6 +168,17 @@ def fit_null_model(inputs: dict, statistic=None, n_jobs=None):
             raise ValueError(
                 f"statistic was fitted on {statistic.n_cells_} cells, the inputs have "
                 f"{inputs['C'].shape[0]}; refit it or pass an unfitted one."
+            )
+        fitted_on = (
+            getattr(statistic, "responses_fingerprint_", None),
+            getattr(statistic, "covariates_fingerprint_", None),
+        )
+        here = (content_fingerprint(inputs["Y"]), array_fingerprint(inputs["C"]))
+        if fitted_on != here:
+            raise ValueError(
+                "statistic was fitted on other data (the fingerprints of its responses or "
+                "covariates differ from these inputs'): a null model serves only the screen it "
+                "was fitted on; pass an unfitted statistic to fit it here."
             )
         return statistic
     if statistic is None:

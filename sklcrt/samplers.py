@@ -80,6 +80,7 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
 
         class MySampler(BaseSampler):
             _required_inputs = frozenset({"strata"})
+    _null_law = "permutation"
 
             def _fit(self, x, strata, p_hat): ...
             def _sample_keys(self, n_resamples, rng): ...
@@ -95,6 +96,10 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
 
     #: What :meth:`fit` needs besides the treatment: any of ``"strata"``, ``"p_hat"``.
     _required_inputs: frozenset[str] = frozenset()
+    #: The exact law of the resamples, for saddlepoint p-values: ``"bernoulli"`` (independent
+    #: ``Bernoulli(p_hat_i)``), ``"permutation"`` (a uniform choice of the observed treated count
+    #: within each stratum, one stratum without strata) or ``None`` (unknown: resampling only).
+    _null_law: str | None = None
 
     def required_inputs(self) -> frozenset[str]:
         """The inputs :meth:`fit` needs besides the treatment (``"strata"``, ``"p_hat"``).
@@ -373,6 +378,7 @@ class StratifiedPermutationSampler(_WithinStrataPermutation):
     """
 
     _required_inputs = frozenset({"strata"})
+    _null_law = "permutation"
 
     def _fit(self, x, strata, p_hat) -> None:
         if strata is None:
@@ -418,6 +424,8 @@ class PermutationSampler(_WithinStrataPermutation):
     [2.0, 2.0, 2.0]
     """
 
+    _null_law = "permutation"
+
     def _fit(self, x, strata, p_hat) -> None:
         self._fit_codes(x, np.zeros(x.size, dtype=np.int64), np.array([0]))
 
@@ -460,6 +468,7 @@ class BernoulliSampler(BaseSampler):
     """
 
     _required_inputs = frozenset({"p_hat"})
+    _null_law = "bernoulli"
 
     def _fit(self, x, strata, p_hat) -> None:
         if p_hat is None:

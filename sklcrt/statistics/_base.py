@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from sklcrt._fingerprint import content_fingerprint
 from sklcrt._threads import single_threaded_blas
 from sklcrt._validation import check_binary_treatment, check_has_both_arms, check_same_length
 
@@ -289,6 +290,9 @@ class BaseStatistic(BaseEstimator):
         self._validate_params()
         Y = _check_responses(Y, counts=self._counts_only)
         C = _check_covariates(C, Y.shape[0])
+        # What the null model was fitted on, so it is refused on other data.
+        self.responses_fingerprint_ = content_fingerprint(Y)
+        self.covariates_fingerprint_ = content_fingerprint(C)
         check_same_length(Y=Y, C=C)
         Q = _orthonormal_basis(C)
         if Y.shape[0] <= Q.shape[1] + 1:
