@@ -1,0 +1,374 @@
+"""The negative binomial null-model solver behind :class:`NBScoreStatistic` (private).
+
+Batched Newton fits of Poisson / NB GLMs across many responses sharing one design, with the
+helpers they need (weighted Gram matrices, stacked solves, whiteners, count tables).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import gammaln, polygamma, psi
+
+# exp() argument cap: keeps mu finite on divergent fits (counts never get near e^700).
+_ETA_MAX = 700.0
+# Bytes of the largest precomputed table of pairwise products of design columns
+# (cells x p(p+1)/2).
+_PAIR_BYTES = 256 * 2**20
+_MAX_HALVINGS = 30
+
+
+# ==================================================================== batched GLM machinery
+# Arrays are response-major: Y, eta, mu have shape (k responses, n cells), coefficients (k, p).
+
+
+class _Gram:
+    """Weighted Gram matrices ``Xᵀ diag(w_g) X`` for many weight vectors ``w_g`` at once.
+
+    With ``X`` of shape (n, p) the pairwise products ``X[:, a] * X[:, b]`` (a <= b) are
+    precomputed once, so that all Gram matrices come from one GEMM ``W @ pairs``. When that
+    table would be too large, each Gram matrix is computed on its own.
+    """
+
+    def __init__(self, X: np.ndarray):
+        self.X = X
+        n, p = X.shape
+        self.p = p
+        self.iu = np.triu_indices(p)
+        self.pairs = None
+        if n * self.iu[0].size * 8 <= _PAIR_BYTES:
+            self.pairs = np.ascontiguousarray(X[:, self.iu[0]] * X[:, self.iu[1]])
+
+    def __call__(self, W: np.ndarray) -> np.ndarray:
+        """Gram matrices (k, p, p) for the weights ``W`` of shape (k, n)."""
+        k, p = W.shape[0], self.p
+        H = np.empty((k, p, p))
+        if self.pairs is None:
+            for g in range(k):
+                H[g] = (self.X.T * W[g]) @ self.X
+            return H
+        flat = W @ self.pairs  # (k, P)
+        H[:, self.iu[0], self.iu[1]] = flat
+        H[:, self.iu[1], self.iu[0]] = flat
+        return H
+
+
+def _solve(H: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve the stacked systems ``H[g] s[g] = b[g]`` (pseudo-inverse where singular)."""
+    try:
+        return np.linalg.solve(H, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.einsum("gij,gj->gi", np.linalg.pinv(H, hermitian=True), b)
+
+
+def _whitener(H: np.ndarray) -> np.ndarray:
+    """Stacked ``M[g]`` with ``M[g]ᵀ M[g] = pinv(H[g])`` (H symmetric positive semi-definite).
+
+    ``‖M v‖² = vᵀ H⁻¹ v``, so ``M`` plays the role of ``L⁻¹`` for the Cholesky factor ``L`` of
+    ``H``; the eigen-decomposition also copes with a (numerically) singular ``H``.
+    """
+    lam, V = np.linalg.eigh(H)
+    top = np.maximum(lam[:, -1:], 0.0)
+    keep = lam > top * H.shape[-1] * np.finfo(np.float64).eps * 10
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
+    return scale[:, :, None] * np.swapaxes(V, 1, 2)
+
+
+def _mean(eta: np.ndarray) -> np.ndarray:
+    return np.exp(np.minimum(eta, _ETA_MAX))
+
+
+def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out: np.ndarray | None = None):
+    """``Q @ coef.T`` (cells x responses), added up one basis column at a time.
+
+    Every element is the same sum in the same order whichever rows and responses are computed
+    (a BLAS product may round differently for different shapes), so the pieces of a few touched
+    cells equal the rows of the pieces of all cells, bit for bit.
+    """
+    out = np.multiply(Q[:, :1], coef[:, 0], out=out)
+    term = np.empty_like(out)
+    for j in range(1, Q.shape[1]):
+        out += np.multiply(Q[:, j : j + 1], coef[:, j], out=term)
+    return out
+
+
+def _glm_loglik(Y, eta, mu, theta) -> np.ndarray:
+    """NB (Poisson where ``theta`` is inf) log-likelihood per response, up to terms free of mu.
+
+    ``theta`` has shape (k, 1) and is either all finite or all infinite.
+    """
+    if np.isinf(theta).all():
+        return np.einsum("ij,ij->i", Y, eta) - mu.sum(axis=1)
+    return np.einsum("ij,ij->i", Y, eta) - ((Y + theta) * np.log1p(mu / theta)).sum(axis=1)
+
+
+def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
+    """Batched Newton's method for ``log E[y] = X beta``, y ~ NB(theta) (Poisson: theta=inf).
+
+    Each response's step is halved until its log-likelihood does not decrease; responses are
+    dropped from the iteration once their step is below ``tol`` (relative).
+
+    Parameters
+    ----------
+    XT : ndarray (p, n), the transposed design
+    gram : _Gram of the design
+    Y : ndarray (k, n)
+    beta : ndarray (k, p), start
+    theta : ndarray (k,)
+    cap_last : float or None
+        Bound ``|beta[:, -1]| <= cap_last`` (a treatment coefficient whose MLE is infinite).
+
+    Returns
+    -------
+    beta : ndarray (k, p)
+    converged : ndarray (k,) of bool
+    """
+    beta = beta.copy()
+    theta = np.asarray(theta, dtype=np.float64)[:, None]
+    converged = np.zeros(Y.shape[0], dtype=bool)
+    active = np.arange(Y.shape[0])
+    Ya, tha = Y, theta
+    poisson = bool(np.isinf(theta).all())
+    eta = beta @ XT
+    mu = _mean(eta)
+    ll = _glm_loglik(Ya, eta, mu, tha)
+    for _ in range(max_iter):
+        denom = 1.0 + mu / tha
+        score = ((Ya - mu) / denom) @ XT.T  # (ka, p)
+        # Newton steps: the observed information's weights mu (1 + y/theta) / (1 + mu/theta)^2
+        # are positive for the NB2 log link, so it converges quadratically where Fisher
+        # scoring (weights mu / (1 + mu/theta)) is only linear. Poisson: both are mu.
+        weights = mu / denom if poisson else mu * (1.0 + Ya / tha) / (denom * denom)
+        step = _solve(gram(weights), score)  # (ka, p)
+        b = beta[active]
+        if cap_last is not None:
+            # Shorten the step so that the capped coefficient stays within its bound.
+            target = np.clip(b[:, -1] + step[:, -1], -cap_last, cap_last)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shrink = np.where(step[:, -1] != 0, (target - b[:, -1]) / step[:, -1], 1.0)
+            step = step * np.clip(shrink, 0.0, 1.0)[:, None]
+        new_b = b + step
+        new_eta = new_b @ XT
+        new_mu = _mean(new_eta)
+        new_ll = _glm_loglik(Ya, new_eta, new_mu, tha)
+        bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
+        t = np.ones(active.size)
+        for _ in range(_MAX_HALVINGS):
+            if bad.size == 0:
+                break
+            t[bad] *= 0.5
+            cand_b = b[bad] + t[bad, None] * step[bad]
+            cand_eta = cand_b @ XT
+            cand_mu = _mean(cand_eta)
+            cand_ll = _glm_loglik(Ya[bad], cand_eta, cand_mu, tha[bad])
+            ok = cand_ll >= ll[bad] - 1e-12 * np.abs(ll[bad])
+            acc = bad[ok]
+            new_b[acc], new_eta[acc], new_mu[acc], new_ll[acc] = (
+                cand_b[ok],
+                cand_eta[ok],
+                cand_mu[ok],
+                cand_ll[ok],
+            )
+            bad = bad[~ok]
+        # Where no step improves the likelihood the fit is at its (numerical) optimum.
+        new_b[bad], new_eta[bad], new_mu[bad], new_ll[bad] = b[bad], eta[bad], mu[bad], ll[bad]
+        # Converged when the full Newton step is small (a step shortened by the line search
+        # says nothing about the distance to the optimum), or when no step improves.
+        moved = np.abs(step).max(axis=1)
+        moved[bad] = 0.0
+        beta[active] = new_b
+        done = moved <= tol * (1.0 + np.abs(new_b).max(axis=1))
+        converged[active[done]] = True
+        keep = ~done
+        if not keep.any():
+            break
+        if done.any():
+            active = active[keep]
+            Ya, tha = Ya[keep], tha[keep]
+            new_eta, new_mu, new_ll = new_eta[keep], new_mu[keep], new_ll[keep]
+        eta, mu, ll = new_eta, new_mu, new_ll
+    return beta, converged
+
+
+class _CountTable:
+    """Distinct nonzero counts of each response and how often they occur.
+
+    The gamma-function terms of the NB likelihood in theta vanish for ``y = 0`` and depend on
+    ``y`` only through its value, so they are summed over this (small) table, not over cells.
+    """
+
+    def __init__(self, Y: np.ndarray):
+        k = Y.shape[0]
+        resp, cell = np.nonzero(Y)
+        values = Y[resp, cell]
+        top = values.max() if values.size else 0.0
+        if values.size and np.all(values == np.round(values)) and k * (top + 1) <= 5e7:
+            base = int(top) + 1
+            counts = np.bincount(resp * base + values.astype(np.int64), minlength=k * base)
+            key = np.flatnonzero(counts)
+            self.resp, self.value = key // base, (key % base).astype(np.float64)
+            self.weight = counts[key].astype(np.float64)
+        else:
+            order = np.lexsort((values, resp))
+            resp, values = resp[order], values[order]
+            first = np.ones(values.size, dtype=bool)
+            first[1:] = (resp[1:] != resp[:-1]) | (values[1:] != values[:-1])
+            starts = np.flatnonzero(first)
+            self.resp, self.value = resp[starts], values[starts]
+            self.weight = np.diff(np.append(starts, values.size)).astype(np.float64)
+        self.k = k
+
+    def sum(self, terms: np.ndarray) -> np.ndarray:
+        return np.bincount(self.resp, self.weight * terms, minlength=self.k)
+
+    def subset(self, rows: np.ndarray) -> _CountTable:
+        """The table of the responses ``rows`` (increasing), renumbered 0..len(rows)-1."""
+        sub = object.__new__(_CountTable)
+        position = np.full(self.k, -1, dtype=np.int64)
+        position[rows] = np.arange(rows.size)
+        new_resp = position[self.resp]
+        keep = new_resp >= 0
+        sub.resp, sub.value, sub.weight = new_resp[keep], self.value[keep], self.weight[keep]
+        sub.k = int(rows.size)
+        return sub
+
+
+def _moments_theta(Y, mu, bounds):
+    """Method-of-moments start: ``Var(y) = μ + μ²/θ``."""
+    excess = ((Y - mu) ** 2 - mu).sum(axis=1)
+    mu2 = (mu * mu).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.where(excess > 0, mu2 / excess, bounds[1])
+    return np.clip(np.nan_to_num(theta, nan=bounds[1]), bounds[0], bounds[1])
+
+
+def _nb_terms(Y, eta, mu, theta, table):
+    """Everything one Newton iteration of :func:`_fit_nb` needs, from the means of one point.
+
+    With ``r = μ/θ``, ``u = 1 / (1 + r)``, ``s = r u`` and ``a = y + θ`` (per cell):
+
+    - ``ll = Σ y η - Σ a log1p(r) + T(θ)``, the NB log-likelihood up to terms free of β and θ,
+    - ``dll/dθ = -Σ log1p(r) + Σ a s / θ + T'(θ)``,
+    - ``d²ll/dθ² = 2 Σ s / θ - Σ (2 + r) a s u / θ² + T''(θ)``,
+    - ``u``, which turns ``y - μ`` into the score of β, and ``a s u = μ (1 + y/θ) / (1 + μ/θ)²``,
+      the weights of its observed information,
+
+    where ``T`` sums the gamma-function terms over the table of distinct nonzero counts (they
+    vanish for ``y = 0``).
+    """
+    thc = theta[:, None]
+    r = mu / thc
+    l1p = np.log1p(r)
+    u = r + 1.0
+    np.reciprocal(u, out=u)
+    a = Y + thc
+    s = r * u
+    ll = np.einsum("ij,ij->i", Y, eta) - np.einsum("ij,ij->i", a, l1p)
+    g = np.einsum("ij,ij->i", a, s) / theta - l1p.sum(axis=1)
+    weights = a * s
+    weights *= u
+    r += 2.0
+    h = 2.0 * s.sum(axis=1) / theta - np.einsum("ij,ij->i", weights, r) / theta**2
+    y = table.value
+    t = theta[table.resp]
+    ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
+    g += table.sum(psi(y + t) - psi(t) - y / t)
+    h += table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2)
+    return ll, g, h, u, weights
+
+
+def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
+    """Joint maximum likelihood of ``(beta, theta)`` per response, by simultaneous Newton steps.
+
+    Every iteration takes, from the same means, the Newton step in ``beta`` for the current
+    theta (observed information, whose weights ``mu (1 + y/θ) / (1 + mu/θ)²`` are positive for the
+    NB2 log link) and the Newton step in ``φ = log θ`` of the profile likelihood (capped at 2, a
+    factor e² in θ; where the profile is not concave, an ascent step of 1 in the gradient's
+    direction), and halves both until the log-likelihood does not decrease. θ is clamped to
+    ``bounds`` (a response without overdispersion runs to the upper bound, i.e. near-Poisson).
+    ``beta`` and ``theta`` are orthogonal in the Fisher information, so the steps converge
+    about as fast as a joint Newton step, without refitting one to convergence for each value of
+    the other (glm.nb's alternation). A response stops once both steps are below ``tol``
+    (``beta``: relative), so its fit does not depend on the other responses of the block.
+
+    Returns
+    -------
+    beta : ndarray (k, p)
+    theta : ndarray (k,), within ``bounds``
+    converged : ndarray (k,) of bool
+    """
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    beta = beta.copy()
+    phi = np.clip(np.log(theta), lo, hi)
+    converged = np.zeros(Y.shape[0], dtype=bool)
+    active = np.arange(Y.shape[0])
+    Ya, ta = Y, table
+    eta = beta @ XT
+    mu = _mean(eta)
+    ll, g, h, u, weights = _nb_terms(Ya, eta, mu, np.exp(phi), ta)
+    for _ in range(max_iter):
+        b, p = beta[active], phi[active]
+        th = np.exp(p)
+        score = ((Ya - mu) * u) @ XT.T
+        step_b = _solve(gram(weights), score)
+        g_phi = th * g
+        h_phi = th * th * h + g_phi
+        concave = h_phi < 0
+        step_p = np.where(concave, -g_phi / np.where(concave, h_phi, -1.0), np.sign(g_phi))
+        step_p = np.clip(step_p, -2.0, 2.0)
+
+        new_b = b + step_b
+        new_p = np.clip(p + step_p, lo, hi)
+        new_eta = new_b @ XT
+        new_mu = _mean(new_eta)
+        new = list(_nb_terms(Ya, new_eta, new_mu, np.exp(new_p), ta))  # ll, g, h, u, weights
+        new_ll = new[0]
+        bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
+        t = np.ones(active.size)
+        for _ in range(_MAX_HALVINGS):
+            if bad.size == 0:
+                break
+            t[bad] *= 0.5
+            cand_b = b[bad] + t[bad, None] * step_b[bad]
+            cand_p = np.clip(p[bad] + t[bad] * step_p[bad], lo, hi)
+            cand_eta = cand_b @ XT
+            cand_mu = _mean(cand_eta)
+            cand = _nb_terms(Ya[bad], cand_eta, cand_mu, np.exp(cand_p), ta.subset(bad))
+            ok = cand[0] >= ll[bad] - 1e-12 * np.abs(ll[bad])
+            acc = bad[ok]
+            new_b[acc], new_p[acc], new_mu[acc] = cand_b[ok], cand_p[ok], cand_mu[ok]
+            for part, cand_part in zip(new, cand, strict=True):
+                part[acc] = cand_part[ok]
+            bad = bad[~ok]
+        # Where no step improves the likelihood the fit is at its (numerical) optimum.
+        new_b[bad], new_p[bad] = b[bad], p[bad]
+        beta[active], phi[active] = new_b, new_p
+        # Converged when the full Newton steps are small (a step shortened by the line search
+        # says nothing about the distance to the optimum), or when no step improves.
+        done = np.abs(step_b).max(axis=1) <= tol * (1.0 + np.abs(new_b).max(axis=1))
+        done &= np.abs(np.clip(p + step_p, lo, hi) - p) <= tol
+        done[bad] = True
+        converged[active[done]] = True
+        keep = np.flatnonzero(~done)
+        if keep.size == 0:
+            break
+        if keep.size < active.size:
+            active = active[keep]
+            Ya, ta = Ya[keep], ta.subset(keep)
+        else:
+            keep = slice(None)
+        mu = new_mu[keep]
+        ll, g, h, u, weights = (part[keep] for part in new)
+    return beta, np.clip(np.exp(phi), bounds[0], bounds[1]), converged
+
+
+def _response_rows(Y, block, rows=None) -> np.ndarray:
+    """Responses ``block`` of ``Y`` as a dense (len(block), n_rows) response-major array."""
+    if sp.issparse(Y):
+        sub = Y[:, block]
+        if rows is not None:
+            sub = sub[rows]
+        return sub.T.toarray()
+    if rows is None:
+        return np.ascontiguousarray(Y[:, block].T)
+    return np.ascontiguousarray(Y[np.ix_(rows, block)].T)
