@@ -7,8 +7,6 @@ fitted null model, each unit's random stream keyed by its name, and returns one 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 
@@ -20,6 +18,7 @@ from sklearn.base import clone
 
 from sklcrt._random import seed_sequence
 from sklcrt._threads import single_threaded_blas
+from sklcrt.checkpoints import CheckpointStore, job_fingerprint, run_fingerprint
 from sklcrt.crt import CRTTest
 from sklcrt.inputs import unit_treatment
 from sklcrt.strata import factorize_batch
@@ -145,19 +144,6 @@ def _test_unit(
 
 
 # ---------------------------------------------------------------------- many units
-def _config_fingerprint(template: CRTTest, extra: dict) -> str:
-    params = {
-        k: repr(v) for k, v in sorted(template.get_params(deep=False).items()) if k != "statistic"
-    }
-    params.update({k: repr(v) for k, v in sorted(extra.items())})
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _unit_file(checkpoint_dir: str, unit: str) -> str:
-    digest = hashlib.sha256(unit.encode()).hexdigest()[:20]
-    return os.path.join(checkpoint_dir, f"unit_{digest}.pkl")
-
-
 # Inputs a unit's test reads (the rest of the inputs dict stays in the parent process).
 _UNIT_INPUT_KEYS = ("response_names", "response_kind", "C", "guides", "guide_names")
 # Most units per task when units run in parallel (see _run_units).
@@ -185,6 +171,20 @@ def _chunk_size(n_units: int, n_jobs) -> int:
     return max(1, min(_MAX_CHUNK, -(-n_units // (4 * workers))))
 
 
+def _parent_watch(run_pid: int | None):
+    """A function telling whether this process should go on: in a worker process started by the
+    run's process, whether that process is still its parent (``os.getppid()``); elsewhere (the
+    run's own process, workers of a cluster) always ``True``."""
+    if run_pid is None or os.getpid() == run_pid or os.getppid() != run_pid:
+        return lambda: True
+    return lambda: os.getppid() == run_pid
+
+
+def _orphaned() -> None:
+    """End a worker whose run died (kill -9 of the parent): write nothing more, compute no more."""
+    os._exit(1)
+
+
 def _work_chunk(
     chunk,
     *,
@@ -195,14 +195,23 @@ def _work_chunk(
     burden,
     random_state,
     min_nonzero,
-    checkpoint_dir,
+    store,
+    run_pid=None,
 ):
-    """Test the units of one task; returns ``[(unit, frame), ...]``."""
+    """Test the units of one task; returns ``[(unit, frame), ...]``.
+
+    ``chunk`` holds ``(unit, target, guides, columns, job_fingerprint)``; each finished unit is
+    written to ``store`` (a :class:`~sklcrt.checkpoints.CheckpointStore`, or None). A worker
+    process whose parent, the run's process ``run_pid``, has died ends before its next unit or
+    write."""
+    alive = _parent_watch(run_pid)
     out = []
     # The products of a unit's test are thin (cells x a few columns): threaded BLAS gains
     # nothing there and oversubscribes the cores when units run in parallel.
     with single_threaded_blas():
-        for unit, target, guides, columns in chunk:
+        for unit, target, guides, columns, job in chunk:
+            if not alive():
+                _orphaned()
             frame = _test_unit(
                 template,
                 inputs,
@@ -216,10 +225,10 @@ def _work_chunk(
                 seed_sequence(random_state, unit),
                 min_nonzero,
             )
-            if checkpoint_dir is not None:
-                tmp = _unit_file(checkpoint_dir, unit) + ".tmp"
-                frame.to_pickle(tmp)
-                os.replace(tmp, _unit_file(checkpoint_dir, unit))
+            if store is not None:
+                if not alive():
+                    _orphaned()
+                store.save(unit, job, frame)
             out.append((unit, frame))
     return out
 
@@ -244,35 +253,45 @@ def run_units(
     """Test every (unit, target, guides, columns) job; results in job order, seed per unit name.
 
     ``control_cells`` (from :func:`_control_cells`, computed once per run) is the control group
-    each unit is compared with besides its own cells; ``None`` compares with all other cells."""
+    each unit is compared with besides its own cells; ``None`` compares with all other cells.
+
+    With ``checkpoint_dir``, each finished unit is written there (:mod:`sklcrt.checkpoints`) and
+    a rerun resumes: the directory's fingerprint covers the data the units read (responses,
+    covariates, guides, names, the raw ``batch``/``burden``, the control cells), the input options
+    (response kind, non-targeting guides, units, jobs), the test (``template``'s parameters and
+    the fitted ``statistic``: class, parameters, the data it was fitted on), ``random_state``,
+    ``min_nonzero`` and ``fingerprint_extra`` (the runner's options). A directory from another run
+    is refused unless it holds no unit; a unit file that is corrupt or not this run's is
+    recomputed with a :class:`~sklcrt.checkpoints.CheckpointWarning` naming it. Worker processes
+    end when the run's process dies."""
     if random_state is None:
         raise ValueError(
             "random_state=None would make a screen irreproducible; pass an integer seed."
         )
     done: dict[str, pd.DataFrame] = {}
+    keyed = [(*job, job_fingerprint(*job)) for job in jobs]
+    store = None
     if checkpoint_dir is not None:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        stamp = os.path.join(checkpoint_dir, "config.json")
-        fingerprint = _config_fingerprint(
-            template,
-            {**fingerprint_extra, "random_state": random_state, "min_nonzero": min_nonzero},
+        parts = run_fingerprint(
+            inputs,
+            jobs,
+            template=template,
+            statistic=statistic,
+            batch=batch,
+            burden=burden,
+            control_cells=control_cells,
+            random_state=random_state,
+            min_nonzero=min_nonzero,
+            extra=fingerprint_extra,
         )
-        if os.path.exists(stamp):
-            with open(stamp) as fh:
-                if json.load(fh)["fingerprint"] != fingerprint:
-                    raise ValueError(
-                        f"checkpoint_dir {checkpoint_dir!r} holds units from a run with other "
-                        "arguments; use a new directory or the same arguments to resume."
-                    )
-        else:
-            with open(stamp, "w") as fh:
-                json.dump({"fingerprint": fingerprint}, fh)
-        for unit, *_ in jobs:
-            path = _unit_file(checkpoint_dir, unit)
-            if os.path.exists(path):
-                done[unit] = pd.read_pickle(path)
+        store = CheckpointStore(checkpoint_dir, parts)
+        store.open()
+        for unit, *_, job in keyed:
+            frame = store.load(unit, job)
+            if frame is not None:
+                done[unit] = frame
 
-    todo = [job for job in jobs if job[0] not in done]
+    todo = [job for job in keyed if job[0] not in done]
     if batch is not None:
         # Integer codes in the order of the sorted labels: the strata are the same, and each
         # unit factorizes small integers instead of (e.g.) 200,000 strings.
@@ -289,7 +308,8 @@ def run_units(
         burden=burden,
         random_state=random_state,
         min_nonzero=min_nonzero,
-        checkpoint_dir=checkpoint_dir,
+        store=store,
+        run_pid=os.getpid(),
     )
     # Units go to the workers in chunks: every task ships the shared inputs and the fitted null
     # model (joblib hashes and memory-maps the large arrays once per task), which costs about as
