@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from sklcrt._validation import check_1d_numeric
 from sklcrt.crt import CRTTest
 from sklcrt.execution import RESULT_COLUMNS, run_units
 from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.moi import moi_choices
 from sklcrt.statistics import NBScoreStatistic, OLSStatistic
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "add_bh",
     "build_test",
     "calibration_summary",
+    "check_run_options",
     "discovery_analysis",
     "fit_null_model",
     "make_ntc_groups",
@@ -48,6 +51,7 @@ __all__ = [
     "run_ntc_ensemble",
     "run_ntc_groups",
     "run_unit",
+    "test_covariates",
 ]
 
 #: Options of :func:`sklcrt.inputs.prepare_crt_inputs` that the runners pass through.
@@ -55,6 +59,7 @@ INPUT_OPTIONS = tuple(inspect.signature(prepare_crt_inputs).parameters)[1:]
 #: The explicit run options every runner takes (besides its own).
 RUN_OPTIONS = (
     "test",
+    "moi",
     "control_group",
     "min_nonzero",
     "n_jobs",
@@ -221,8 +226,27 @@ def _control_cells(inputs: dict, control_group: str) -> np.ndarray | None:
     return np.asarray(controls, dtype=bool)
 
 
-def _covariate_values(inputs: dict, template: CRTTest) -> tuple[np.ndarray | None, ...]:
-    """The raw batch labels and burden values the test asks for, read and checked once."""
+def test_covariates(inputs: dict, test: CRTTest) -> tuple[np.ndarray | None, ...]:
+    """The raw batch labels and burden values ``test`` asks for, read and checked once.
+
+    Parameters
+    ----------
+    inputs : dict
+        From :func:`~sklcrt.inputs.prepare_crt_inputs` (reads ``covar_df_raw``).
+    test : CRTTest
+        The test; :meth:`~sklcrt.crt.CRTTest.covariate_columns` names the columns.
+
+    Returns
+    -------
+    batch, burden : ndarray or None
+        The raw batch labels and the burden values (float), ``None`` where the test needs none.
+
+    Raises
+    ------
+    ValueError
+        For a column that is missing, or a burden column that is not numeric or not finite.
+    """
+    template = test
     columns = template.covariate_columns()
     covar = inputs["covar_df_raw"]
     batch = burden = None
@@ -268,20 +292,76 @@ class _Screen:
     run_key: dict  # the run's settings that the checkpoint fingerprint covers
 
 
-def _prepare(data, test, kwargs: dict, *, control_group, n_jobs, random_state) -> _Screen:
+def _prepare(
+    data, test, kwargs: dict, *, moi, control_group, min_nonzero, n_jobs, random_state
+) -> _Screen:
     """Inputs, the test template, the control group, the covariates and the null model, once."""
+    choices = moi_choices(moi)
     test_params, input_options = _route(kwargs)
+    configured = {k.partition("__")[0] for k in test_params} & _RESAMPLING_PARAMS
+    if test is None and not configured:
+        test_params = {**choices.get("test", {}), **test_params}
     template = build_test(test, **test_params)
     random_state = _run_seed(template, random_state)
+    chosen_group = control_group or choices.get("control_group") or "complement"
+    check_run_options(control_group=chosen_group, min_nonzero=min_nonzero)
     inputs = _as_inputs(data, input_options)
-    control_cells = _control_cells(inputs, control_group)  # before the null fit: fail early
-    batch, burden = _covariate_values(inputs, template)
+    if moi is None and control_group is None:
+        _warn_if_low_moi(inputs)
+    control_cells = _control_cells(inputs, chosen_group)  # before the null fit: fail early
+    batch, burden = test_covariates(inputs, template)
     statistic = fit_null_model(inputs, template.statistic, n_jobs=n_jobs)
     run_key = {"statistic": repr(template.statistic)}
-    if control_group != "complement":
+    if chosen_group != "complement":
         # Only when set, so checkpoints of runs made before the option existed still resume.
-        run_key["control_group"] = control_group
+        run_key["control_group"] = chosen_group
     return _Screen(inputs, template, statistic, batch, burden, control_cells, random_state, run_key)
+
+
+# CRTTest parameters that configure the resampling (``moi`` leaves a test that sets any alone).
+_RESAMPLING_PARAMS = {"resampling_method", "resampling_kwargs", "sampler", "encoder"}
+
+
+def check_run_options(*, control_group: str = "complement", min_nonzero: int = 7) -> None:
+    """Validate the run options shared by every runner (the command line calls it too).
+
+    Parameters
+    ----------
+    control_group : {"complement", "nt_cells"}
+    min_nonzero : int >= 0
+
+    Raises
+    ------
+    ValueError
+        Naming the option and its valid values.
+    """
+    if control_group not in CONTROL_GROUPS:
+        raise ValueError(
+            f"control_group must be one of {list(CONTROL_GROUPS)}, got {control_group!r}."
+        )
+    if isinstance(min_nonzero, bool) or not isinstance(min_nonzero, int | np.integer):
+        raise ValueError(f"min_nonzero must be an integer >= 0, got {min_nonzero!r}.")
+    if min_nonzero < 0:
+        raise ValueError(f"min_nonzero must be an integer >= 0, got {min_nonzero}.")
+
+
+def _warn_if_low_moi(inputs: dict) -> None:
+    """Warn when the guides look like a low-MOI screen run with the high-MOI defaults."""
+    guides = inputs["guides"]
+    per_cell = (
+        np.diff(sp.csr_matrix(guides).indptr)
+        if sp.issparse(guides)
+        else np.count_nonzero(np.asarray(guides), axis=1)
+    )
+    if per_cell.size and np.mean(per_cell == 1) >= 0.5 and np.mean(per_cell >= 2) < 0.005:
+        warnings.warn(
+            f"{np.mean(per_cell == 1):.0%} of the cells carry exactly one guide and almost none "
+            "two or more: this looks like a low-MOI screen, which the defaults (every other cell "
+            "as control) miscalibrate. Set moi='low' (SCEPTRE's choices: control_group="
+            "'nt_cells', permutations), or moi='high' to keep the defaults and silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _run_seed(template: CRTTest, random_state) -> int:
@@ -332,9 +412,17 @@ def _response_columns(inputs: dict, responses) -> np.ndarray:
     if responses is None:
         return np.arange(len(names))
     index = {r: i for i, r in enumerate(names)}
+    if isinstance(responses, str):
+        responses = [responses]
     missing = [r for r in responses if r not in index]
     if missing:
         raise ValueError(f"responses {missing[:10]} are not among the {len(names)} responses.")
+    counts = pd.Series(list(responses)).value_counts()
+    if (counts > 1).any():
+        raise ValueError(
+            f"responses lists {sorted(counts.index[counts > 1])[:5]} more than once; every "
+            "response gets one row per unit, so give each once."
+        )
     return np.array([index[r] for r in responses], dtype=np.intp)
 
 
@@ -351,7 +439,8 @@ def run_unit(
     guides: Sequence[str] | None = None,
     responses=None,
     test: CRTTest | None = None,
-    control_group: str = "complement",
+    moi: str | None = None,
+    control_group: str | None = None,
     min_nonzero: int = 7,
     n_jobs: int = 1,
     random_state: int | None = None,
@@ -379,7 +468,14 @@ def run_unit(
         One row per response (columns of :data:`RESULT_COLUMNS`, ``p_adj``, ``significant``).
     """
     screen = _prepare(
-        data, test, kwargs, control_group=control_group, n_jobs=n_jobs, random_state=random_state
+        data,
+        test,
+        kwargs,
+        moi=moi,
+        control_group=control_group,
+        min_nonzero=min_nonzero,
+        n_jobs=n_jobs,
+        random_state=random_state,
     )
     gs = list(guides) if guides is not None else _target_guides(screen.inputs, unit)
     cols = _response_columns(screen.inputs, responses)
@@ -416,7 +512,16 @@ def _pairs_frame(pairs) -> pd.DataFrame:
         raise ValueError(
             f"pairs needs columns 'response_id' and 'grna_target'; missing {sorted(missing)}."
         )
-    return pairs[["response_id", "grna_target"]].astype(str).drop_duplicates()
+    table = pairs[["response_id", "grna_target"]].astype(str)
+    repeated = table[table.duplicated()]
+    if len(repeated):
+        shown = list(zip(repeated["grna_target"], repeated["response_id"], strict=True))[:5]
+        raise ValueError(
+            f"pairs lists {len(repeated)} (grna_target, response_id) pair(s) more than once, "
+            f"e.g. {shown}; every pair gets one row, so drop the duplicates "
+            "(pairs.drop_duplicates(['grna_target', 'response_id']))."
+        )
+    return table
 
 
 def _pair_jobs(inputs, pairs, targets, responses, per_guide) -> list:
@@ -457,7 +562,8 @@ def run_gene_loop(
     per_guide: bool = False,
     alpha: float = 0.1,
     test: CRTTest | None = None,
-    control_group: str = "complement",
+    moi: str | None = None,
+    control_group: str | None = None,
     min_nonzero: int = 7,
     n_jobs: int = 1,
     random_state: int | None = None,
@@ -489,7 +595,14 @@ def run_gene_loop(
         :data:`RESULT_COLUMNS`, ``p_adj`` and ``significant``.
     """
     screen = _prepare(
-        data, test, kwargs, control_group=control_group, n_jobs=n_jobs, random_state=random_state
+        data,
+        test,
+        kwargs,
+        moi=moi,
+        control_group=control_group,
+        min_nonzero=min_nonzero,
+        n_jobs=n_jobs,
+        random_state=random_state,
     )
     jobs = _pair_jobs(screen.inputs, pairs, targets, responses, per_guide)
     results = _execute(
@@ -569,7 +682,8 @@ def run_ntc_groups(
     n_pairs: int | None = None,
     grouping_key: str = "ntc",
     test: CRTTest | None = None,
-    control_group: str = "complement",
+    moi: str | None = None,
+    control_group: str | None = None,
     min_nonzero: int = 7,
     n_jobs: int = 1,
     random_state: int | None = None,
@@ -600,7 +714,14 @@ def run_ntc_groups(
         One row per (NTC group, response) pair; ``grna_target`` is ``"non-targeting"``.
     """
     screen = _prepare(
-        data, test, kwargs, control_group=control_group, n_jobs=n_jobs, random_state=random_state
+        data,
+        test,
+        kwargs,
+        moi=moi,
+        control_group=control_group,
+        min_nonzero=min_nonzero,
+        n_jobs=n_jobs,
+        random_state=random_state,
     )
     jobs = _ntc_jobs(
         screen.inputs, group_size, responses, n_pairs, grouping_key, screen.random_state
@@ -633,7 +754,8 @@ def run_ntc_ensemble(
     responses=None,
     n_pairs: int | None = None,
     test: CRTTest | None = None,
-    control_group: str = "complement",
+    moi: str | None = None,
+    control_group: str | None = None,
     min_nonzero: int = 7,
     n_jobs: int = 1,
     random_state: int | None = None,
@@ -664,7 +786,14 @@ def run_ntc_ensemble(
     if isinstance(n_ensemble, bool) or not isinstance(n_ensemble, int) or n_ensemble < 1:
         raise ValueError(f"n_ensemble must be an integer >= 1, got {n_ensemble!r}.")
     screen = _prepare(
-        data, test, kwargs, control_group=control_group, n_jobs=n_jobs, random_state=random_state
+        data,
+        test,
+        kwargs,
+        moi=moi,
+        control_group=control_group,
+        min_nonzero=min_nonzero,
+        n_jobs=n_jobs,
+        random_state=random_state,
     )
     frames = []
     for e in range(n_ensemble):
@@ -752,7 +881,8 @@ def power_check(
     per_guide: bool = False,
     alpha: float = 0.1,
     test: CRTTest | None = None,
-    control_group: str = "complement",
+    moi: str | None = None,
+    control_group: str | None = None,
     min_nonzero: int = 7,
     n_jobs: int = 1,
     random_state: int | None = None,
@@ -791,7 +921,8 @@ def discovery_analysis(
     per_guide: bool = False,
     alpha: float = 0.1,
     test: CRTTest | None = None,
-    control_group: str = "complement",
+    moi: str | None = None,
+    control_group: str | None = None,
     min_nonzero: int = 7,
     n_jobs: int = 1,
     random_state: int | None = None,
@@ -834,8 +965,16 @@ _RUN_OPTIONS_DOC = """
         ``test=CRTTest(sampler=...)`` and ``resampling_method=...`` configure the same thing in
         two spellings. ``statistic`` left ``None`` means the NB score statistic for counts and
         OLS for programs, fitted once on all cells; a fitted statistic is reused as is.
-    control_group : {"complement", "nt_cells"}, default="complement"
-        The cells a unit's treated cells are compared with, in SCEPTRE's words.
+    moi : {"high", "low"}, default=None
+        Picks SCEPTRE's choices (:data:`sklcrt.moi.MOI_CHOICES`) for what is not given: at low
+        MOI ``control_group="nt_cells"`` and permutations (``resampling_method="perm"``, only
+        when neither ``test`` nor the parameters below configure the resampling); at high MOI
+        every other cell as control and the test's defaults (the CRT). Burden bins are never
+        turned on by ``moi``. ``None`` keeps the defaults and warns when the guides look like a
+        low-MOI screen (most cells carry exactly one guide) and no ``control_group`` is given.
+    control_group : {"complement", "nt_cells"}, default=None
+        The cells a unit's treated cells are compared with, in SCEPTRE's words (``None``: the
+        choice of ``moi``, else ``"complement"``).
         ``"complement"``: every other cell. ``"nt_cells"``: the cells that carry only
         non-targeting guides (at least one, no targeting guide); each unit's resamples then treat
         only its own cells and those (``eligible`` of :meth:`sklcrt.crt.CRTTest.fit`), and for
