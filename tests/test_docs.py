@@ -157,6 +157,96 @@ def test_data_contract_names_the_anndata_keys():
         assert f"``{column}``" in text, f"the results table lacks column {column}"
 
 
+def _section(text: str, title: str) -> str:
+    """The body of the reST section ``title`` (up to the next section of the same level)."""
+    lines = text.splitlines()
+    start = next(
+        i for i, line in enumerate(lines[:-1]) if line == title and set(lines[i + 1]) == {"-"}
+    )
+    end = next(
+        (
+            i
+            for i in range(start + 2, len(lines) - 1)
+            if lines[i] and set(lines[i + 1]) == {"-"} and len(lines[i + 1]) == len(lines[i])
+        ),
+        len(lines),
+    )
+    return "\n".join(lines[start + 2 : end])
+
+
+def _code_blocks(text: str, language: str) -> list[str]:
+    """The dedented bodies of the ``.. code-block:: language`` directives in ``text``."""
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        if lines[i].strip() == f".. code-block:: {language}":
+            i += 1
+            body = []
+            while i < len(lines) and (not lines[i].strip() or lines[i].startswith("   ")):
+                body.append(lines[i][3:])
+                i += 1
+            blocks.append("\n".join(body).strip("\n") + "\n")
+        else:
+            i += 1
+    return blocks
+
+
+def test_user_guide_own_sampler_runs_and_prints_what_it_shows(capsys):
+    """The "Your own sampler" section runs as written and prints the table the page shows."""
+    section = _section((DOCS / "user_guide.rst").read_text(), "Your own sampler")
+    code = _code_blocks(section, "python")
+    assert len(code) == 3, "the class, the check suite and the ParameterGrid comparison"
+    namespace: dict = {"__name__": "user_guide_own_sampler"}
+    exec(compile("\n".join(code), "user_guide.rst::Your own sampler", "exec"), namespace)  # noqa: S102
+    printed = capsys.readouterr().out
+    (shown,) = _code_blocks(section, "text")
+    assert printed.split() == shown.split(), f"the page shows\n{shown}\nthe code prints\n{printed}"
+
+    sampler = namespace["StratumBernoulliSampler"]
+    from sklcrt.samplers import BaseSampler
+
+    assert issubclass(sampler, BaseSampler)
+    assert sampler().required_inputs() == frozenset({"strata"})
+    table = namespace["table"]
+    assert len(table) == 4 and set(table["sampler"]) == {
+        "StratifiedPermutationSampler",
+        "StratumBernoulliSampler",
+    }
+    # what the text says: inflated without burden bins, calibrated with them, for both samplers
+    without = table[table["n_burden_bins"] == 1]
+    with_bins = table[table["n_burden_bins"] == 8]
+    assert (without["p < 0.05"] > 0.2).all() and (with_bins["p < 0.05"] < 0.08).all()
+    assert with_bins["n_strata"].min() > without["n_strata"].max()
+
+
+def test_crt_test_exposes_the_nested_parameters_the_guide_names():
+    from sklcrt import CRTTest
+
+    params = CRTTest().get_params()
+    for name in ("encoder__n_burden_bins", "encoder__n_bins", "propensity__C",
+                 "statistic__block_size"):  # fmt: skip
+        assert name in params, name
+    text = (DOCS / "user_guide.rst").read_text()
+    for name in ("encoder__n_burden_bins", "encoder__n_bins", "propensity__C",
+                 "statistic__block_size"):  # fmt: skip
+        assert f"``{name}``" in text, name
+
+
+def test_pages_use_the_current_api_spelling():
+    """No page tells users about spellings the library no longer has."""
+    stale = {
+        "sklcrt[plot]": "matplotlib is a core dependency",
+        "Y=": "CRTTest.fit takes responses=",
+        "p_value": "the column and attribute are pvalue",
+        "pvalues_": "the attribute is pvalue_",
+    }
+    for page in sorted(DOCS.glob("*.rst")):
+        text = page.read_text()
+        for old, why in stale.items():
+            assert not re.search(rf"(?<![\w.]){re.escape(old)}", text), (
+                f"{page.name}: {old!r} ({why})"
+            )
+
+
 # ---------------------------------------------------------------------- conf.py hooks
 def test_examples_and_validation_pages_list_existing_files(tmp_path):
     conf = _load_conf()
