@@ -47,8 +47,6 @@ _FULL_FRACTION = 0.5
 _CACHED_PIECES_BYTES = 1 * 2**20
 
 
-
-
 class _Chunk:
     """A run of resamples, converted for the gather.
 
@@ -214,6 +212,54 @@ def _orthonormal_basis(C: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(U[:, :rank])
 
 
+def _mask(rows: np.ndarray, n_cells: int) -> np.ndarray:
+    mask = np.zeros(n_cells, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _check_fit_cells(fit_cells, n_cells: int) -> np.ndarray | None:
+    """``fit_cells`` as increasing row indices, or None for all cells (or no mask)."""
+    if fit_cells is None:
+        return None
+    if sp.issparse(fit_cells):
+        fit_cells = fit_cells.toarray()
+    if hasattr(fit_cells, "to_numpy"):
+        fit_cells = fit_cells.to_numpy()
+    mask = np.asarray(fit_cells)
+    if mask.dtype != bool:
+        if mask.dtype.kind in "biuf" and mask.size and np.all((mask == 0) | (mask == 1)):
+            mask = mask.astype(bool)
+        else:
+            raise ValueError(
+                "fit_cells must be a boolean mask over the cells (True: the null model is fitted "
+                f"on the cell), got dtype {mask.dtype}."
+            )
+    if mask.ndim != 1 or mask.size != n_cells:
+        raise ValueError(
+            f"fit_cells must be a boolean mask with one entry per cell, shape ({n_cells},); got "
+            f"shape {mask.shape}."
+        )
+    if mask.all():
+        return None  # all cells: exactly the plain fit
+    return np.flatnonzero(mask)
+
+
+def _check_rank_on(Q: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse fit cells on which the covariates are not estimable (rank below the basis')."""
+    sub = Q[rows]
+    s = np.linalg.svd(sub, compute_uv=False)
+    tol = max(sub.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
+    rank = int(np.count_nonzero(s > tol * 10))
+    if rank < Q.shape[1]:
+        raise ValueError(
+            f"the covariates have rank {Q.shape[1]} on all cells but only {rank} on the "
+            f"{rows.size} fit cells (e.g. a batch or level with no fit cell), so the null model "
+            "cannot predict the other cells; drop those covariate columns or cells, or fit on "
+            "all cells (fit_cells=None)."
+        )
+
+
 def _dense_block(Y, block, rows=None) -> np.ndarray:
     """Dense float64 (n_rows, len(block)) slice of a dense array or CSC matrix."""
     if sp.issparse(Y):
@@ -246,13 +292,17 @@ class BaseStatistic(BaseEstimator):
     Attributes
     ----------
     n_cells_ : int
-        Number of cells the null model was fitted on.
+        Number of cells (the fitted model is evaluated on every cell).
     n_responses_ : int
         Number of responses ``G``.
     basis_ : ndarray of shape (n_cells, rank_)
         Orthonormal basis of ``[1, C]``.
     rank_ : int
         Rank of ``[1, C]`` (intercept included).
+    fit_cells_ : ndarray of bool of shape (n_cells,) or None
+        The cells the null model was fitted on (``fit(fit_cells=...)``); None: all cells.
+    n_fit_cells_ : int
+        Number of cells the null model was fitted on.
 
     Notes
     -----
@@ -271,7 +321,7 @@ class BaseStatistic(BaseEstimator):
         self.block_size = block_size
 
     # ---------------------------------------------------------------- public protocol
-    def fit(self, Y, C=None):
+    def fit(self, Y, C=None, *, fit_cells=None):
         """Fit the null model of every response on the covariates.
 
         Parameters
@@ -281,6 +331,12 @@ class BaseStatistic(BaseEstimator):
         C : array-like of shape (n_cells, n_covariates), default=None
             Encoded covariates. An intercept is always added and collinear columns are dropped,
             so ``C`` may or may not contain an intercept column. ``None`` means intercept only.
+        fit_cells : array-like of bool of shape (n_cells,), default=None
+            The cells the null model is fitted on (e.g. SCEPTRE's low-MOI control group, the
+            cells that carry only non-targeting guides). The fitted model is then evaluated on
+            every cell: treatment vectors may treat cells inside or outside the fit cells (see
+            the subclass's Notes for how the statistic accounts for them). ``None`` (or a mask
+            of every cell) fits on all cells, exactly as without the argument.
 
         Returns
         -------
@@ -294,16 +350,24 @@ class BaseStatistic(BaseEstimator):
         self.responses_fingerprint_ = content_fingerprint(Y)
         self.covariates_fingerprint_ = content_fingerprint(C)
         check_same_length(Y=Y, C=C)
+        rows = _check_fit_cells(fit_cells, Y.shape[0])
         Q = _orthonormal_basis(C)
-        if Y.shape[0] <= Q.shape[1] + 1:
+        n_fit = Y.shape[0] if rows is None else rows.size
+        if n_fit <= Q.shape[1] + 1:
+            where = "" if rows is None else " fit"
             raise ValueError(
-                f"Y has {Y.shape[0]} cells but the covariates have rank {Q.shape[1]} (with the "
+                f"Y has {n_fit}{where} cells but the covariates have rank {Q.shape[1]} (with the "
                 "intercept); a test needs at least rank + 2 cells."
             )
+        if rows is not None:
+            _check_rank_on(Q, rows)
         self.n_cells_ = int(Y.shape[0])
         self.n_responses_ = int(Y.shape[1])
         self.basis_ = Q
         self.rank_ = int(Q.shape[1])
+        self.fit_cells_ = None if rows is None else _mask(rows, Y.shape[0])
+        self.n_fit_cells_ = int(n_fit)
+        self._fit_rows = rows
         self._fit(Y, Q)
         return self
 

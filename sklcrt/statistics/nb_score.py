@@ -181,6 +181,7 @@ class NBScoreStatistic(BaseStatistic):
         "tol": [Interval(Real, 0, None, closed="neither")],
         "cache_bytes": [Interval(Integral, 0, None, closed="left")],
         "n_jobs": [Integral, None],
+        "progress": ["boolean"],
     }
     _counts_only = True
 
@@ -195,6 +196,7 @@ class NBScoreStatistic(BaseStatistic):
         block_size=None,
         cache_bytes=512 * 2**20,
         n_jobs=None,
+        progress=False,
     ):
         super().__init__(block_size=block_size)
         self.theta = theta
@@ -204,12 +206,31 @@ class NBScoreStatistic(BaseStatistic):
         self.tol = tol
         self.cache_bytes = cache_bytes
         self.n_jobs = n_jobs
+        self.progress = progress
 
     _stored_per_response = 2  # a and W
 
     @property
     def _gathered_per_response(self):
-        return getattr(self, "rank_", 1) + 2  # Σa, ΣW and ΣW q
+        return self._n_sums + 2  # Σa, ΣW and ΣW q (inside and outside the fit cells)
+
+    @property
+    def _n_sums(self) -> int:
+        """Gathered ``ΣW q`` values per resample and response: r, or 2r with fit cells."""
+        r = getattr(self, "rank_", 1)
+        return r if getattr(self, "_outside", None) is None else 2 * r
+
+    def _sum_basis(self, cells) -> np.ndarray:
+        """The basis rows whose W-weighted sums the statistic needs, (n_rows, _n_sums).
+
+        ``Q`` without fit cells; with them ``[Q * inside, Q * outside]``, so that one gather
+        gives ``ΣW q`` over the treated cells inside and outside the fit cells apart.
+        """
+        Q = self.basis_ if cells is None else self.basis_[cells]
+        if self._outside is None:
+            return Q
+        out = (self._outside if cells is None else self._outside[cells])[:, None]
+        return np.hstack([np.where(out, 0.0, Q), np.where(out, Q, 0.0)])
 
     # ---------------------------------------------------------------- fit
     def _fit(self, Y, Q):
@@ -222,19 +243,27 @@ class NBScoreStatistic(BaseStatistic):
         self.converged_ = np.zeros(G, dtype=bool)
         self.null_info_ = np.full((G, r, r), np.nan)
         self.whitener_ = np.full((G, r, r), np.nan)
-        totals = np.asarray(Y.sum(axis=0)).ravel()
+        # The null model is fitted on the fit cells' rows (all cells by default); the basis Q
+        # stays the one of all cells, so the fitted coefficients predict every cell.
+        rows = self._fit_rows
+        Qf = Q if rows is None else np.ascontiguousarray(Q[rows])
+        n_fit = Qf.shape[0]
+        Yf = Y if rows is None else Y[rows]
+        totals = np.asarray(Yf.sum(axis=0)).ravel()
         self.no_counts_ = totals <= 0
+        # Cells outside the fit (None: none); the statistic's variance treats them apart.
+        self._outside = None if rows is None else ~self.fit_cells_
 
-        QT = np.ascontiguousarray(Q.T)
-        self._max_leverage = float(np.sqrt(np.max(np.einsum("ij,ij->i", Q, Q))))
-        gram = _Gram(Q)
+        QT = np.ascontiguousarray(Qf.T)
+        self._max_leverage = float(np.sqrt(np.max(np.einsum("ij,ij->i", Qf, Qf))))
+        gram = _Gram(Qf)
         ones_coef = Q.sum(axis=0)  # Q @ ones_coef = 1, as 1 is in the span of Q
         fitted = np.flatnonzero(~self.no_counts_)
-        k = max(1, _FIT_BLOCK_BYTES // (8 * n_cells))
+        k = max(1, _FIT_BLOCK_BYTES // (8 * n_fit))
 
         def fit_block(block):
-            Yb = _response_rows(Y, block)
-            beta = np.outer(np.log(totals[block] / n_cells), ones_coef)
+            Yb = _response_rows(Yf, block)
+            beta = np.outer(np.log(totals[block] / n_fit), ones_coef)
             beta, theta, conv = self._fit_block(QT, gram, Yb, beta, bounds)
             mu = _mean(beta @ QT)
             return block, beta, theta, conv, gram(mu / (1.0 + mu / theta[:, None]))
@@ -242,17 +271,23 @@ class NBScoreStatistic(BaseStatistic):
         # Each response converges on its own, so blocks fitted in parallel threads give the
         # same fit (numpy releases the GIL in these passes over whole blocks). Threads, whatever
         # joblib backend is configured for the units: the blocks share Y and the design.
-        blocks = (fitted[start : start + k] for start in range(0, fitted.size, k))
+        starts = range(0, fitted.size, k)
+        blocks = (fitted[start : start + k] for start in starts)
         with single_threaded_blas():
-            fits = Parallel(n_jobs=self.n_jobs, backend="threading")(
+            fits = Parallel(n_jobs=self.n_jobs, backend="threading", return_as="generator")(
                 delayed(fit_block)(block) for block in blocks
             )
-        for block, beta, theta, conv, H in fits:
-            self.coef_[block] = beta
-            self.theta_[block] = theta
-            self.converged_[block] = conv
-            self.null_info_[block] = H
-            self.whitener_[block] = _whitener(H)
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                # Shown only once the fit has run a second (small fits stay quiet).
+                fits = tqdm(fits, total=len(starts), desc="NB null fit", unit="block", delay=1.0)
+            for block, beta, theta, conv, H in fits:
+                self.coef_[block] = beta
+                self.theta_[block] = theta
+                self.converged_[block] = conv
+                self.null_info_[block] = H
+                self.whitener_[block] = _whitener(H)
 
         # The pieces of all responses are built on first use (evaluations of most responses on
         # most cells) and kept: analyses of pairs build small pieces per block instead.
@@ -314,7 +349,7 @@ class NBScoreStatistic(BaseStatistic):
     #
     # Both add the same products in the same (cell) order, so they give the same sums.
     def _plan(self, n_rows, nnz, n_targets, stored):
-        r = self.rank_
+        r = self._n_sums
         if stored or n_rows * n_targets * r > 4 * nnz * (r + 1):
             return "stacked", 2
         return "direct", r + 2
@@ -352,17 +387,17 @@ class NBScoreStatistic(BaseStatistic):
         n = self.n_cells_ if cells is None else cells.size
         k = block.size
         if scratch.get("plan") == "direct":
-            width = (self.rank_ + 2) * k
+            width = (self._n_sums + 2) * k
             buf = scratch.get("direct")
             if buf is None or buf.size < n * width:
                 buf = scratch["direct"] = np.empty(n * width)
-            P = buf[: n * width].reshape(n, self.rank_ + 2, k)
+            P = buf[: n * width].reshape(n, self._n_sums + 2, k)
             if self._cache is None:
                 a, W = self._build_pieces(cells, block, P[:, 0], P[:, 1])
             else:
                 a, W = self._cached_pieces(cells, block)
                 P[:, 0], P[:, 1] = a, W
-            Q = self.basis_ if cells is None else self.basis_[cells]
+            Q = self._sum_basis(cells)
             np.multiply(P[:, 1, None, :], Q[:, :, None], out=P[:, 2:])
             return P.reshape(n, width)
         if self._cache is None:
@@ -390,8 +425,8 @@ class NBScoreStatistic(BaseStatistic):
         if chunk.plan == "direct":
             return None
         R = chunk.csc
-        Q = self.basis_ if chunk.cells is None else self.basis_[chunk.cells]
-        r, (b, n) = self.rank_, R.shape
+        Q = self._sum_basis(chunk.cells)
+        r, (b, n) = Q.shape[1], R.shape
         col = np.repeat(np.arange(n), np.diff(R.indptr))
         data = np.empty((R.nnz, r + 1))
         data[:, 0] = 1.0
@@ -404,18 +439,25 @@ class NBScoreStatistic(BaseStatistic):
 
     def _gather(self, chunk, stacked, pieces):
         if stacked is None:
-            sums = chunk.gather(pieces).reshape(chunk.csr.shape[0], self.rank_ + 2, -1)
+            sums = chunk.gather(pieces).reshape(chunk.csr.shape[0], self._n_sums + 2, -1)
             return sums[:, 0], sums[:, 1:].transpose(1, 0, 2)
         a, W = pieces
         s_a = np.asarray(chunk.csc @ a)
-        s_w = np.asarray(stacked @ W).reshape(self.rank_ + 1, s_a.shape[0], -1)
+        s_w = np.asarray(stacked @ W).reshape(self._n_sums + 1, s_a.shape[0], -1)
         return s_a, s_w
 
     def _finish(self, sums, shared, block):
         s_a, s_w = sums
         # ‖M_g Σ W q‖² for every resample b and response g.
-        s_d = np.einsum("gcd,dbg->bgc", self.whitener_[block], s_w[1:])
+        M = self.whitener_[block]
+        r = self.rank_
+        s_d = np.einsum("gcd,dbg->bgc", M, s_w[1 : r + 1])
         info = s_w[0] - np.einsum("bgc,bgc->bg", s_d, s_d)
+        if self._outside is not None:
+            # Treated cells outside the fit cells: their residuals carry the null fit's own
+            # estimation error, which adds ‖M Σ_out W q‖² (see the class Notes).
+            s_d = np.einsum("gcd,dbg->bgc", M, s_w[r + 1 :])
+            info += np.einsum("bgc,bgc->bg", s_d, s_d)
         with np.errstate(invalid="ignore", divide="ignore"):
             z = s_a / np.sqrt(info)
         z[~(info > _COLLINEAR_TOL * s_w[0])] = np.nan
@@ -450,16 +492,22 @@ class NBScoreStatistic(BaseStatistic):
         return np.clip(np.log(np.maximum(ratio, 1e-8)), -10.0, 10.0)
 
     def _effect_full(self, x, treated, block):
-        """γ and Var(γ) from the NB GLM ``log μ = Qβ + γx`` refitted on all cells."""
+        """γ and Var(γ) from the NB GLM ``log μ = Qβ + γx`` refitted on all cells (with fit
+        cells: on the fit cells and the treated cells)."""
         Q = self.basis_
-        X = np.column_stack([Q, x.astype(np.float64)])
-        XT = np.ascontiguousarray(X.T)
-        gram = _Gram(X)
+        xf = x.astype(np.float64)
         Yb = _response_rows(self._Y, block)
         theta = self.theta_[block]
         beta0 = self.coef_[block]
         mu_t = _mean(beta0 @ Q[treated].T)
-        start = np.column_stack([beta0, self._gamma_start(Yb[:, treated], mu_t)])
+        y_t = Yb[:, treated]
+        if self._outside is not None:
+            rows = np.flatnonzero(~self._outside | (x != 0))
+            Q, xf, Yb = Q[rows], xf[rows], np.ascontiguousarray(Yb[:, rows])
+        X = np.column_stack([Q, xf])
+        XT = np.ascontiguousarray(X.T)
+        gram = _Gram(X)
+        start = np.column_stack([beta0, self._gamma_start(y_t, mu_t)])
         beta, _ = _fit_glm(
             XT, gram, Yb, start, theta, max_iter=self.max_iter, tol=self.tol, cap_last=_GAMMA_MAX
         )
@@ -473,7 +521,9 @@ class NBScoreStatistic(BaseStatistic):
         Maximises ``F(δ, γ) = ℓ_T(β₀ + δ, γ) + s_Cᵀδ - ½ δᵀ H_C δ`` over (δ, γ): ``ℓ_T`` is the
         treated cells' NB log-likelihood, ``s_C = -Σ_T q_i a_i(β₀)`` the controls' score at the
         null fit (the full score vanishes there) and ``H_C = Qᵀ W Q - Σ_T W_i q_i q_iᵀ`` their
-        information.
+        information. With fit cells the controls are the fit cells that are not treated: the
+        sums over ``T`` run over the treated fit cells only (none when the treated cells lie
+        outside the fit cells, so ``s_C = 0`` and ``H_C`` is the null information).
         """
         Qt = self.basis_[treated]  # (m, r)
         QtT = np.ascontiguousarray(Qt.T)
@@ -483,9 +533,14 @@ class NBScoreStatistic(BaseStatistic):
         eta0 = self.coef_[block] @ QtT
         mu0 = _mean(eta0)
         denom0 = 1.0 + mu0 / theta
-        s_c = -((y - mu0) / denom0) @ Qt  # (k, r)
         gram_t = _Gram(Qt)
-        h_c = self.null_info_[block] - gram_t(mu0 / denom0)
+        if self._outside is None:
+            s_c = -((y - mu0) / denom0) @ Qt  # (k, r)
+            h_c = self.null_info_[block] - gram_t(mu0 / denom0)
+        else:
+            inside = (~self._outside[treated]).astype(np.float64)  # treated fit cells
+            s_c = -(((y - mu0) / denom0) * inside) @ Qt
+            h_c = self.null_info_[block] - gram_t(mu0 / denom0 * inside)
 
         def objective(delta, gamma):
             eta = eta0 + delta @ QtT + gamma[:, None]
