@@ -213,7 +213,7 @@ def _encode(frame: pd.DataFrame) -> tuple[bytes, list[str], dict[str, str]]:
     out = frame.copy()
     for name in frame.columns:
         dtype = frame[name].dtype
-        if dtype.kind not in "biufO":
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "biufO":
             raise TypeError(
                 f"checkpoint tables hold bool, integer, float and object columns; column "
                 f"{name!r} has dtype {dtype}."

@@ -40,6 +40,23 @@ SCEPTRE_HIGH_MOI_COVARIATES = (
 )
 
 
+def _in_memory(matrix, where: str):
+    """The matrix itself, or read into memory when it is on disk (a backed AnnData's ``X``: an
+    h5py dataset or anndata's backed sparse dataset)."""
+    if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+        return matrix
+    if hasattr(matrix, "to_memory"):  # anndata's backed CSR/CSC dataset
+        return matrix.to_memory()
+    if hasattr(matrix, "id") and hasattr(matrix, "dtype") and hasattr(matrix, "shape"):
+        return matrix[()]  # h5py.Dataset (dense X of a backed AnnData)
+    if getattr(matrix, "dtype", None) is None and not hasattr(matrix, "__array__"):
+        raise ValueError(
+            f"{where} is a {type(matrix).__name__}, not an array or sparse matrix; load the data "
+            "into memory first (e.g. adata = adata.to_memory() for a backed AnnData)."
+        )
+    return matrix
+
+
 def _count_responses(adata, layer):
     if layer is None:
         matrix, where = adata.X, "adata.X"
@@ -51,6 +68,7 @@ def _count_responses(adata, layer):
                 "layers", layer, adata.layers.keys(), "Pass layer=None to use adata.X."
             )
         matrix, where = adata.layers[layer], f"adata.layers[{layer!r}]"
+    matrix = _in_memory(matrix, where)
     if sp.issparse(matrix):
         Y = sp.csr_matrix(matrix)  # no copy when already CSR
         values = Y.data
@@ -124,7 +142,8 @@ def prepare_crt_inputs(
         The screen, following the data contract (not modified).
     response : {"counts", "programs"}, default="counts"
         ``"counts"``: raw UMI counts from ``adata.X`` or ``adata.layers[layer]`` (kept sparse CSR
-        when sparse; checked finite and non-negative). ``"programs"``: program usages from
+        when sparse; checked finite and non-negative; read into memory from a backed AnnData,
+        ``anndata.read_h5ad(path, backed="r")``). ``"programs"``: program usages from
         ``adata.obsm[usage_key]`` (DataFrame or array), CLR-transformed with
         :func:`sklcrt.preprocessing.clr_transform`.
     layer : str, default=None
