@@ -64,6 +64,14 @@ _BLOCK_BYTES = 8 * 2**20
 # Relative tolerances: lattice detection, support edge, zero variance.
 _LATTICE_TOL = 1e-7
 _EDGE_TOL = 1e-9
+# Screening (see _screen): chunk size, trusted Edgeworth error and range, cancellation guard.
+_SCREEN_BYTES = 2**20
+_SCREEN_REL_ERR = 1e-2
+_SCREEN_Z_MAX = 3.0
+_SCREEN_CANCEL = 1e-8
+# Lattice detection looks at the first cells first; denominators tried on them.
+_LATTICE_SAMPLE = 256
+_LATTICE_DENOMINATOR = 12
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 # |t| max|a| beyond which the support edges are checked (see _tails_at).
 _RUNAWAY = 20.0
@@ -143,22 +151,36 @@ def saddlepoint_pvalues(
     G = A.shape[1]
     pvalues = np.full(G, np.nan)
     methods = np.full(G, "saddlepoint", dtype=object)
-    finite = np.all(np.isfinite(A), axis=0) & np.isfinite(s_obs)
-    methods[~finite] = f"{FALLBACK}: non-finite score pieces or observed statistic"
-    cols = np.flatnonzero(finite)
-    if cols.size == 0:
-        return pvalues, methods
+    cols = np.arange(G)
     if kind == "bernoulli":
         model_cls, setup = _Bernoulli, _bernoulli_setup(p)
     else:
         model_cls, setup = _Conditional, _conditional_setup(codes, x)
+    # Only the cells that can change, or that add a constant, are read again: one row gather.
+    rows, setup = _compact(setup)
+    A = A[rows]
+    # One pass over the cells for every response: exact null cumulants, lattice spans and the
+    # one-term Edgeworth tails where their error bound allows (most null pairs); the others
+    # get the saddlepoint.
+    screen = _screen(kind, setup, A[:, cols], s_obs[cols], lattice)
+    easy = cols[screen["easy"]]
+    pvalues[easy] = _two_sided(screen["upper"], screen["lower"], alternative)[screen["easy"]]
+    spans = np.zeros(G)
+    spans[cols] = screen["span"]
+    cols = cols[~screen["easy"]]
     n_used = setup["n_cells"]
     k = max(1, _BLOCK_BYTES // (8 * max(n_used, 1)))
     for start in range(0, cols.size, k):
         block = cols[start : start + k]
-        model = model_cls(setup, A[:, block])
-        lat = model.lattice_span() if lattice == "auto" else np.full(block.size, lattice or 0.0)
-        pv, me = _tails(model, s_obs[block] - model.mean, lat, alternative)
+        Ab = A[:, block]
+        finite = np.all(np.isfinite(Ab), axis=0) & np.isfinite(s_obs[block])
+        methods[block[~finite]] = f"{FALLBACK}: non-finite score pieces or observed statistic"
+        if not finite.all():
+            block, Ab = block[finite], Ab[:, finite]
+            if block.size == 0:
+                continue
+        model = model_cls(setup, Ab)
+        pv, me = _tails(model, s_obs[block] - model.mean, spans[block], alternative)
         pvalues[block], methods[block] = pv, me
     return pvalues, methods
 
@@ -278,6 +300,169 @@ def _gcd_span(d):
     return span
 
 
+def _two_sided(upper, lower, alternative):
+    if alternative == "greater":
+        return upper
+    if alternative == "less":
+        return lower
+    return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
+
+
+def _chunks(n_rows, n_cols):
+    """Row ranges of about ``_SCREEN_BYTES`` per (rows x n_cols) chunk (cache-resident)."""
+    step = max(16, _SCREEN_BYTES // (8 * max(n_cols, 1)))
+    return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+
+def _screen(kind, setup, A, s_obs, lattice):
+    """Exact null cumulants, lattice spans and trusted Edgeworth tails of every column.
+
+    One chunked pass over the cells that can change (power sums per stratum, or weighted
+    sums for the CRT): the mean, variance and third cumulant of ``S*`` and the largest centred
+    piece ``d``. The one-term Edgeworth expansion (with the continuity correction on a lattice)
+    is the Lugannani-Rice formula's own limit near the mean; it is used (``easy``) where a
+    bound on its next terms, ``φ(z) (δ²/24 |He₃| + γ²/72 |He₅| + (h/σ)²/24 (1 + |z|))`` with
+    ``δ = d/σ`` bounding the standardised fourth cumulant, is below ``_SCREEN_REL_ERR`` of the
+    smaller tail and ``|z| <= _SCREEN_Z_MAX``. Everything else (and any column the pass cannot
+    vouch for: non-finite, cancelling sums, no variance) is left to the saddlepoint solver.
+    """
+    k = A.shape[1]
+    if kind == "bernoulli":
+        rows = setup["free"]
+        pf = setup["p"]
+        q = pf * (1.0 - pf)
+        w3 = q * (1.0 - 2.0 * pf)
+        mean = A[setup["ones"]].sum(axis=0)
+        var, kappa3, gross = np.zeros(k), np.zeros(k), np.zeros(k)
+        dmax = np.zeros(k)
+        for r0, r1 in _chunks(rows.size, k):
+            X = A[rows[r0:r1]]
+            mean += pf[r0:r1] @ X
+            X2 = X * X
+            var += q[r0:r1] @ X2
+            X2 *= X
+            kappa3 += w3[r0:r1] @ X2
+            np.maximum(dmax, np.abs(X).max(axis=0), out=dmax)
+        gross = var
+        sample = A[rows[:_LATTICE_SAMPLE]]
+    else:
+        act = setup["active"]
+        rows, codes = act["cells"], act["codes"]
+        n = np.bincount(codes).astype(np.float64)
+        m = act["m"].astype(np.float64)
+        S = n.size
+        P1, P2, P3 = np.zeros((S, k)), np.zeros((S, k)), np.zeros((S, k))
+        Pmax, Pmin = np.full((S, k), -np.inf), np.full((S, k), np.inf)
+        for r0, r1 in _chunks(rows.size, k):
+            X = A[rows[r0:r1]]
+            c = codes[r0:r1]
+            starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+            ids = c[starts]
+            X2 = X * X
+            P1[ids] += np.add.reduceat(X, starts, axis=0)
+            P2[ids] += np.add.reduceat(X2, starts, axis=0)
+            X2 *= X
+            P3[ids] += np.add.reduceat(X2, starts, axis=0)
+            Pmax[ids] = np.maximum(Pmax[ids], np.maximum.reduceat(X, starts, axis=0))
+            Pmin[ids] = np.minimum(Pmin[ids], np.minimum.reduceat(X, starts, axis=0))
+        mean = A[setup["full_cells"]].sum(axis=0)
+        if S:
+            abar = P1 / n[:, None]
+            mean = mean + m @ abar
+            c2 = m * (n - m) / (n * (n - 1.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c3 = np.where(n > 2, m * (n - m) * (n - 2.0 * m) / (n * (n - 1.0) * (n - 2.0)), 0)
+            var = c2 @ (P2 - P1 * abar)
+            kappa3 = c3 @ (P3 - 3.0 * abar * P2 + 2.0 * n[:, None] * abar**3)
+            gross = c2 @ P2
+            dmax = np.maximum(Pmax - abar, abar - Pmin).max(axis=0)
+        else:
+            var = kappa3 = gross = dmax = np.zeros(k)
+        sample = A[rows[:_LATTICE_SAMPLE]]
+        c = codes[:_LATTICE_SAMPLE]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        sample = sample - np.repeat(sample[starts], np.diff(np.r_[starts, c.size]), axis=0)
+    span = _screen_spans(A, rows, codes if kind != "bernoulli" else None, sample, lattice)
+
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        sd = np.sqrt(var)
+        s_c = s_obs - mean
+        gamma = kappa3 / (var * sd)
+        delta2 = (dmax / sd) ** 2
+        lat2 = (span / sd) ** 2
+        z_up = (s_c - 0.5 * span) / sd  # continuity correction (span 0: none)
+        z_lo = (s_c + 0.5 * span) / sd
+        upper = _edgeworth_upper(z_up, gamma)
+        lower = _edgeworth_upper(-z_lo, -gamma)
+        err = np.maximum(
+            _edgeworth_error(z_up, gamma, delta2, lat2), _edgeworth_error(z_lo, gamma, delta2, lat2)
+        )
+        easy = (
+            np.isfinite(err)
+            & np.isfinite(mean)
+            & np.isfinite(s_c)
+            & (var > _SCREEN_CANCEL * gross)
+            & (np.maximum(np.abs(z_up), np.abs(z_lo)) <= _SCREEN_Z_MAX)
+            & (err <= _SCREEN_REL_ERR * np.minimum(upper, lower))
+        )
+    return {"easy": easy, "upper": upper, "lower": lower, "span": span}
+
+
+def _edgeworth_error(z, gamma, delta2, lat2):
+    """A bound (up to constants) on the terms after the one-term Edgeworth expansion."""
+    az = np.abs(z)
+    z3 = az**3
+    phi = np.exp(-0.5 * z * z - _LOG_SQRT_2PI)
+    he3 = z3 + 3.0 * az + 1.0  # |He3(z)| and |He5(z)|, bounded away from their zeros
+    he5 = z3 * az * az + 10.0 * z3 + 15.0 * az + 1.0
+    return phi * (delta2 / 24.0 * he3 + gamma * gamma / 72.0 * he5 + lat2 / 24.0 * (1.0 + az))
+
+
+def _screen_spans(A, rows, codes, sample, lattice):
+    """Lattice spans per column: a cheap check on the first cells, the full one where the first
+    cells could be on a lattice (integers, or integer multiples of the smallest difference
+    over up to ``_LATTICE_DENOMINATOR``)."""
+    k = A.shape[1]
+    if lattice is None:
+        return np.zeros(k)
+    if lattice != "auto":
+        return np.full(k, float(lattice))
+    span = np.zeros(k)
+    maybe = _maybe_lattice(sample)
+    if maybe.any() and rows.size:
+        full = A[np.ix_(rows, np.flatnonzero(maybe))]
+        if codes is not None:
+            starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+            full = full - np.repeat(full[starts], np.diff(np.r_[starts, codes.size]), axis=0)
+        span[maybe] = _gcd_span(full)
+    return span
+
+
+def _maybe_lattice(d):
+    """Per column: could values containing ``d`` lie on a lattice? (False: certainly not.)"""
+    if d.shape[0] == 0:
+        return np.ones(d.shape[1], dtype=bool)
+
+    def on_grid(dd):
+        r = np.rint(dd)
+        return np.all(np.abs(dd - r) <= _LATTICE_TOL * np.maximum(1.0, np.abs(dd)), axis=0)
+
+    maybe = on_grid(d)
+    top = np.abs(d).max(axis=0)
+    nz = np.where(np.abs(d) > _LATTICE_TOL * top, np.abs(d), np.inf)
+    h0 = nz.min(axis=0)
+    has = np.isfinite(h0)
+    todo = ~maybe & has
+    for den in range(1, _LATTICE_DENOMINATOR + 1):
+        if not todo.any():
+            break
+        idx = np.flatnonzero(todo)
+        ok = on_grid(d[:, idx] * (den / h0[idx]))
+        maybe[idx[ok]] = True
+        todo[idx[ok]] = False
+    return maybe
+
+
 class _Bernoulli:
     """CGF of ``Σ x_i a_i``, ``x_i ~ Bernoulli(p_i)`` independent (free cells only)."""
 
@@ -301,25 +486,23 @@ class _Bernoulli:
         self.upper_edge = np.maximum(self.A, 0.0).sum(axis=0) - pa.sum(axis=0)
         self.lower_edge = np.minimum(self.A, 0.0).sum(axis=0) - pa.sum(axis=0)
 
-    def lattice_span(self):
-        return _gcd_span(self.A)
-
     def support_edges(self, cols):
         return self.lower_edge[cols], self.upper_edge[cols]
 
     def start(self, s_c):
         return np.zeros((0, s_c.size))
 
-    def evaluate(self, t, lam):
-        z = self.theta[:, None] + self.A * t
+    def evaluate(self, t, lam, cols=None):
+        A = self.A if cols is None else self.A[:, cols]
+        z = self.theta[:, None] + A * t
         sp, pi, v = _logistic_parts(z)
         # K(t) - t E S as a sum of non-negative Bregman terms (no cancellation of large sums).
         bregman = (sp - self.sp0[:, None] - self.pf[:, None] * (z - self.theta[:, None])).sum(0)
-        Av = self.A * v
+        Av = A * v
         return {
             "K": bregman,
-            "gt": np.einsum("ij,ij->j", self.A, pi) - self.pf @ self.A,
-            "D": np.einsum("ij,ij->j", Av, self.A),
+            "gt": np.einsum("ij,ij->j", A, pi) - self.pf @ A,
+            "D": np.einsum("ij,ij->j", Av, A),
             "log_ratio": np.zeros(t.size),
         }
 
@@ -383,6 +566,27 @@ def _conditional_setup(codes, x):
     return out
 
 
+def _compact(setup):
+    """The rows a setup reads, and the setup re-indexed on them (positions in ``rows``)."""
+    index_keys = [("free",), ("ones",), ("full_cells",), ("active", "cells")]
+    index_keys += [(name, "cells") for name in ("one", "dp", "big")]
+    found = []
+    for path in index_keys:
+        d = setup
+        for key in path[:-1]:
+            d = d.get(key, {})
+        if path[-1] in d:
+            found.append((path, d[path[-1]]))
+    rows = np.unique(np.concatenate([v for _, v in found])) if found else np.zeros(0, np.int64)
+    out = {key: (dict(val) if isinstance(val, dict) else val) for key, val in setup.items()}
+    for path, v in found:
+        d = out
+        for key in path[:-1]:
+            d = d[key]
+        d[path[-1]] = np.searchsorted(rows, v)
+    return rows, out
+
+
 class _Conditional:
     """Joint CGF of ``(S, M)`` with exact strata folded in (see the module docstring)."""
 
@@ -395,7 +599,6 @@ class _Conditional:
         self.var = np.zeros(k)
         self.kappa3 = np.zeros(k)
         self.scale = np.zeros(k)
-        diffs = []
         self.parts = {}
         for name in ("one", "dp", "big"):
             info = setup[name]
@@ -414,15 +617,12 @@ class _Conditional:
             self.var += c2 @ _segment_sum(sq, starts)
             self.kappa3 += c3 @ _segment_sum(sq * centred, starts)
             self.scale = np.maximum(self.scale, np.abs(centred).max(axis=0))
-            first = np.repeat(Ab[starts], n.astype(np.int64), axis=0)
-            diffs.append(Ab - first)
             self.parts[name] = self._part(name, centred, n, m, starts)
-        self.diffs = np.concatenate(diffs) if diffs else np.zeros((0, k))
         big = self.parts.get("big")
         self.n_nuisance = 0 if big is None else big["n"].size
         self.upper_edge = self.lower_edge = None
         self._active = setup["active"]
-        self._A_active = A[setup["active"]["cells"]]
+        self._A = A
 
     def support_edges(self, cols):
         """Smallest and largest ``S - E S`` that the resampling can make, for columns ``cols``.
@@ -435,7 +635,7 @@ class _Conditional:
         rank = np.arange(codes.size) - starts[codes]
         lower, upper = np.zeros(cols.size), np.zeros(cols.size)
         for j, c in enumerate(cols):  # loop over the flagged columns, not over cells
-            vals = self._A_active[:, c]
+            vals = self._A[self._active["cells"], c]
             order = np.lexsort((vals, codes))  # by stratum, then increasing value
             sorted_vals = vals[order]
             n_s = np.bincount(codes)
@@ -481,33 +681,35 @@ class _Conditional:
             "logV0": np.log(n * pi0 * (1.0 - pi0)),
         }
 
-    def lattice_span(self):
-        return _gcd_span(self.diffs)
-
     def start(self, s_c):
         big = self.parts.get("big")
         if big is None:
             return np.zeros((0, s_c.size))
         return np.repeat(big["lam0"][:, None], s_c.size, axis=1)
 
-    def evaluate(self, t, lam):
+    def evaluate(self, t, lam, cols=None):
         k = t.size
         out = {"K": np.zeros(k), "gt": np.zeros(k), "D": np.zeros(k), "log_ratio": np.zeros(k)}
+
+        def sub(values):
+            return values if cols is None else values[..., cols]
+
         one = self.parts.get("one")
         if one is not None:
-            z = one["vals"] * t
+            vals = sub(one["vals"])
+            z = vals * t
             zmax = np.maximum.reduceat(z, one["starts"], axis=0)
             e = np.exp(z - np.repeat(zmax, one["n"].astype(np.int64), axis=0))
             s0 = _segment_sum(e, one["starts"])
-            s1 = _segment_sum(e * one["vals"], one["starts"])
-            s2 = _segment_sum(e * one["vals"] ** 2, one["starts"])
+            s1 = _segment_sum(e * vals, one["starts"])
+            s2 = _segment_sum(e * vals**2, one["starts"])
             mean = s1 / s0
             out["K"] += (np.log(s0) + zmax - one["logn"][:, None]).sum(0)
             out["gt"] += mean.sum(0)
             out["D"] += (s2 / s0 - mean * mean).sum(0)
         dp = self.parts.get("dp")
         if dp is not None:
-            K, g, h = _dp_cgf(dp, t)
+            K, g, h = _dp_cgf(dict(dp, vals=sub(dp["vals"])), t)
             out["K"] += K
             out["gt"] += g
             out["D"] += h
@@ -515,14 +717,15 @@ class _Conditional:
         if big is not None:
             lam0 = big["lam0"][:, None]
             lam_c = np.repeat(lam, big["ni"], axis=0)
-            z = lam_c + big["A"] * t
+            Ab = sub(big["A"])
+            z = lam_c + Ab * t
             sp, pi, v = _logistic_parts(z)
             pi0 = np.repeat(big["pi0"], big["ni"])[:, None]
             sp0 = np.repeat(big["sp0"], big["ni"])[:, None]
             out["K"] += (sp - sp0 - pi0 * (z - np.repeat(lam0, big["ni"], axis=0))).sum(0)
-            out["gt"] += np.einsum("ij,ij->j", big["A"], pi)
-            Av = big["A"] * v
-            out["D"] += np.einsum("ij,ij->j", Av, big["A"])
+            out["gt"] += np.einsum("ij,ij->j", Ab, pi)
+            Av = Ab * v
+            out["D"] += np.einsum("ij,ij->j", Av, Ab)
             out["gl"] = _segment_sum(pi, big["starts"]) - big["m"][:, None]
             out["C"] = _segment_sum(Av, big["starts"])
             V = _segment_sum(v, big["starts"])
@@ -589,18 +792,25 @@ def _solve(model, s_c):
     the log determinant ratio of the nuisance block, and a convergence flag.
     """
     k = s_c.size
-    sd = np.sqrt(np.maximum(model.var, 1e-300))
-    t = s_c / sd**2
+    var = np.maximum(model.var, 1e-300)
+    # Start: the root of the third-cumulant approximation K'(t) ≈ σ² t + κ₃ t²/2 = s_c (the
+    # normal approximation's s_c/σ² where the discriminant is negative).
+    disc = var * var + 2.0 * model.kappa3 * s_c
+    with np.errstate(invalid="ignore"):
+        t = np.where(disc > 0, 2.0 * s_c / (var + np.sqrt(np.maximum(disc, 0.0))), s_c / var)
     cap = _START_SCALE / np.maximum(model.scale, 1e-300)
     t = np.clip(t, -cap, cap)
     lam = model.start(s_c)
 
-    def evaluate(t, lam):
-        ev = model.evaluate(t, lam)
-        ev["gt_res"] = ev["gt"] - s_c
-        ev["F"] = ev["K"] - t * s_c
+    def evaluate(t, lam, idx=None):
+        ev = model.evaluate(t, lam, idx)
+        s = s_c if idx is None else s_c[idx]
+        ev["gt_res"] = ev["gt"] - s
+        ev["F"] = ev["K"] - t * s
         return ev
 
+    # Newton with a backtracking line search on the convex F = K - t s (- λ·m), evaluated only
+    # on the columns still moving (most converge in a few steps from the start above).
     ev = evaluate(t, lam)
     converged = np.zeros(k, dtype=bool)
     failed = np.zeros(k, dtype=bool)
@@ -609,31 +819,32 @@ def _solve(model, s_c):
         bad = ~(np.isfinite(dt) & np.isfinite(dec) & (H > 0))
         failed |= bad & ~converged
         converged |= (dec <= _DECREMENT_TOL) & ~failed
-        moving = ~(converged | failed)
-        if not moving.any():
+        idx = np.flatnonzero(~(converged | failed))
+        if idx.size == 0:
             break
-        step = np.where(moving, 1.0, 0.0)
-        dt = np.where(moving, dt, 0.0)
-        if dl is not None:
-            dl = np.where(moving, dl, 0.0)
-        accepted = ~moving
-        cand = ev
+        step = np.ones(idx.size)
+        todo = np.arange(idx.size)  # positions in idx not accepted yet
         for _ in range(_MAX_HALVINGS):
-            t_c = t + step * dt
-            lam_c = lam if dl is None else lam + step * dl
-            cand = evaluate(t_c, lam_c)
+            cols = idx[todo]
+            t_c = t[cols] + step[todo] * dt[cols]
+            lam_c = lam[:, cols] if dl is None else lam[:, cols] + step[todo] * dl[:, cols]
+            cand = evaluate(t_c, lam_c, cols)
             with np.errstate(invalid="ignore"):
-                ok = cand["F"] <= ev["F"] - 1e-4 * step * dec + 1e-12 * (1 + np.abs(ev["F"]))
+                ok = cand["F"] <= ev["F"][cols] - 1e-4 * step[todo] * dec[cols] + 1e-12 * (
+                    1 + np.abs(ev["F"][cols])
+                )
             ok &= np.isfinite(cand["F"])
-            accepted = accepted | ok
-            if accepted.all():
+            acc = cols[ok]
+            t[acc] = t_c[ok]
+            if dl is not None:
+                lam[:, acc] = lam_c[:, ok]
+            for key, val in cand.items():
+                ev[key][..., acc] = val[..., ok]
+            todo = todo[~ok]
+            if todo.size == 0:
                 break
-            step = np.where(accepted, step, 0.5 * step)
-        failed |= ~accepted
-        t = np.where(accepted, t + step * dt, t)
-        if dl is not None:
-            lam = np.where(accepted, lam + step * dl, lam)
-        ev = cand if accepted.all() else evaluate(t, lam)
+            step[todo] *= 0.5
+        failed[idx[todo]] = True
     else:
         dt, dl, dec, H = _newton_step(ev)
         converged |= (dec <= 1e3 * _DECREMENT_TOL) & ~failed
@@ -720,25 +931,18 @@ class _Sub:
     """A model restricted to some columns (the others need no solve)."""
 
     def __init__(self, model, cols):
-        self._model, self._cols = model, cols
+        self._model, self._idx = model, np.flatnonzero(cols)
         self.var, self.scale, self.kappa3 = model.var[cols], model.scale[cols], model.kappa3[cols]
         self.magnitude, self.n_cells = model.magnitude[cols], model.n_cells
 
     def start(self, s_c):
-        return self._model.start(np.zeros(self._cols.size))[:, self._cols]
+        return self._model.start(s_c)
 
     def support_edges(self, idx):
-        return self._model.support_edges(np.flatnonzero(self._cols)[idx])
+        return self._model.support_edges(self._idx[idx])
 
-    def evaluate(self, t, lam):
-        cols = self._cols
-        full_t = np.zeros(cols.size)
-        full_t[cols] = t
-        full_lam = self._model.start(np.zeros(cols.size))
-        if lam.shape[0]:
-            full_lam[:, cols] = lam
-        ev = self._model.evaluate(full_t, full_lam)
-        return {key: val[..., cols] for key, val in ev.items()}
+    def evaluate(self, t, lam, cols=None):
+        return self._model.evaluate(t, lam, self._idx if cols is None else self._idx[cols])
 
 
 def _tails(model, s_c, span, alternative):
@@ -784,12 +988,7 @@ def _tails(model, s_c, span, alternative):
                 _, lo, r_lo = _tails_at(sub, st + 0.5 * hl, hl)
                 r = np.where(r != "", r, r_lo)
         upper[todo], lower[todo], reasons[todo] = up, lo, r
-    if alternative == "greater":
-        pvalues = upper
-    elif alternative == "less":
-        pvalues = lower
-    else:
-        pvalues = np.minimum(1.0, 2.0 * np.minimum(upper, lower))
+    pvalues = _two_sided(upper, lower, alternative)
     failed = reasons != ""
     methods[failed] = reasons[failed]
     return pvalues, methods
