@@ -4,33 +4,46 @@ Three subcommands:
 
 - ``sklcrt demo``: simulate a high-MOI screen, check calibration on non-targeting (NTC) pairs with
   stratified permutation without and with burden bins, test the positive controls and the discovery
-  pairs, and write the tables, a QQ plot and a summary;
+  pairs, and write the tables, the figures of every step and a summary;
 - ``sklcrt run CONFIG.toml``: the analyses a config file asks for (calibration, power, discovery);
 - ``sklcrt calibrate CONFIG.toml``: only the calibration check of that config.
 
 The demo is the config :data:`DEMO_CONFIG` (``examples/config_demo.toml`` is the same analysis as a
-file), so the demo and config runs share one code path. The config schema lives in one table
-(:data:`CONFIG_SCHEMA`) that both the validation and ``--help`` read. Errors in the config or the
-data print one line ``sklcrt: error: ...`` on stderr and exit with status 2.
+file), so the demo and config runs share one code path. The config's schema and validation live in
+:mod:`sklcrt.config`, which reads every default from the library; a run maps the config onto one
+:class:`~sklcrt.crt.CRTTest` (the runners' template) and writes its outputs with
+:class:`~sklcrt.report.AnalysisReport`, all or nothing. Every input the config names is read and
+checked before the first analysis starts. Errors in the config or the data print one line
+``sklcrt: error: ...`` on stderr and exit with status 2. Importing this module is light (the
+library is imported when a command runs), so ``sklcrt --help`` is fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import difflib
-import importlib.util
-import inspect
 import json
-import math
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sklcrt.config import (
+    _KIND_WORDS,
+    _REQUIRED,
+    _SIMULATE_HELP,
+    SECTION_HELP,
+    ConfigError,
+    Option,
+    config_schema,
+    load_config,
+    test_settings,
+    validate_config,
+)
+
 __all__ = [
-    "CONFIG_SCHEMA",
     "DEMO_CONFIG",
     "ConfigError",
     "load_config",
@@ -39,396 +52,8 @@ __all__ = [
     "validate_config",
 ]
 
-ANALYSES = ("calibration", "power", "discovery")
-SECTIONS = (
-    "resampling_kwargs",
-    "statistic",
-    "assignment",
-    "simulate",
-    "calibration",
-    "power",
-    "discovery",
-)
-RESPONSE_KINDS = ("counts", "programs")
-RESAMPLING_METHODS = ("bernoulli_index", "crt", "stratified_perm", "perm")
-ALTERNATIVES = ("two-sided", "less", "greater")
-PVALUE_METHODS = ("empirical", "skew_normal")
-#: Same as the choices of :class:`sklcrt.statistics.NBScoreStatistic`'s ``effect_fit`` (tested).
-EFFECT_FITS = ("linearized", "full")
-#: Same as :data:`sklcrt.runners.CONTROL_GROUPS` (kept here so ``--help`` stays light).
-CONTROL_GROUPS = ("complement", "nt_cells")
-#: Same as :data:`sklcrt.assignment.DEFAULT_NTC_LABELS` (kept here so ``--help`` stays light).
-NTC_LABELS = ("non-targeting", "non_targeting", "nontargeting", "NTC")
-
-_REQUIRED = object()
 _EXIT_ERROR = 2
-
-
-class ConfigError(ValueError):
-    """A config file (or its data) that cannot be analysed as written; the message says why."""
-
-
-# ---------------------------------------------------------------------------- the schema
-@dataclass(frozen=True)
-class Option:
-    """One config key: its TOML type, default, allowed values and meaning."""
-
-    name: str
-    kind: str  # "str", "int", "float", "bool", "str_list", "float_pair"
-    default: object
-    help: str
-    choices: tuple[str, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-
-
-_KIND_WORDS = {
-    "str": "a string",
-    "int": "an integer",
-    "float": "a number",
-    "bool": "a boolean (true/false)",
-    "str_list": "an array of strings",
-    "float_pair": "an array of two numbers",
-}
-
-_TOP = (
-    Option(
-        "input",
-        "str",
-        _REQUIRED,
-        'Path of the screen\'s .h5ad file, or "simulate" to '
-        "simulate one with the [simulate] options.",
-    ),
-    Option(
-        "output_dir",
-        "str",
-        "sklcrt_results",
-        "Folder for the tables, summary and QQ plot "
-        "(created; files in it are overwritten). The command line's --out overrides it.",
-    ),
-    Option(
-        "analyses",
-        "str_list",
-        list(ANALYSES),
-        "What `sklcrt run` does: any of "
-        "calibration (NTC groups), power (positive-control pairs), discovery (discovery "
-        "pairs). `sklcrt calibrate` runs calibration only.",
-        choices=ANALYSES,
-    ),
-    Option(
-        "response",
-        "str",
-        "counts",
-        "Response kind: raw UMI counts (NB score statistic, "
-        "effect = log2 fold change) or program usages (CLR, OLS).",
-        choices=RESPONSE_KINDS,
-    ),
-    Option("layer", "str", None, "Layer with the raw counts (omit: adata.X). Counts only."),
-    Option("usage_key", "str", "cnmf_usage", "obsm key of the program usages (programs only)."),
-    Option(
-        "clr_floor_quantile",
-        "float",
-        0.01,
-        "Floor quantile of the CLR transform of program usages.",
-        minimum=0.0,
-        maximum=1.0,
-    ),
-    Option("covar_key", "str", "covar", "obsm key of the raw covariate DataFrame."),
-    Option(
-        "covariates",
-        "str_list",
-        None,
-        "Columns of obsm[covar_key] encoded into the model "
-        "covariates (one-hot categoricals, z-scored numerics); omit to encode every column.",
-    ),
-    Option(
-        "batch_key",
-        "str",
-        "batch",
-        "Column of obsm[covar_key] with the batch labels; also the "
-        "default of resampling_kwargs.batch_key.",
-    ),
-    Option(
-        "guide_key",
-        "str",
-        "guide_assignment",
-        "obsm key of the 0/1 guide assignment (written there when [assignment] is given).",
-    ),
-    Option(
-        "guide_names_key",
-        "str",
-        "guide_names",
-        "uns key of the guide names (written there when [assignment] is given).",
-    ),
-    Option(
-        "guide2gene_key",
-        "str",
-        "guide2gene",
-        "uns key of the dict guide -> target (written there when [assignment] is given).",
-    ),
-    Option(
-        "ntc_labels",
-        "str_list",
-        list(NTC_LABELS),
-        "Targets that mark non-targeting guides (case-insensitive).",
-    ),
-    Option(
-        "add_burden_covariates",
-        "bool",
-        True,
-        "Derive non_ntc_guides_per_cell, "
-        "grna_n_nonzero_assign and their log1p_ versions from the guide assignment and add "
-        "them to obsm[covar_key] (replacing columns of those names), so burden_key can use "
-        "them.",
-    ),
-    Option(
-        "resampling_method",
-        "str",
-        "bernoulli_index",
-        "bernoulli_index (= crt, the classic "
-        "CRT), stratified_perm (recommended at high MOI) or perm.",
-        choices=RESAMPLING_METHODS,
-    ),
-    Option(
-        "control_group",
-        "str",
-        "complement",
-        "Cells each unit is compared with: complement (every other cell) or nt_cells (the "
-        "cells with non-targeting guides only; SCEPTRE's recommendation at low MOI).",
-        choices=CONTROL_GROUPS,
-    ),
-    Option("n_resamples", "int", 499, "First-stage resamples per unit.", minimum=1),
-    Option(
-        "n_resamples_adaptive",
-        "int",
-        4999,
-        "Second-stage resamples where the first-stage "
-        "p-value is small; 0 turns the second stage off.",
-        minimum=0,
-    ),
-    Option("alternative", "str", "two-sided", "Direction of the test.", choices=ALTERNATIVES),
-    Option(
-        "pvalue_method",
-        "str",
-        "empirical",
-        "empirical, or skew_normal (fitted tail with an empirical fallback).",
-        choices=PVALUE_METHODS,
-    ),
-    Option(
-        "min_nonzero",
-        "int",
-        7,
-        "Counts only: a pair needs this many treated and control "
-        "cells with nonzero expression, else it is reported untested with a reason.",
-        minimum=0,
-    ),
-    Option(
-        "alpha", "float", 0.1, "Benjamini-Hochberg level for discoveries.", minimum=0.0, maximum=1.0
-    ),
-    Option(
-        "n_jobs",
-        "int",
-        1,
-        "Units tested in parallel (joblib; -1 = all cores). The command "
-        "line's --n-jobs overrides it.",
-    ),
-    Option(
-        "random_state",
-        "int",
-        0,
-        "Seed of every random stream (and of [simulate]); results do not depend on n_jobs.",
-        minimum=0,
-    ),
-)
-
-_RESAMPLING = (
-    Option("n_bins", "int", 10, "Propensity bins.", minimum=1),
-    Option("stratify_by_batch", "bool", True, "Strata within each batch."),
-    Option(
-        "batch_key",
-        "str",
-        None,
-        "Batch column of obsm[covar_key] (default: the top-level batch_key).",
-    ),
-    Option(
-        "burden_key",
-        "str",
-        None,
-        "Numeric column of obsm[covar_key] whose (raw) values are "
-        "binned into strata, e.g. log1p_non_ntc_guides_per_cell; omit for no burden bins.",
-    ),
-    Option("n_burden_bins", "int", 8, "Burden bins.", minimum=1),
-    Option(
-        "burden_bin_method",
-        "str",
-        "quantile",
-        "How burden bins are cut.",
-        choices=("quantile", "uniform"),
-    ),
-    Option(
-        "burden_clip_quantiles",
-        "float_pair",
-        [0.0, 1.0],
-        "Clip burden to these quantiles before binning.",
-    ),
-    Option("min_stratum_size", "int", 2, "Smaller strata are pooled into one.", minimum=1),
-)
-
-_ASSIGNMENT = (
-    Option("counts_key", "str", "grna_counts", "obsm key of the gRNA UMI counts."),
-    Option(
-        "method",
-        "str",
-        "threshold",
-        "threshold (high MOI: every gRNA with >= threshold "
-        "UMIs) or maximum (low MOI: the dominant gRNA).",
-        choices=("threshold", "maximum"),
-    ),
-    Option("threshold", "float", 5.0, "UMI threshold of method = threshold.", minimum=0.0),
-    Option(
-        "min_fraction",
-        "float",
-        0.8,
-        "method = maximum: share of the cell's gRNA UMIs the top gRNA needs.",
-        minimum=0.0,
-        maximum=1.0,
-    ),
-    Option("min_umis", "float", 5.0, "method = maximum: gRNA UMIs a cell needs.", minimum=0.0),
-    Option("guide_names_key", "str", "grna_ids", "uns key of the gRNA ids of the counts' columns."),
-    Option("target_key", "str", "grna_target", "uns key of each gRNA's target."),
-    Option(
-        "target_frame_key",
-        "str",
-        "grna_target_data_frame",
-        "uns key of a DataFrame grna_id, grna_target (used when target_key is absent).",
-    ),
-)
-
-_CALIBRATION = (
-    Option(
-        "group_size",
-        "int",
-        None,
-        "Non-targeting guides per NTC group (default: the median number of guides per target).",
-        minimum=1,
-    ),
-    Option(
-        "n_pairs",
-        "int",
-        None,
-        "Test a random subset of this many (NTC group, response) pairs (default: all).",
-        minimum=1,
-    ),
-    Option(
-        "n_ensemble",
-        "int",
-        1,
-        "Repeat over this many random groupings of the NTC guides.",
-        minimum=1,
-    ),
-    Option(
-        "compare_without_burden",
-        "bool",
-        False,
-        "With a burden_key, also run the check "
-        "without burden bins (same settings otherwise) and plot both.",
-    ),
-)
-
-
-def _statistic_section() -> tuple[Option, ...]:
-    """The [statistic] options, their defaults read from :class:`NBScoreStatistic` itself."""
-    from sklcrt.statistics import NBScoreStatistic
-
-    defaults = NBScoreStatistic().get_params()
-    return (
-        Option(
-            "theta",
-            "float",
-            defaults["theta"],
-            "Fixed NB size theta (Var = mu + mu^2/theta) of every response, > 0; omit to "
-            "estimate it per response by maximum likelihood.",
-        ),
-        Option(
-            "theta_bounds",
-            "float_pair",
-            [float(b) for b in defaults["theta_bounds"]],
-            "[low, high] with 0 < low < high: clamp of the estimated theta (the upper bound is "
-            "effectively Poisson).",
-        ),
-        Option(
-            "effect_fit",
-            "str",
-            defaults["effect_fit"],
-            "How the effect (log2 fold change) is fitted: linearized (exact on the treated "
-            "cells, quadratic expansion on the others; fast) or full (the NB GLM refitted on "
-            "all cells).",
-            choices=EFFECT_FITS,
-        ),
-    )
-
-
-_STATISTIC = _statistic_section()
-
-
-def _pairs_section(default_key: str) -> tuple[Option, ...]:
-    return (
-        Option(
-            "pairs",
-            "str",
-            None,
-            "CSV file with columns response_id, grna_target (relative "
-            "to the config's folder); overrides pairs_key.",
-        ),
-        Option(
-            "pairs_key",
-            "str",
-            default_key,
-            "uns key of a DataFrame with columns "
-            "response_id, grna_target (used when pairs is not given).",
-        ),
-        Option(
-            "per_guide",
-            "bool",
-            False,
-            "Test each guide of a target on its own (unit = the guide's name; one row per "
-            "guide and response) instead of the union of the target's guides.",
-        ),
-    )
-
-
-_SIMULATE_HELP = (
-    'Only with input = "simulate": keyword arguments of sklcrt.datasets.simulate_screen '
-    "(n_cells, n_genes, n_programs, n_targets, guides_per_target, n_ntc_guides, moi, n_batches, "
-    "effect_size, frac_targets_with_effect, burden_effect, burden_shape, burden_threshold, "
-    "guide_load_cv, mean_umis, response, random_state); omitted ones keep simulate_screen's "
-    "defaults, except random_state, which defaults to the top-level one."
-)
-
-#: Every section of the config file and its options ("" is the top level).
-CONFIG_SCHEMA: dict[str, tuple[Option, ...]] = {
-    "": _TOP,
-    "resampling_kwargs": _RESAMPLING,
-    "statistic": _STATISTIC,
-    "assignment": _ASSIGNMENT,
-    "calibration": _CALIBRATION,
-    "power": _pairs_section("positive_control_pairs"),
-    "discovery": _pairs_section("discovery_pairs"),
-}
-
-_SECTION_HELP = {
-    "resampling_kwargs": "Options of the resampling method (stratified_perm uses them all); "
-    "passed unchanged to the runners.",
-    "statistic": "Options of the NB score statistic of counts (sklcrt.statistics."
-    'NBScoreStatistic), response = "counts" only; omit the section for its defaults. Program '
-    "responses use the OLS t statistic, which has no options.",
-    "assignment": "Give this section to assign guides from gRNA UMI counts "
-    "(sklcrt.assignment.assign_guides) before the analysis; omit it when obsm[guide_key] exists.",
-    "calibration": "The NTC calibration check (sklcrt.runners.run_ntc_groups).",
-    "power": "Positive-control pairs (sklcrt.runners.power_check).",
-    "discovery": "Discovery pairs, Benjamini-Hochberg at alpha "
-    "(sklcrt.runners.discovery_analysis).",
-}
+logger = logging.getLogger("sklcrt")
 
 #: The analysis ``sklcrt demo`` runs (``examples/config_demo.toml`` is the same as a file).
 DEMO_CONFIG: dict = {
@@ -450,366 +75,24 @@ DEMO_CONFIG: dict = {
         "n_burden_bins": 8,
         "burden_bin_method": "quantile",
     },
-    "calibration": {"compare_without_burden": True},
+    "calibration": {"compare_without_burden": True, "size_like_discovery": False},
     "simulate": {"response": "counts"},
 }
 
 
-# ---------------------------------------------------------------------------- validation
-def _closest(name: str, candidates) -> str:
-    match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+def __getattr__(name):  # CONFIG_SCHEMA, read from the library on first use
+    if name == "CONFIG_SCHEMA":
+        return config_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _toml_type(value) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    return type(value).__name__
+# ---------------------------------------------------------------------------- reading the inputs
+def _closest(name, candidates) -> str:
+    from sklcrt.config import _closest as closest
+
+    return closest(name, candidates)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_value(opt: Option, value, where: str):
-    """``value`` converted to the option's Python type, or a ConfigError naming the key."""
-    kind = opt.kind
-    if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = _is_number(value) and math.isfinite(value)
-        value = float(value) if ok else value
-    elif kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "str":
-        ok = isinstance(value, str)
-    elif kind == "str_list":
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        value = list(value) if ok else value
-    elif kind == "float_pair":
-        ok = isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
-        value = [float(v) for v in value] if ok else value
-    else:  # pragma: no cover - schema bug
-        raise AssertionError(kind)
-    if not ok:
-        raise ConfigError(
-            f"{where}: {opt.name!r} must be {_KIND_WORDS[kind]}, got {_toml_type(value)} {value!r}."
-        )
-    if opt.choices is not None:
-        for v in value if kind == "str_list" else [value]:
-            if v not in opt.choices:
-                raise ConfigError(
-                    f"{where}: {opt.name!r} has {v!r}{_closest(v, opt.choices)}; choose from "
-                    f"{list(opt.choices)}."
-                )
-    if kind in ("int", "float"):
-        if opt.minimum is not None and value < opt.minimum:
-            raise ConfigError(f"{where}: {opt.name!r} must be >= {opt.minimum}, got {value}.")
-        if opt.maximum is not None and value > opt.maximum:
-            raise ConfigError(f"{where}: {opt.name!r} must be <= {opt.maximum}, got {value}.")
-    return value
-
-
-def _check_table(table: dict, options: Sequence[Option], where: str) -> dict:
-    """Defaults filled in, keys and types checked; ``_given`` lists the keys the user set."""
-    known = {o.name: o for o in options}
-    for key in table:
-        if key not in known:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}{_closest(key, known)}; valid keys are "
-                f"{sorted(known)}."
-            )
-    out: dict = {}
-    for opt in options:
-        if opt.name in table:
-            out[opt.name] = _check_value(opt, table[opt.name], where)
-        elif opt.default is _REQUIRED:
-            raise ConfigError(f"{where}: required key {opt.name!r} is missing.")
-        else:
-            out[opt.name] = copy.deepcopy(opt.default)
-    out["_given"] = sorted(table)
-    return out
-
-
-def _simulate_options() -> tuple[Option, ...]:
-    from sklcrt.datasets import simulate_screen
-
-    options = []
-    for name, param in inspect.signature(simulate_screen).parameters.items():
-        default = param.default
-        if name == "random_state":
-            options.append(Option(name, "int", None, "seed", minimum=0))
-        elif isinstance(default, bool):
-            options.append(Option(name, "bool", default, ""))
-        elif isinstance(default, int):
-            options.append(Option(name, "int", default, ""))
-        elif isinstance(default, float) or default is None:
-            options.append(Option(name, "float", default, ""))
-        else:
-            options.append(Option(name, "str", default, ""))
-    return tuple(options)
-
-
-def _resolve_path(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else base_dir / path).resolve()
-
-
-def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path = ".") -> dict:
-    """Check a config (as parsed from TOML) against the schema and fill in the defaults.
-
-    Parameters
-    ----------
-    raw : dict
-        The parsed TOML document.
-    source : str, default="config"
-        Name of the config in error messages (usually its file name).
-    base_dir : str or Path, default="."
-        Folder that relative paths (``input``, ``output_dir``, ``pairs``) resolve against.
-
-    Returns
-    -------
-    dict
-        The resolved config: every top-level key, ``resampling_kwargs`` (``burden_key`` None
-        when omitted, ``batch_key`` the top-level one when omitted), ``statistic`` (None when the
-        section is absent, else the options of :class:`~sklcrt.statistics.NBScoreStatistic`
-        with ``theta_bounds`` a tuple), ``assignment`` (None when the section is absent),
-        ``simulate`` (None unless ``input = "simulate"``), ``calibration``, ``power``,
-        ``discovery``; paths absolute.
-
-    Raises
-    ------
-    ConfigError
-        For an unknown key (with the closest valid one), a value of the wrong type or out of range,
-        a missing required key, or a file that does not exist.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the config must be a TOML table, got {_toml_type(raw)}.")
-    base_dir = Path(base_dir).resolve()
-    top_names = [o.name for o in _TOP]
-    tables = {}
-    flat = {}
-    for key, value in raw.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{source}: {key!r} must be a table ([{key}] section), got "
-                    f"{_toml_type(value)} {value!r}."
-                )
-            tables[key] = value
-        elif key in top_names:
-            flat[key] = value
-        else:
-            raise ConfigError(
-                f"{source}: unknown key {key!r}{_closest(key, [*top_names, *SECTIONS])}; valid "
-                f"top-level keys are {sorted(top_names)} and sections {list(SECTIONS)}."
-            )
-    config = _check_table(flat, _TOP, source)
-    config["resampling_kwargs"] = _check_table(
-        tables.get("resampling_kwargs", {}), _RESAMPLING, f"{source} [resampling_kwargs]"
-    )
-    rk = config["resampling_kwargs"]
-    if rk["batch_key"] is None:
-        rk["batch_key"] = config["batch_key"]
-    rk["burden_clip_quantiles"] = tuple(rk["burden_clip_quantiles"])
-    for name in ("calibration", "power", "discovery"):
-        config[name] = _check_table(tables.get(name, {}), CONFIG_SCHEMA[name], f"{source} [{name}]")
-    config["assignment"] = (
-        _check_table(tables["assignment"], _ASSIGNMENT, f"{source} [assignment]")
-        if "assignment" in tables
-        else None
-    )
-    config["statistic"] = (
-        _check_table(tables["statistic"], _STATISTIC, f"{source} [statistic]")
-        if "statistic" in tables
-        else None
-    )
-
-    if config["input"] == "simulate":
-        sim = _check_table(tables.get("simulate", {}), _simulate_options(), f"{source} [simulate]")
-        sim_given = sim.pop("_given")
-        config["simulate"] = {k: sim[k] for k in sim_given}
-        config["simulate"].setdefault("random_state", config["random_state"])
-    else:
-        if "simulate" in tables:
-            raise ConfigError(
-                f'{source}: a [simulate] section needs input = "simulate", got input = '
-                f"{config['input']!r}."
-            )
-        config["simulate"] = None
-        path = _resolve_path(config["input"], base_dir)
-        if not path.is_file():
-            raise ConfigError(
-                f"{source}: input file {str(path)!r} not found (relative paths resolve against "
-                f"the config's folder {str(base_dir)!r})."
-            )
-        config["input"] = str(path)
-    config["output_dir"] = str(_resolve_path(config["output_dir"], base_dir))
-    for name in ("power", "discovery"):
-        section = config[name]
-        if section["pairs"] is not None and "pairs_key" in section["_given"]:
-            raise ConfigError(
-                f"{source} [{name}]: give 'pairs' (a CSV file) or 'pairs_key', not both."
-            )
-        if section["pairs"] is not None:
-            path = _resolve_path(section["pairs"], base_dir)
-            if name in config["analyses"] and not path.is_file():
-                raise ConfigError(
-                    f"{source} [{name}]: pairs file {str(path)!r} not found (relative paths "
-                    f"resolve against the config's folder {str(base_dir)!r})."
-                )
-            section["pairs"] = str(path)
-    if not config["analyses"]:
-        raise ConfigError(f"{source}: 'analyses' is empty; list some of {list(ANALYSES)}.")
-    for section in (
-        config,
-        rk,
-        config["calibration"],
-        config["power"],
-        config["discovery"],
-        config["assignment"] or {},
-        config["statistic"] or {},
-    ):
-        section.pop("_given", None)
-    if config["n_jobs"] == 0:
-        raise ConfigError(f"{source}: 'n_jobs' must be a positive integer or -1, got 0.")
-    if not 0.0 < config["alpha"] < 1.0:
-        raise ConfigError(f"{source}: 'alpha' must be in (0, 1), got {config['alpha']}.")
-    if config["response"] == "programs" and config["layer"] is not None:
-        raise ConfigError(f"{source}: 'layer' is only used with response = \"counts\".")
-    if config["calibration"]["compare_without_burden"] and rk["burden_key"] is None:
-        raise ConfigError(
-            f"{source} [calibration]: compare_without_burden = true needs "
-            "resampling_kwargs.burden_key to compare against."
-        )
-    _check_statistic(config, source)
-    _check_resampling(config, source)
-    return config
-
-
-def _check_statistic(config: dict, source: str) -> None:
-    """The [statistic] section: counts only, ``theta`` > 0, finite ``0 < low < high`` bounds."""
-    options = config["statistic"]
-    if options is None:
-        return
-    where = f"{source} [statistic]"
-    if config["response"] != "counts":
-        raise ConfigError(
-            f"{where}: these options are for the NB score statistic of counts (response = "
-            f'"counts"); response = {config["response"]!r} uses the OLS t statistic, which has '
-            "none: remove the [statistic] section."
-        )
-    theta = options["theta"]
-    if theta is not None and not theta > 0:
-        raise ConfigError(
-            f"{where}: 'theta' must be > 0, got {theta}; omit it to estimate theta per response."
-        )
-    from sklcrt.statistics.nb_score import check_theta_bounds
-
-    try:
-        options["theta_bounds"] = check_theta_bounds(options["theta_bounds"])
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _make_statistic(config: dict):
-    """The unfitted statistic of the [statistic] section, or None (the runners' default)."""
-    if config["statistic"] is None:
-        return None
-    from sklcrt.statistics import NBScoreStatistic
-
-    return NBScoreStatistic(**config["statistic"], n_jobs=config["n_jobs"])
-
-
-def _statistic_summary(statistic) -> dict:
-    """The fitted statistic's class, its [statistic] options and the range of its fitted theta."""
-    import numpy as np
-
-    params = statistic.get_params()
-    out = {"class": type(statistic).__name__}
-    out.update({o.name: params[o.name] for o in _STATISTIC if o.name in params})
-    theta = getattr(statistic, "theta_", None)
-    if theta is not None and np.isfinite(theta).any():
-        finite = theta[np.isfinite(theta)]
-        out["fitted_theta"] = {
-            "min": float(finite.min()),
-            "median": float(np.median(finite)),
-            "max": float(finite.max()),
-        }
-    return out
-
-
-def _resampling_kwargs(config: dict, *, burden: bool = True) -> dict:
-    kwargs = dict(config["resampling_kwargs"])
-    if not burden:
-        kwargs["burden_key"] = None
-    return kwargs
-
-
-def _check_resampling(config: dict, source: str) -> None:
-    """Let the library validate the resampling options now, before any data is read."""
-    try:
-        from sklcrt.resampling import DEFAULT_RESAMPLING_KWARGS, resolve_resampling
-    except ImportError:  # pragma: no cover - the lower layers are part of the package
-        return
-    kwargs = _resampling_kwargs(config)
-    unknown = set(kwargs) - set(DEFAULT_RESAMPLING_KWARGS)
-    for key in sorted(unknown):  # pragma: no cover - schema and library agree (tested)
-        kwargs.pop(key)
-    try:
-        resolve_resampling(config["resampling_method"], kwargs)
-    except ValueError as err:
-        raise ConfigError(f"{source} [resampling_kwargs]: {err}") from err
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "reading TOML config files needs Python >= 3.11 or the 'tomli' package "
-                "(pip install tomli)."
-            ) from None
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found.")
-    with open(path, "rb") as fh:
-        try:
-            return tomllib.load(fh)
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path.name}: invalid TOML: {err}") from err
-
-
-def load_config(path: str | Path) -> dict:
-    """Read and validate a TOML config file.
-
-    Parameters
-    ----------
-    path : str or Path
-        The config file; relative paths inside it resolve against its folder.
-
-    Returns
-    -------
-    dict
-        The resolved config (see :func:`validate_config`).
-    """
-    path = Path(path)
-    return validate_config(_read_toml(path), source=path.name, base_dir=path.resolve().parent)
-
-
-# ---------------------------------------------------------------------------- the analysis
 def _missing_key(container: str, key: str, available, option: str) -> ConfigError:
     available = sorted(map(str, available))
     return ConfigError(
@@ -819,38 +102,54 @@ def _missing_key(container: str, key: str, available, option: str) -> ConfigErro
 
 
 def _load_screen(config: dict, echo: Callable[[str], None]):
+    """The screen as an AnnData: simulated, or read from .h5ad, .h5mu or a Cell Ranger .h5."""
     if config["input"] == "simulate":
         from sklcrt.datasets import simulate_screen
 
         options = dict(config["simulate"])
         echo(f"simulating a screen ({', '.join(f'{k}={v}' for k, v in options.items())})")
         return simulate_screen(**options)
-    import anndata as ad
-
-    echo(f"reading {config['input']}")
+    path = config["input"]
+    echo(f"reading {path}")
     try:
-        return ad.read_h5ad(config["input"])
-    except OSError as err:
-        raise ConfigError(f"cannot read {config['input']!r} as .h5ad: {err}") from err
+        if path.endswith(".h5mu"):
+            from sklcrt.io import read_mudata
+
+            return read_mudata(path)
+        if path.endswith(".h5") and not path.endswith(".h5ad"):
+            from sklcrt.io import read_10x_h5
+
+            return read_10x_h5(path)
+        import anndata as ad
+
+        return ad.read_h5ad(path)
+    except (OSError, KeyError) as err:
+        raise ConfigError(f"cannot read {path!r}: {' '.join(str(err).split())}") from err
 
 
-def _prepare_screen(adata, config: dict, echo: Callable[[str], None]) -> None:
-    """Assignment, burden covariates and key checks, in place, before any test runs."""
+def _prepare_screen(adata, config: dict, echo: Callable[[str], None]):
+    """Assignment, burden covariates, cellwise QC and key checks before any test runs; returns
+    the screen to analyse (the cells that pass QC) and the QC result (or None)."""
     from sklcrt.assignment import add_burden_covariates, assign_guides
+    from sklcrt.moi import moi_choices
 
+    choices = moi_choices(config["moi"])
     assignment = config["assignment"]
     if assignment is not None:
-        if assignment["counts_key"] not in adata.obsm:
+        options = dict(assignment)
+        if "method" not in config["_given_sections"]["assignment"] and "assignment" in choices:
+            options.update(choices["assignment"])
+        if options["counts_key"] not in adata.obsm:
             raise _missing_key(
-                "obsm", assignment["counts_key"], adata.obsm.keys(), "[assignment] counts_key"
+                "obsm", options["counts_key"], adata.obsm.keys(), "[assignment] counts_key"
             )
-        rule = assignment["method"]
+        rule = options["method"]
         if rule == "threshold":
-            rule += f" >= {assignment['threshold']:g} UMIs"
-        echo(f"assigning guides from obsm[{assignment['counts_key']!r}] ({rule})")
+            rule += f" >= {options['threshold']:g} UMIs"
+        echo(f"assigning guides from obsm[{options['counts_key']!r}] ({rule})")
         assign_guides(
             adata,
-            **assignment,
+            **options,
             key_added=config["guide_key"],
             names_key_added=config["guide_names_key"],
             guide2gene_key_added=config["guide2gene_key"],
@@ -862,12 +161,14 @@ def _prepare_screen(adata, config: dict, echo: Callable[[str], None]) -> None:
             adata.obsm.keys(),
             "guide_key (or add an [assignment] section to assign from gRNA counts)",
         )
-    if config["covar_key"] not in adata.obsm:
-        raise _missing_key("obsm", config["covar_key"], adata.obsm.keys(), "covar_key")
-    if config["response"] == "programs" and config["usage_key"] not in adata.obsm:
-        raise _missing_key("obsm", config["usage_key"], adata.obsm.keys(), "usage_key")
-    if config["layer"] is not None and config["layer"] not in adata.layers:
-        raise _missing_key("layers", config["layer"], adata.layers.keys(), "layer")
+    for key, where, option in (
+        (config["covar_key"], "obsm", "covar_key"),
+        (config["usage_key"] if config["response"] == "programs" else None, "obsm", "usage_key"),
+        (config["layer"], "layers", "layer"),
+    ):
+        container = getattr(adata, where)
+        if key is not None and key not in container:
+            raise _missing_key(where, key, container.keys(), option)
     if config["add_burden_covariates"]:
         add_burden_covariates(
             adata,
@@ -877,27 +178,51 @@ def _prepare_screen(adata, config: dict, echo: Callable[[str], None]) -> None:
             guide2gene_key=config["guide2gene_key"],
             ntc_labels=config["ntc_labels"],
         )
-    covar = adata.obsm[config["covar_key"]]
-    columns = list(getattr(covar, "columns", []))
-    rk = config["resampling_kwargs"]
-    needed = [("resampling_kwargs.burden_key", rk["burden_key"])]
-    if config["resampling_method"] == "stratified_perm" and rk["stratify_by_batch"]:
-        needed.append(("resampling_kwargs.batch_key", rk["batch_key"]))
-    needed += [("covariates", c) for c in config["covariates"] or []]
-    for option, column in needed:
-        if column is not None and column not in columns:
-            raise ConfigError(
-                f"{option} = {column!r} is not a column of adata.obsm[{config['covar_key']!r}]"
-                f"{_closest(column, columns)}; its columns are {columns}."
+    qc = None
+    if config["qc"] is not None:
+        from sklcrt.qc import cellwise_qc
+
+        options = dict(config["qc"])
+        if "remove_cells_w_zero_or_twoplus_grnas" not in config["_given_sections"]["qc"]:
+            options["remove_cells_w_zero_or_twoplus_grnas"] = choices.get("qc", {}).get(
+                "remove_cells_w_zero_or_twoplus_grnas",
+                options.pop("remove_cells_w_zero_or_twoplus_grnas"),
             )
+        for name in ("response_n_umis_range", "response_n_nonzero_range"):
+            options[name] = tuple(options[name])
+        qc = cellwise_qc(
+            adata,
+            moi=config["moi"],
+            covar_key=config["covar_key"],
+            guide_key=config["guide_key"],
+            guide_names_key=config["guide_names_key"],
+            layer=config["layer"],
+            **options,
+        )
+        echo(f"cellwise QC: {qc.n_pass} of {adata.n_obs} cells pass")
+        adata = adata[qc.mask].copy()  # the analysed cells; the user's object keeps them all
+    return adata, qc
 
 
-def _load_pairs(config: dict, name: str, adata):
+def _read_pairs_file(path: str, name: str):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"[{name}] pairs file {path!r} cannot be read as a CSV with columns response_id, "
+            f"grna_target: {' '.join(str(err).split())}"
+        ) from None
+
+
+def _load_pairs(config: dict, name: str, adata, inputs: dict):
+    """The pairs of an analysis, checked against the screen's targets and responses."""
     import pandas as pd
 
     section = config[name]
     if section["pairs"] is not None:
-        pairs = pd.read_csv(section["pairs"])
+        pairs = _read_pairs_file(section["pairs"], name)
         where = f"[{name}] pairs file {section['pairs']!r}"
     else:
         key = section["pairs_key"]
@@ -922,131 +247,52 @@ def _load_pairs(config: dict, name: str, adata):
         pairs = pairs[pairs["response_kind"].astype(str) == kind]
     if len(pairs) == 0:
         raise ConfigError(f"{where} has no pairs to test for response = {config['response']!r}.")
-    return pairs.reset_index(drop=True)
+    pairs = pairs[["response_id", "grna_target"]].astype(str).reset_index(drop=True)
+    unknown_t = sorted(set(pairs["grna_target"]) - set(inputs["units"]))
+    unknown_r = sorted(set(pairs["response_id"]) - set(map(str, inputs["response_names"])))
+    if unknown_t or unknown_r:
+        raise ConfigError(
+            f"{where} names targets {unknown_t[:5]} / responses {unknown_r[:5]} that the screen "
+            f"does not have (targets: {sorted(inputs['units'])[:5]}...); fix the pairs or the "
+            "guide targets."
+        )
+    duplicated = int(pairs.duplicated().sum())
+    if duplicated:
+        raise ConfigError(f"{where} lists {duplicated} pair(s) more than once; drop them.")
+    return pairs
 
 
-def _p_values(results):
-    import numpy as np
+# ---------------------------------------------------------------------------- the plan
+@dataclass
+class _Plan:
+    """Everything a run needs, read and checked before the first analysis."""
 
-    p = results["pvalue"].to_numpy(dtype=float)
-    return p[np.isfinite(p)]
-
-
-def _write_table(frame, out_dir: Path, name: str, files: list[str]) -> None:
-    frame.to_csv(out_dir / name, index=False)
-    files.append(name)
-
-
-def _qq_plot(curves: dict, out_dir: Path, files: list[str], echo, title: str) -> str | None:
-    """QQ plot of the NTC p-values of every calibration run, on one axes (Agg backend)."""
-    if not curves:
-        return None
-    if importlib.util.find_spec("matplotlib") is None:
-        echo("matplotlib is not installed: skipping the QQ plot (pip install 'sklcrt[plot]').")
-        return None
-    try:
-        from sklcrt.plotting import qq_plot
-    except ImportError as err:
-        echo(f"skipping the QQ plot: {err}")
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.0, 5.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    qq_plot(curves, ax=ax)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out_dir / "qq_plot.png", dpi=120)
-    files.append("qq_plot.png")
-    return "qq_plot.png"
+    adata: object
+    inputs: dict
+    qc: object
+    pairs: dict
+    test: object
+    runs: list  # (label, test) of the calibration check
+    screen: dict
+    timings: dict = field(default_factory=dict)
 
 
 def _method_label(config: dict, burden: bool) -> str:
     method = config["resampling_method"]
-    if method == "crt":
-        method = "bernoulli_index"
+    method = {"crt": "bernoulli_index"}.get(method, method or "bernoulli_index")
     if burden and config["resampling_kwargs"]["burden_key"] is not None:
         return f"{method} + burden bins"
     return method
 
 
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path | tuple | set):
-        return str(value) if isinstance(value, Path) else list(value)
-    return str(value)
-
-
-def run_analysis(
-    config: dict,
-    *,
-    analyses: Sequence[str] | None = None,
-    out_dir: str | Path | None = None,
-    progress: bool = True,
-    echo: Callable[[str], None] = print,
-    command: str = "run",
-) -> dict:
-    """Run the analyses of a validated config and write their outputs.
-
-    Parameters
-    ----------
-    config : dict
-        From :func:`load_config` or :func:`validate_config`.
-    analyses : sequence of str, default=None
-        Analyses to run; default ``config["analyses"]``.
-    out_dir : str or Path, default=None
-        Output folder; default ``config["output_dir"]``.
-    progress : bool, default=True
-        Show progress bars.
-    echo : callable, default=print
-        Receives one line per step.
-    command : str, default="run"
-        Recorded in the summary.
-
-    Returns
-    -------
-    dict
-        The summary also written to ``summary.json``; its ``"table"`` rows are printed by the
-        command line (one row per calibration run: method, NTC pairs, fraction of p < 0.01, NTC
-        Benjamini-Hochberg hits, discoveries, positives found).
-    """
-    import numpy as np
-
+def _plan(config: dict, analyses: Sequence[str], echo) -> _Plan:
+    """Load and prepare the screen, read the pairs, build the test and read the covariates it
+    needs: every input of the run is checked here, before any analysis."""
     from sklcrt.inputs import prepare_crt_inputs
-    from sklcrt.runners import (
-        calibration_summary,
-        discovery_analysis,
-        fit_null_model,
-        power_check,
-        run_ntc_ensemble,
-        run_ntc_groups,
-    )
-
-    analyses = list(config["analyses"] if analyses is None else analyses)
-    out_dir = Path(config["output_dir"] if out_dir is None else out_dir)
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 3)
+    from sklcrt.runners import build_test, test_covariates
 
     t0 = time.perf_counter()
-    adata = _load_screen(config, echo)
-    _prepare_screen(adata, config, echo)
-    pairs = {
-        name: _load_pairs(config, name, adata)
-        for name in ("power", "discovery")
-        if name in analyses
-    }
+    adata, qc = _prepare_screen(_load_screen(config, echo), config, echo)
     inputs = prepare_crt_inputs(
         adata,
         response=config["response"],
@@ -1061,7 +307,23 @@ def run_analysis(
         guide2gene_key=config["guide2gene_key"],
         ntc_labels=config["ntc_labels"],
     )
-    lap("load", t0)
+    pairs = {
+        name: _load_pairs(config, name, adata, inputs)
+        for name in ("power", "discovery")
+        if name in analyses
+    }
+    test = build_test(**test_settings(config))
+    runs = []
+    if "calibration" in analyses:
+        if config["calibration"]["compare_without_burden"]:
+            without = build_test(**test_settings(config, burden=False))
+            runs.append((_method_label(config, False), without))
+        runs.append((_method_label(config, True), test))
+    for _, candidate in [("main", test), *runs]:
+        try:
+            test_covariates(inputs, candidate)  # columns and dtypes, before any analysis
+        except ValueError as err:
+            raise ConfigError(" ".join(str(err).split())) from None
     screen = {
         "n_cells": int(inputs["C"].shape[0]),
         "n_responses": len(inputs["response_names"]),
@@ -1071,101 +333,145 @@ def run_analysis(
         "n_ntc_guides": len(inputs["ntc_guides"]),
         "covariates": list(inputs["C_names"]),
     }
+    if qc is not None:
+        screen["n_cells_before_qc"] = int(qc.mask.size)
     echo(
         f"screen: {screen['n_cells']} cells, {screen['n_responses']} {screen['response_kind']} "
         f"responses, {screen['n_targets']} targets, {screen['n_ntc_guides']} NTC guides"
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = _Plan(adata, inputs, qc, pairs, test, runs, screen)
+    plan.timings["load"] = round(time.perf_counter() - t0, 3)
+    return plan
 
-    t0 = time.perf_counter()
-    echo("fitting the null model of every response")
-    statistic = fit_null_model(inputs, _make_statistic(config), n_jobs=config["n_jobs"])
-    lap("null_model", t0)
-    common = dict(
-        statistic=statistic,
-        resampling_method=config["resampling_method"],
+
+# ---------------------------------------------------------------------------- the analyses
+def _run_options(config: dict, progress: bool) -> dict:
+    """The runners' run options of a config (the test is passed separately)."""
+    return dict(
+        moi=config["moi"],
         control_group=config["control_group"],
-        n_resamples=config["n_resamples"],
-        n_resamples_adaptive=config["n_resamples_adaptive"],
-        alternative=config["alternative"],
-        pvalue_method=config["pvalue_method"],
         min_nonzero=config["min_nonzero"],
         n_jobs=config["n_jobs"],
         random_state=config["random_state"],
         progress=progress,
     )
+
+
+def _n_passing(results) -> int:
+    return int(results["pass_qc"].sum())
+
+
+def _analyze(
+    plan: _Plan, config: dict, analyses: Sequence[str], echo, progress: bool, checkpoint_dir=None
+) -> dict:
+    """Fit the null model once, then discovery, power and the calibration check sized like the
+    discovery set; returns the tables and the summary's parts."""
+    from sklcrt.runners import (
+        build_test,
+        calibration_summary,
+        discovery_analysis,
+        fit_null_model,
+        power_check,
+        run_ntc_ensemble,
+        run_ntc_groups,
+    )
+
+    lap = _laps(plan.timings)
+    echo("fitting the null model of every response")
+    with lap("null_model"):
+        statistic = fit_null_model(plan.inputs, plan.test.statistic, n_jobs=config["n_jobs"])
+    run = _run_options(config, progress)
     alpha = config["alpha"]
-    files: list[str] = []
+    out: dict = {"tables": {}, "calibration": {}, "statistic": statistic}
+    for name, runner in (("discovery", discovery_analysis), ("power", power_check)):
+        if name not in analyses:
+            continue
+        echo(f"{name} analysis: {len(plan.pairs[name])} pairs, {_method_label(config, True)}")
+        with lap(name):
+            out["tables"][name] = runner(
+                plan.inputs,
+                plan.pairs[name],
+                alpha=alpha,
+                per_guide=config[name]["per_guide"],
+                test=build_test(plan.test, statistic=statistic),
+                checkpoint_dir=_subfolder(checkpoint_dir, name),
+                **run,
+            )
+    if plan.runs:
+        cal = config["calibration"]
+        n_pairs = cal["n_pairs"]
+        if n_pairs is None and cal["size_like_discovery"] and "discovery" in out["tables"]:
+            n_pairs = _n_passing(out["tables"]["discovery"])  # sized like the discovery set
+        for i, (label, test) in enumerate(plan.runs):
+            echo(f"calibration check on NTC groups: {label}")
+            options = dict(
+                group_size=cal["group_size"],
+                n_pairs=n_pairs,
+                checkpoint_dir=_subfolder(checkpoint_dir, f"calibration_{i}"),
+            )
+            template = build_test(test, statistic=statistic)
+            with lap(f"calibration: {label}"):
+                if cal["n_ensemble"] > 1:
+                    results = run_ntc_ensemble(
+                        plan.inputs, n_ensemble=cal["n_ensemble"], test=template, **options, **run
+                    )
+                else:
+                    results = run_ntc_groups(plan.inputs, test=template, **options, **run)
+            stats = calibration_summary(results, alpha=alpha)
+            stats.update(n_requested=len(results))
+            out["calibration"][label] = (results, stats)
+    return out
+
+
+def _subfolder(folder, name: str) -> str | None:
+    return None if folder is None else str(Path(folder) / name)
+
+
+def _laps(timings: dict):
+    """A context manager factory recording the seconds of each step in ``timings``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def lap(name):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[name] = round(time.perf_counter() - t0, 3)
+
+    return lap
+
+
+def _summary(plan: _Plan, config: dict, found: dict, command: str) -> dict:
+    """The command line's summary: the screen, the statistic, the table rows and the config."""
+    import numpy as np
+
+    alpha = config["alpha"]
     summary: dict = {
         "command": command,
-        "screen": screen,
-        "statistic": _statistic_summary(statistic),
+        "screen": plan.screen,
+        "statistic": _statistic_summary(found["statistic"]),
+        "test": {k: repr(v) for k, v in plan.test.get_params(deep=False).items()},
     }
-    rows: list[dict] = []
-    main_label = _method_label(config, burden=True)
-
-    if "calibration" in analyses:
-        cal = config["calibration"]
-        runs = []
-        if cal["compare_without_burden"]:
-            runs.append((_method_label(config, burden=False), False, "calibration_no_burden.csv"))
-        runs.append((main_label, True, "calibration.csv"))
+    rows = []
+    if found["calibration"]:
         summary["calibration"] = {}
-        curves = {}
-        for label, burden, fname in runs:
-            t0 = time.perf_counter()
-            echo(f"calibration check on NTC groups: {label}")
-            kwargs = dict(
-                common,
-                resampling_kwargs=_resampling_kwargs(config, burden=burden),
-                group_size=cal["group_size"],
-                n_pairs=cal["n_pairs"],
-            )
-            if cal["n_ensemble"] > 1:
-                results = run_ntc_ensemble(inputs, n_ensemble=cal["n_ensemble"], **kwargs)
-            else:
-                results = run_ntc_groups(inputs, **kwargs)
-            lap(f"calibration: {label}", t0)
-            _write_table(results, out_dir, fname, files)
-            stats_ = calibration_summary(results, alpha=alpha)
-            stats_.update(
-                n_requested=len(results), table=fname, resampling_kwargs=kwargs["resampling_kwargs"]
-            )
-            summary["calibration"][label] = stats_
-            curves[f"{label} (NTC)"] = _p_values(results)
+        for label, (_, stats) in found["calibration"].items():
+            summary["calibration"][label] = stats
             rows.append(
                 {
                     "method": label,
-                    "ntc_pairs": stats_["n_pairs"],
-                    "frac_p_below_0.01": stats_["frac_below_0.01"],
-                    "ntc_bh_hits": stats_["n_bh_discoveries"],
+                    "ntc_pairs": stats["n_pairs"],
+                    "frac_p_below_0.01": stats["frac_below_0.01"],
+                    "ntc_bh_hits": stats["n_bh_discoveries"],
                 }
             )
-        summary["qq_plot"] = _qq_plot(curves, out_dir, files, echo, title="NTC calibration check")
-
+    main_label = _method_label(config, True)
     main_row = next((r for r in rows if r["method"] == main_label), None)
     if main_row is None:
         main_row = {"method": main_label}
         rows.append(main_row)
-    rk_main = _resampling_kwargs(config, burden=True)
-    for name, runner, fname in (
-        ("power", power_check, "power.csv"),
-        ("discovery", discovery_analysis, "discovery.csv"),
-    ):
-        if name not in analyses:
-            continue
-        t0 = time.perf_counter()
-        echo(f"{name} analysis: {len(pairs[name])} pairs, {main_label}")
-        results = runner(
-            inputs,
-            pairs[name][["response_id", "grna_target"]],
-            alpha=alpha,
-            resampling_kwargs=rk_main,
-            per_guide=config[name]["per_guide"],
-            **common,
-        )
-        lap(name, t0)
-        _write_table(results, out_dir, fname, files)
+    for name, results in found["tables"].items():
         p = results["pvalue"].to_numpy(dtype=float)
         tested = np.isfinite(p)
         n_sig = int(results["significant"].sum())
@@ -1175,27 +481,148 @@ def run_analysis(
             "n_significant": n_sig,
             "alpha": alpha,
             "per_guide": config[name]["per_guide"],
-            "table": fname,
-            "median_p_value": float(np.median(p[tested])) if tested.any() else None,
+            "median_pvalue": float(np.median(p[tested])) if tested.any() else None,
         }
         if name == "power":
-            part["n_p_below_0.001"] = int(np.sum(p[tested] < 1e-3))
+            part["n_p_below_1e-6"] = int(np.sum(p[tested] < 1e-6))
             main_row["positives_found"] = f"{n_sig}/{len(results)}"
         else:
             main_row["discoveries"] = n_sig
         summary[name] = part
-
     summary["table"] = rows
-    timings["total"] = round(time.perf_counter() - t_start, 3)
-    summary["timings_s"] = timings
-    summary["files"] = files + ["summary.json", "summary.txt"]
-    summary["config"] = {k: v for k, v in config.items() if k != "_given"}
-    table = format_table(rows, alpha)
-    summary["table_text"] = table
-    with open(out_dir / "summary.json", "w") as fh:
-        json.dump(summary, fh, indent=2, default=_json_default)
-    with open(out_dir / "summary.txt", "w") as fh:
-        fh.write(_summary_text(summary, config, out_dir))
+    summary["table_text"] = format_table(rows, alpha)
+    summary["config"] = {k: v for k, v in config.items() if not k.startswith("_given")}
+    return summary
+
+
+def _statistic_summary(statistic) -> dict:
+    """The fitted statistic's class, its [statistic] options and the range of its fitted theta."""
+    import numpy as np
+
+    params = statistic.get_params()
+    out = {"class": type(statistic).__name__}
+    out.update({o.name: params[o.name] for o in config_schema()["statistic"] if o.name in params})
+    theta = getattr(statistic, "theta_", None)
+    if theta is not None and np.isfinite(theta).any():
+        finite = theta[np.isfinite(theta)]
+        out["fitted_theta"] = {
+            "min": float(finite.min()),
+            "median": float(np.median(finite)),
+            "max": float(finite.max()),
+        }
+    return out
+
+
+def _calibration_tables(tables: dict):
+    """One NTC table, several by method, or None."""
+    if not tables:
+        return None
+    return next(iter(tables.values())) if len(tables) == 1 else tables
+
+
+def _check_output_folder(out_dir: Path, config: dict, overwrite: bool) -> None:
+    """Refuse, before any work, to replace a folder holding another run's outputs."""
+    if not out_dir.exists() or overwrite:
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"output folder {str(out_dir)!r} exists and is not a folder.")
+    if not any(out_dir.iterdir()):
+        return
+    previous = out_dir / "summary.json"
+    try:
+        earlier = json.loads(previous.read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    now = {k: v for k, v in config.items() if not k.startswith("_given")}
+    now = json.loads(json.dumps(now, default=str))
+    if earlier is None or {k: v for k, v in earlier.items() if k != "output_dir"} != {
+        k: v for k, v in now.items() if k != "output_dir"
+    }:
+        raise ConfigError(
+            f"output folder {str(out_dir)!r} holds files of another run (or other files); "
+            "choose another folder, or pass --overwrite to replace it."
+        )
+
+
+def run_analysis(
+    config: dict,
+    *,
+    analyses: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    command: str = "run",
+    overwrite: bool = False,
+    checkpoint_dir: str | Path | None = None,
+) -> dict:
+    """Run the analyses of a validated config and write their outputs, all or nothing.
+
+    Every input is read and checked first (the screen, the assignment, QC, the pairs, the test
+    and the covariate columns it reads); then the null model is fitted once and the analyses
+    run; the tables, the figures of every step and ``summary.json`` are written into a
+    temporary folder that replaces ``out_dir`` at the end, so a failed or interrupted run leaves
+    ``out_dir`` as it was.
+
+    Parameters
+    ----------
+    config : dict
+        From :func:`~sklcrt.config.load_config` or :func:`~sklcrt.config.validate_config`.
+    analyses : sequence of str, default=None
+        Analyses to run; default ``config["analyses"]``.
+    out_dir : str or Path, default=None
+        Output folder; default ``config["output_dir"]``.
+    progress : bool, default=True
+        Show progress bars.
+    echo : callable, default=print
+        Receives one line per step.
+    command : str, default="run"
+        Recorded in the summary.
+    overwrite : bool, default=False
+        Replace ``out_dir`` even when it holds another run's (or other) files.
+    checkpoint_dir : str or Path, default=None
+        Checkpoint every finished unit of each analysis in a subfolder of it
+        (``discovery``, ``power``, ``calibration_<n>``); rerunning resumes.
+
+    Returns
+    -------
+    dict
+        The command line's summary, also in ``summary.json``: ``screen``, ``statistic``,
+        ``calibration``, ``power``, ``discovery``, ``table`` (one row per calibration run:
+        method, NTC pairs, fraction of p < 0.01, NTC BH hits, discoveries, positives found),
+        ``timings_s``, ``files``, ``config``.
+    """
+    from sklcrt.report import AnalysisReport
+
+    analyses = list(config["analyses"] if analyses is None else analyses)
+    out_dir = Path(config["output_dir"] if out_dir is None else out_dir)
+    t_start = time.perf_counter()
+    _check_output_folder(out_dir, config, overwrite)
+    plan = _plan(config, analyses, echo)
+    found = _analyze(plan, config, analyses, echo, progress, checkpoint_dir)
+    summary = _summary(plan, config, found, command)
+    plan.timings["total"] = round(time.perf_counter() - t_start, 3)
+    summary["timings_s"] = plan.timings
+    calibration = {label: results for label, (results, _) in found["calibration"].items()}
+    report = AnalysisReport.from_adata(
+        plan.adata,
+        qc=None if plan.qc is None else plan.qc.cells,
+        calibration=_calibration_tables(calibration),
+        power=found["tables"].get("power"),
+        discovery=found["tables"].get("discovery"),
+        params={"config": summary["config"], "test": summary["test"]},
+        alpha=config["alpha"],
+        assignment_key=config["guide_key"],
+        covar_key=config["covar_key"],
+        ntc_labels=config["ntc_labels"],
+    )
+    echo(f"writing the tables, figures and summary to {out_dir}")
+    report.write(
+        out_dir,
+        overwrite=True,
+        extra=summary,
+        extra_text=_summary_text(summary, config),
+    )
+    summary["files"] = sorted(p.name for p in out_dir.iterdir())
     return summary
 
 
@@ -1239,26 +666,28 @@ def format_table(rows: Sequence[dict], alpha: float) -> str:
     return "\n".join(lines)
 
 
-def _summary_text(summary: dict, config: dict, out_dir: Path) -> str:
+def _summary_text(summary: dict, config: dict) -> str:
+    """The command line's part of summary.txt: the source, the test and the summary table."""
     screen = summary["screen"]
     source = config["input"]
     if config["simulate"] is not None:
         source = f"simulated screen {config['simulate']}"
+    test = summary["test"]
     lines = [
         f"sklcrt {summary['command']}: {source}",
         f"screen: {screen['n_cells']} cells, {screen['n_responses']} {screen['response_kind']} "
         f"responses, {screen['n_targets']} targets, {screen['n_ntc_guides']} NTC guides",
-        f"resampling: {config['resampling_method']} {_resampling_kwargs(config)}, "
-        f"control_group={config['control_group']}",
-        f"n_resamples={config['n_resamples']}, n_resamples_adaptive="
-        f"{config['n_resamples_adaptive']}, alternative={config['alternative']}, "
-        f"pvalue_method={config['pvalue_method']}, random_state={config['random_state']}",
+        f"test: resampling_method={test['resampling_method']}, resampling_kwargs="
+        f"{test['resampling_kwargs']}, control_group={config['control_group']}, moi="
+        f"{config['moi']}",
+        f"n_resamples={test['n_resamples']}, n_resamples_adaptive="
+        f"{test['n_resamples_adaptive']}, alternative={test['alternative']}, "
+        f"pvalue_method={test['pvalue_method']}, random_state={config['random_state']}",
         _statistic_text(summary["statistic"]),
         "",
         summary["table_text"],
         "",
         "A calibrated method gives NTC pairs about 1% of p-values below 0.01 and no BH hits.",
-        f"files in {out_dir}: {', '.join(summary['files'])}",
         f"total time: {summary['timings_s']['total']:.1f} s",
     ]
     return "\n".join(lines) + "\n"
@@ -1277,11 +706,21 @@ def _statistic_text(info: dict) -> str:
     return text
 
 
-# ---------------------------------------------------------------------------- the commands
-def _echo_for(quiet: bool) -> Callable[[str], None]:
-    if quiet:
-        return lambda message: None
-    return lambda message: print(f"[sklcrt] {message}", flush=True)
+def _echo_for(quiet: bool, verbose: int = 0) -> Callable[[str], None]:
+    """Step messages through the ``sklcrt`` logger, shown unless ``quiet``."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(level)
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        logger.addHandler(_StdoutHandler())
+        logger.propagate = False
+    return logger.info
+
+
+class _StdoutHandler(logging.Handler):
+    """Step messages on the current ``sys.stdout`` (looked up at each message)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"[sklcrt] {record.getMessage()}", file=sys.stdout, flush=True)
 
 
 def _finish(summary: dict, out_dir: Path) -> None:
@@ -1291,38 +730,7 @@ def _finish(summary: dict, out_dir: Path) -> None:
     )
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    raw = copy.deepcopy(DEMO_CONFIG)
-    raw["random_state"] = args.seed
-    raw["n_jobs"] = args.n_jobs
-    config = validate_config(raw, source="demo", base_dir=Path.cwd())
-    out_dir = Path(args.out)
-    summary = run_analysis(
-        config, out_dir=out_dir, progress=not args.quiet, echo=_echo_for(args.quiet), command="demo"
-    )
-    _finish(summary, out_dir)
-    return 0
-
-
-def _cmd_config(args: argparse.Namespace, analyses: Sequence[str] | None) -> int:
-    config = load_config(args.config)
-    if args.n_jobs is not None:
-        if args.n_jobs == 0:
-            raise ConfigError("--n-jobs must be a positive integer or -1, got 0.")
-        config["n_jobs"] = args.n_jobs
-    out_dir = Path(args.out) if args.out is not None else Path(config["output_dir"])
-    summary = run_analysis(
-        config,
-        analyses=analyses,
-        out_dir=out_dir,
-        progress=not args.quiet,
-        echo=_echo_for(args.quiet),
-        command=args.command,
-    )
-    _finish(summary, out_dir)
-    return 0
-
-
+# ---------------------------------------------------------------------------- the commands
 def _schema_help() -> str:
     """The config file reference shown by ``sklcrt run --help``."""
     import textwrap
@@ -1348,14 +756,15 @@ def _schema_help() -> str:
         "",
         "top level:",
     ]
-    for opt in _TOP:
+    schema = config_schema()
+    for opt in schema[""]:
         lines += describe(opt)
-    for section, options in CONFIG_SCHEMA.items():
+    for section, options in schema.items():
         if not section:
             continue
         lines += ["", f"[{section}]"]
         lines += textwrap.wrap(
-            _SECTION_HELP[section], 94, initial_indent="  ", subsequent_indent="  "
+            SECTION_HELP[section], 94, initial_indent="  ", subsequent_indent="  "
         )
         for opt in options:
             lines += describe(opt)
@@ -1363,12 +772,13 @@ def _schema_help() -> str:
     lines += textwrap.wrap(_SIMULATE_HELP, 94, initial_indent="  ", subsequent_indent="  ")
     lines += [
         "",
-        "outputs in output_dir: calibration.csv (and calibration_no_burden.csv), power.csv,",
-        "discovery.csv (one row per pair, or per guide and pair with per_guide: pvalue, effect, "
-        "p_adj,",
-        "significant, pass_qc, qc_reason...), qq_plot.png (needs matplotlib), summary.json and "
-        "summary.txt",
-        "(the settings, the statistic and its fitted theta).",
+        "outputs in output_dir (written all or nothing): calibration.csv (with a method column",
+        "when compare_without_burden), power.csv, discovery.csv (one row per pair, or per guide",
+        "and pair with per_guide: pvalue, effect, p_adj, significant, pass_qc, qc_reason...),",
+        "assignment.csv and qc.csv when those steps run, a figure per step (assignment.png,",
+        "qc.png, calibration.png, power.png, volcano.png), summary.txt and summary.json (the",
+        "settings, the test, the statistic and its fitted theta, the versions of sklcrt and its",
+        "dependencies).",
         "",
         "errors in the config or the data print one line 'sklcrt: error: ...' and exit with "
         "status 2.",
@@ -1400,12 +810,78 @@ def _demo_description() -> str:
         f"with {rk['n_burden_bins']} burden bins of {rk['burden_key']}, and the positive-control "
         "and discovery analyses with burden bins (NB score statistic on the counts, "
         f"{DEMO_CONFIG['n_resamples']} resamples per unit, no adaptive second stage, so the "
-        "demo takes seconds). Writes calibration_no_burden.csv, calibration.csv, "
-        "power.csv, discovery.csv, qq_plot.png (needs matplotlib), summary.json and "
-        "summary.txt to --out and prints a summary table. examples/config_demo.toml is the "
+        "demo takes seconds). Writes calibration.csv (both methods), power.csv, discovery.csv, "
+        "assignment.csv, the figures calibration.png, power.png, volcano.png and "
+        "assignment.png, summary.txt and summary.json (with the versions) to --out and prints a "
+        "summary table. examples/config_demo.toml is the "
         "same analysis as a config file (sklcrt run examples/config_demo.toml)."
     )
     return "\n".join(textwrap.wrap(text, 94))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["random_state"] = args.seed
+    raw["n_jobs"] = args.n_jobs
+    config = validate_config(raw, source="demo", base_dir=Path.cwd())
+    out_dir = Path(args.out)
+    summary = run_analysis(
+        config,
+        out_dir=out_dir,
+        progress=not args.quiet,
+        echo=_echo_for(args.quiet, args.verbose),
+        command="demo",
+        overwrite=args.overwrite,
+    )
+    _finish(summary, out_dir)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace, analyses: Sequence[str] | None) -> int:
+    config = load_config(args.config)
+    if args.n_jobs is not None:
+        if args.n_jobs == 0:
+            raise ConfigError("--n-jobs must be a positive integer or -1, got 0.")
+        config["n_jobs"] = args.n_jobs
+    out_dir = Path(args.out) if args.out is not None else Path(config["output_dir"])
+    summary = run_analysis(
+        config,
+        analyses=analyses,
+        out_dir=out_dir,
+        progress=not args.quiet,
+        echo=_echo_for(args.quiet, args.verbose),
+        command=args.command,
+        overwrite=args.overwrite,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+    _finish(summary, out_dir)
+    return 0
+
+
+class _ConfigCommandParser(argparse.ArgumentParser):
+    """A subcommand whose help ends with the config reference, built when help is shown (it
+    reads the library's defaults, which a plain ``sklcrt --help`` need not import)."""
+
+    def format_help(self) -> str:
+        if self.epilog is None and self.prog.split()[-1] in ("run", "calibrate"):
+            self.epilog = _schema_help()
+        return super().format_help()
+
+
+def _common_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars or step messages; only the summary table",
+    )
+    cmd.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages (debug logging)"
+    )
+    cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output folder even when it holds another run's (or other) files",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1420,7 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_ConfigCommandParser
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -1434,11 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="sklcrt_demo",
         help="output folder, created if needed (default: ./sklcrt_demo)",
     )
-    demo.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress bars or step messages; only the summary table",
-    )
+    _common_arguments(demo)
     demo.add_argument(
         "--n-jobs",
         metavar="N",
@@ -1467,9 +941,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(
             name,
             help=summary,
-            description=f"Read CONFIG (TOML) and run {what};\nwrite the tables, QQ plot and "
-            "summary to its output_dir and print a summary table.",
-            epilog=_schema_help(),
+            description=f"Read CONFIG (TOML) and run {what};\nwrite the tables, figures and "
+            "summary to its output_dir (all or nothing) and print a summary table.",
             formatter_class=formatter,
         )
         cmd.add_argument("config", metavar="CONFIG", help="TOML config file (schema below)")
@@ -1480,17 +953,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="output folder, overriding the config's output_dir "
             "(relative to the current folder)",
         )
-        cmd.add_argument(
-            "--quiet",
-            action="store_true",
-            help="no progress bars or step messages; only the summary table",
-        )
+        _common_arguments(cmd)
         cmd.add_argument(
             "--n-jobs",
             metavar="N",
             type=int,
             default=None,
             help="units tested in parallel, overriding the config's n_jobs",
+        )
+        cmd.add_argument(
+            "--checkpoint-dir",
+            metavar="DIR",
+            default=None,
+            help="write each finished unit there; rerunning the same command resumes an "
+            "interrupted run (a folder from other data or settings is refused)",
         )
         cmd.set_defaults(func=lambda args, analyses=analyses: _cmd_config(args, analyses))
     return parser

@@ -428,6 +428,13 @@ _CALIBRATION_SPEC = (
         "response) pairs (default: as many as the discovery pairs that pass QC when discovery "
         "runs, else all).",
     ),
+    (
+        "size_like_discovery",
+        "bool",
+        ("cli", True),
+        "When n_pairs is omitted and discovery runs, test as many NTC pairs as discovery pairs "
+        "pass QC (SCEPTRE's rule); false tests every NTC pair.",
+    ),
     ("n_ensemble", "int", ("cli", 1), "Repeat over this many random groupings of the NTC guides."),
     (
         "compare_without_burden",
@@ -681,7 +688,8 @@ def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path =
         The resolved config: every top-level key, ``resampling_kwargs`` (``batch_key`` the
         top-level one when omitted), ``statistic``, ``assignment`` and ``qc`` (None when their
         section is absent), ``simulate`` (None unless ``input = "simulate"``), ``calibration``,
-        ``power``, ``discovery``; paths absolute; ``_given``: the top-level keys the config set.
+        ``power``, ``discovery``; paths absolute; ``_given``: the top-level keys the config set,
+        ``_given_sections``: those of ``[assignment]``, ``[qc]`` and ``[statistic]``.
 
     Raises
     ------
@@ -698,11 +706,13 @@ def validate_config(raw: dict, *, source: str = "config", base_dir: str | Path =
     config["_given"] = given
     for name in ("resampling_kwargs", "calibration", "power", "discovery"):
         config[name], _ = _check_table(tables.get(name, {}), schema[name], f"{source} [{name}]")
+    config["_given_sections"] = {}
     for name in ("assignment", "qc", "statistic"):
         config[name] = None
+        config["_given_sections"][name] = []
         if name in tables:
             config[name], set_keys = _check_table(tables[name], schema[name], f"{source} [{name}]")
-            config[name]["_given"] = set_keys
+            config["_given_sections"][name] = set_keys
     rk = config["resampling_kwargs"]
     if rk["batch_key"] is None:
         rk["batch_key"] = config["batch_key"]
@@ -807,7 +817,10 @@ def _check_combinations(config: dict, source: str) -> None:
     from sklcrt.runners import check_run_options
 
     try:
-        check_run_options(control_group=config["control_group"], min_nonzero=config["min_nonzero"])
+        check_run_options(
+            control_group=config["control_group"] or "complement",
+            min_nonzero=config["min_nonzero"],
+        )
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
 
@@ -838,7 +851,7 @@ def test_settings(config: dict, *, burden: bool = True) -> dict:
     if config["statistic"] is not None:
         from sklcrt.statistics import NBScoreStatistic
 
-        options = {k: v for k, v in config["statistic"].items() if k != "_given"}
+        options = dict(config["statistic"])
         options["theta_bounds"] = tuple(options["theta_bounds"])
         params["statistic"] = NBScoreStatistic(**options, n_jobs=config["n_jobs"])
     return params
@@ -855,6 +868,13 @@ def check_test_settings(config: dict, source: str) -> None:
     """Let the test validate its settings now, before any data is read."""
     from sklcrt.runners import build_test
 
+    if config["statistic"] is not None:
+        from sklcrt.statistics.nb_score import check_theta_bounds
+
+        try:
+            check_theta_bounds(tuple(config["statistic"]["theta_bounds"]))
+        except ValueError as err:
+            raise ConfigError(f"{source} [statistic]: {err}") from None
     try:
         build_test(**test_settings(config))
     except ValueError as err:

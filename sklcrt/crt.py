@@ -394,6 +394,7 @@ class CRTTest(BaseEstimator):
         self : CRTTest
         """
         self._validate_params()
+        self._null_statistics_fit(1)  # an impossible number of resamples, refused up front
         for name in ("statistic", "propensity", "encoder", "sampler"):
             component = getattr(self, name)
             if hasattr(component, "_validate_params"):  # our components and scikit-learn's
@@ -713,6 +714,13 @@ class CRTTest(BaseEstimator):
     def _rows_per_block(self, n_treated: int, n_columns: int) -> int:
         """Resamples per block within the memory budget; refuses null statistics that cannot
         fit in it, before any work."""
+        budget = self._null_statistics_fit(n_columns)
+        per_row = _BYTES_PER_TREATED_ENTRY * max(n_treated, 1)
+        return max(1, int(budget / 4 // per_row))
+
+    def _null_statistics_fit(self, n_columns: int) -> float:
+        """The memory budget in bytes; raises if the null statistics of ``n_columns`` responses
+        cannot fit in it."""
         budget = float(self.memory_budget_mb) * 2**20
         largest = max(self.n_resamples, self.n_resamples_adaptive)
         null_bytes = 8.0 * largest * max(n_columns, 1)
@@ -723,8 +731,7 @@ class CRTTest(BaseEstimator):
                 f"{self.memory_budget_mb:g}; lower n_resamples / n_resamples_adaptive, test fewer "
                 "responses per call, or raise memory_budget_mb."
             )
-        per_row = _BYTES_PER_TREATED_ENTRY * max(n_treated, 1)
-        return max(1, int(budget / 4 // per_row))
+        return budget
 
     # ------------------------------------------------------------------ results
     statistic_ = property(lambda self: self._field("statistic"), doc="``result_.statistic``.")

@@ -555,7 +555,16 @@ class AnalysisReport:
             tables["discovery"] = self.discovery
         return tables
 
-    def write(self, out_dir, *, overwrite: bool = False, figures: bool = True, dpi: int = 150):
+    def write(
+        self,
+        out_dir,
+        *,
+        overwrite: bool = False,
+        figures: bool = True,
+        dpi: int = 150,
+        extra: Mapping | None = None,
+        extra_text: str | None = None,
+    ):
         """Write the tables, the figures and ``summary.json`` into ``out_dir``, all or nothing.
 
         Everything is written into a temporary folder next to ``out_dir`` and moved into place
@@ -573,6 +582,11 @@ class AnalysisReport:
             Draw and write the figures (PNG).
         dpi : int, default=150
             Resolution of the figures.
+        extra : dict, default=None
+            More entries of ``summary.json`` (e.g. the command line's ``command``, ``config`` and
+            ``table``); the report's own keys win.
+        extra_text : str, default=None
+            Appended to ``summary.txt``.
 
         Returns
         -------
@@ -599,7 +613,7 @@ class AnalysisReport:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
-            self._write_into(tmp, figures=figures, dpi=dpi)
+            self._write_into(tmp, figures=figures, dpi=dpi, extra=extra, extra_text=extra_text)
             old = None
             if out.exists():
                 old = out.with_name(f".{out.name}.{os.getpid()}.old")
@@ -612,7 +626,9 @@ class AnalysisReport:
             raise
         return out
 
-    def _write_into(self, folder: Path, *, figures: bool, dpi: int) -> list[str]:
+    def _write_into(
+        self, folder: Path, *, figures: bool, dpi: int, extra=None, extra_text=None
+    ) -> list[str]:
         files = []
         for name, table in self._tables().items():
             table.to_csv(folder / f"{name}.csv", index=name == "qc")
@@ -626,9 +642,11 @@ class AnalysisReport:
                 finally:
                     plt.close(fig)
                 files.append(f"{name}.png")
-        (folder / "summary.txt").write_text(self.summary() + "\n")
+        text = self.summary() + "\n" + (f"\n{extra_text.rstrip()}\n" if extra_text else "")
+        (folder / "summary.txt").write_text(text)
         files += ["summary.txt", "summary.json"]
         payload = {
+            **_json_safe(dict(extra or {})),
             "generator": _GENERATOR,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": dependency_versions(),

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from sklcrt import cli
+from sklcrt import config as cli_config
 from sklcrt.cli import CONFIG_SCHEMA, DEMO_CONFIG, load_config, main, validate_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -74,6 +75,8 @@ compare_without_burden = true
 @pytest.fixture
 def config_dir(tmp_path, screen_path):
     shutil.copy(screen_path, tmp_path / "screen.h5ad")
+    (tmp_path / "bad_pairs.csv").write_text("response_id,grna_target\ngene_000,NOPE\n")
+    (tmp_path / "empty.csv").write_text("")
     return tmp_path
 
 
@@ -99,10 +102,9 @@ def test_demo_writes_tables_plot_and_summary(tmp_path, capsys, small_demo):
     assert code == 0, err
     for name in (
         "calibration.csv",
-        "calibration_no_burden.csv",
         "power.csv",
         "discovery.csv",
-        "qq_plot.png",
+        "calibration.png",
         "summary.json",
         "summary.txt",
     ):
@@ -114,28 +116,34 @@ def test_demo_writes_tables_plot_and_summary(tmp_path, capsys, small_demo):
     assert [row["method"] for row in summary["table"]] == list(summary["calibration"])
     calib = pd.read_csv(out / "calibration.csv")
     assert (calib["grna_target"] == "non-targeting").all()
-    assert len(calib) == summary["calibration"]["stratified_perm + burden bins"]["n_requested"]
+    assert set(calib["method"]) == set(summary["calibration"])
+    with_burden = calib[calib["method"] == "stratified_perm + burden bins"]
+    assert (
+        len(with_burden) == summary["calibration"]["stratified_perm + burden bins"]["n_requested"]
+    )
+    for figure in ("assignment.png", "calibration.png", "power.png", "volcano.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert {"numpy", "scikit-learn", "anndata"} <= set(summary["versions"])
     discovery = pd.read_csv(out / "discovery.csv")
     assert {"pvalue", "p_adj", "significant", "effect"} <= set(discovery.columns)
     # the printed table, and nothing else with --quiet
     assert "frac p<0.01" in stdout and "stratified_perm + burden bins" in stdout
     assert "[sklcrt]" not in stdout
-    assert (out / "qq_plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_without_matplotlib_skips_the_plot(tmp_path, capsys, small_demo, monkeypatch):
-    real_find_spec = cli.importlib.util.find_spec
-
-    def find_spec(name, *args):
-        return None if name == "matplotlib" else real_find_spec(name, *args)
-
-    monkeypatch.setattr(cli.importlib.util, "find_spec", find_spec)
+def test_demo_rerun_replaces_its_folder_and_refuses_another_runs(tmp_path, capsys, small_demo):
     out = tmp_path / "demo"
-    code, stdout, err = _run(["demo", "--out", str(out)], capsys)
+    assert _run(["demo", "--out", str(out), "--quiet"], capsys)[0] == 0
+    (out / "stale.csv").write_text("x\n1\n")
+    assert _run(["demo", "--out", str(out), "--quiet"], capsys)[0] == 0  # same run: replaced
+    assert not (out / "stale.csv").exists()
+    code, _, err = _run(["demo", "--out", str(out), "--quiet", "--seed", "5"], capsys)
+    assert code == 2 and "another run" in err and "--overwrite" in err
+    assert json.loads((out / "summary.json").read_text())["config"]["random_state"] == 0
+    code, _, err = _run(
+        ["demo", "--out", str(out), "--quiet", "--seed", "5", "--overwrite"], capsys
+    )
     assert code == 0, err
-    assert "matplotlib is not installed" in stdout
-    assert not (out / "qq_plot.png").exists()
-    assert (out / "summary.json").is_file()
 
 
 @pytest.mark.slow
@@ -166,12 +174,11 @@ def test_run_from_config(config_dir, capsys):
     out = config_dir / "out"  # output_dir resolves against the config's folder
     for name in (
         "calibration.csv",
-        "calibration_no_burden.csv",
         "power.csv",
         "discovery.csv",
         "summary.json",
         "summary.txt",
-        "qq_plot.png",
+        "calibration.png",
     ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
@@ -195,8 +202,10 @@ def test_calibrate_runs_only_calibration_and_overrides(config_dir, capsys, tmp_p
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
+        "assignment.csv",
+        "assignment.png",
         "calibration.csv",
-        "qq_plot.png",
+        "calibration.png",
         "summary.json",
         "summary.txt",
     ]
@@ -420,7 +429,7 @@ ERRORS = [
     (
         "out of range",
         BASE_CONFIG.replace("n_resamples = 49", "n_resamples = 0"),
-        "'n_resamples' must be >= 1",
+        "'n_resamples' parameter of CRTTest must be an int in the range [1, inf)",
     ),
     ("missing file", BASE_CONFIG.replace("screen.h5ad", "nope.h5ad"), "input file"),
     ("missing pairs file", BASE_CONFIG + "\n[power]\npairs = 'pairs.csv'\n", "[power]: pairs file"),
@@ -432,7 +441,7 @@ ERRORS = [
     (
         "missing covariate column",
         BASE_CONFIG.replace('"log1p_response_n_umis"', '"n_umis"'),
-        "covariates = 'n_umis' is not a column of adata.obsm['covar']",
+        "covariate column(s) ['n_umis'] not found",
     ),
     (
         "missing uns key",
@@ -458,17 +467,17 @@ ERRORS = [
     (
         "theta not positive",
         BASE_CONFIG + "\n[statistic]\ntheta = 0\n",
-        "[statistic]: 'theta' must be > 0, got 0.0",
+        "'theta' parameter of NBScoreStatistic must be a float in the range (0.0, inf)",
     ),
     (
         "theta_bounds reversed",
         BASE_CONFIG + "\n[statistic]\ntheta_bounds = [10.0, 1.0]\n",
-        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got [10.0, 1.0]",
+        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got (10.0, 1.0)",
     ),
     (
         "theta_bounds infinite",
         BASE_CONFIG + "\n[statistic]\ntheta_bounds = [0.01, inf]\n",
-        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got [0.01, inf]",
+        "[statistic]: theta_bounds must be (low, high) with 0 < low < high < inf, got (0.01, inf)",
     ),
     (
         "theta_bounds not a pair",
@@ -489,7 +498,27 @@ ERRORS = [
     (
         "library check",
         BASE_CONFIG.replace("n_burden_bins = 3", "burden_clip_quantiles = [0.9, 0.1]"),
-        "[resampling_kwargs]",
+        "resampling_kwargs['burden_clip_quantiles'] must satisfy 0 <= lo < hi <= 1",
+    ),
+    (
+        "impossible number of resamples",
+        BASE_CONFIG.replace("n_resamples = 49", "n_resamples = 1000000000"),
+        "n_resamples=1000000000",
+    ),
+    (
+        "pairs naming an unknown target",
+        BASE_CONFIG + "\n[discovery]\npairs = 'bad_pairs.csv'\n",
+        "names targets ['NOPE']",
+    ),
+    (
+        "empty pairs file",
+        BASE_CONFIG + "\n[power]\npairs = 'empty.csv'\n",
+        "pairs file",
+    ),
+    (
+        "zero min_nonzero is fine but negative is not",
+        BASE_CONFIG.replace("random_state = 1", "random_state = 1\nmin_nonzero = -1"),
+        "min_nonzero must be an integer >= 0",
     ),
 ]
 
@@ -504,7 +533,7 @@ def test_config_errors_print_one_line_and_exit_2(config_dir, capsys, text, messa
     assert lines[0].startswith("sklcrt: error: ")
     assert message in lines[0]
     assert "Traceback" not in err
-    assert not (config_dir / "out" / "summary.json").exists()
+    assert not (config_dir / "out").exists()  # checked before any analysis wrote anything
 
 
 def test_missing_config_file(tmp_path, capsys):
@@ -558,11 +587,13 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("sklcrt ")
 
 
-def test_schema_matches_the_library():
-    from sklcrt.assignment import DEFAULT_NTC_LABELS
+def test_schema_reads_its_defaults_and_choices_from_the_library():
+    from sklcrt import _choices
     from sklcrt.crt import CRTTest
     from sklcrt.inputs import prepare_crt_inputs
     from sklcrt.resampling import DEFAULT_RESAMPLING_KWARGS
+    from sklcrt.runners import run_gene_loop
+    from sklcrt.statistics import NBScoreStatistic
 
     schema = {o.name: o for o in CONFIG_SCHEMA["resampling_kwargs"]}
     assert set(schema) == set(DEFAULT_RESAMPLING_KWARGS)
@@ -570,13 +601,6 @@ def test_schema_matches_the_library():
         if key != "batch_key":  # defaults to the top-level batch_key, "batch"
             expected = list(value) if isinstance(value, tuple) else value
             assert schema[key].default == expected, key
-    assert tuple(cli.NTC_LABELS) == tuple(DEFAULT_NTC_LABELS)
-    from sklcrt.runners import CONTROL_GROUPS
-
-    assert tuple(cli.CONTROL_GROUPS) == CONTROL_GROUPS
-    from sklcrt.runners import run_gene_loop
-    from sklcrt.statistics import NBScoreStatistic
-
     nb = NBScoreStatistic().get_params()
     statistic = {o.name: o for o in CONFIG_SCHEMA["statistic"]}
     assert statistic["theta"].default == nb["theta"]
@@ -584,15 +608,19 @@ def test_schema_matches_the_library():
     assert statistic["effect_fit"].default == nb["effect_fit"]
     constraint = NBScoreStatistic._parameter_constraints["effect_fit"][0]
     assert set(statistic["effect_fit"].choices) == set(constraint.options)
-    per_guide = inspect.signature(run_gene_loop).parameters["per_guide"].default
+    runner = inspect.signature(run_gene_loop).parameters
     for section in ("power", "discovery"):
-        assert {o.name: o.default for o in CONFIG_SCHEMA[section]}["per_guide"] is per_guide
-    top = {o.name: o.default for o in CONFIG_SCHEMA[""]}
+        per_guide = {o.name: o.default for o in CONFIG_SCHEMA[section]}["per_guide"]
+        assert per_guide is runner["per_guide"].default
+    top = {o.name: o for o in CONFIG_SCHEMA[""]}
     crt = CRTTest().get_params()
-    for key in ("n_resamples", "n_resamples_adaptive", "alternative", "pvalue_method"):
-        assert top[key] == crt[key], key
-    assert top["resampling_method"] == "bernoulli_index"  # the string API's default
-    assert top["control_group"] == "complement"  # the runners' default
+    for key in cli_config.TEST_KEYS:
+        assert top[key].default == crt[key], key
+    for key in ("min_nonzero", "control_group", "alpha", "n_jobs"):
+        assert top[key].default == runner[key].default, key
+    assert set(top["control_group"].choices) == set(_choices.CONTROL_GROUPS)
+    assert set(top["pvalue_method"].choices) == set(_choices.PVALUE_METHODS)
+    assert set(top["alternative"].choices) == set(_choices.ALTERNATIVES)
     signature = inspect.signature(prepare_crt_inputs).parameters
     for key in (
         "response",
@@ -606,7 +634,37 @@ def test_schema_matches_the_library():
         "guide_names_key",
         "guide2gene_key",
     ):
-        assert top[key] == signature[key].default, key
+        default = signature[key].default
+        assert top[key].default == (list(default) if isinstance(default, tuple) else default), key
+
+
+def test_config_sections_map_onto_the_test():
+    """The config's test keys and sections become one CRTTest through set_params."""
+    from sklcrt.runners import build_test
+
+    raw = {
+        "input": "simulate",
+        "resampling_method": "stratified_perm",
+        "n_resamples": 99,
+        "pvalue_method": "saddlepoint",
+        "resampling_kwargs": {"n_bins": 7, "burden_key": "log1p_grna_n_nonzero_assign"},
+        "statistic": {"theta": 5.0},
+    }
+    config = validate_config(raw)
+    test = build_test(**cli_config.test_settings(config))
+    params = test.get_params()
+    assert params["n_resamples"] == 99 and params["pvalue_method"] == "saddlepoint"
+    assert params["resampling_kwargs"]["n_bins"] == 7
+    assert params["statistic__theta"] == 5.0
+    assert test.covariate_columns() == {"batch": "batch", "burden": "log1p_grna_n_nonzero_assign"}
+    # keys left out keep CRTTest's own defaults
+    assert params["n_resamples_adaptive"] == CRTTest_defaults()["n_resamples_adaptive"]
+
+
+def CRTTest_defaults():
+    from sklcrt.crt import CRTTest
+
+    return CRTTest().get_params(deep=False)
 
 
 @pytest.mark.skipif(not GASPERINI.is_file(), reason="../shared/data (real screens) not present")
