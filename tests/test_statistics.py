@@ -494,3 +494,174 @@ def test_estimator_protocol():
     params = clone(stat).get_params()
     assert params["theta"] == 2.0 and params["block_size"] == 8
     assert OLSStatistic().get_params() == {"block_size": None}
+
+
+# --------------------------------------------------------------------------- fit_cells
+def _fit_cells_data(seed=0, n=600, g=5, n_fit=300):
+    rng = np.random.default_rng(seed)
+    Y, C, _ = _nb_data(rng, n=n, g=g, m=1, effect=0.0)
+    fit = np.zeros(n, dtype=bool)
+    fit[rng.choice(n, n_fit, replace=False)] = True
+    return rng, Y, C, fit
+
+
+def _dense_parts(stat, Y, C):
+    """μ, a, w of every cell and the design [1, C] from a fitted NB statistic."""
+    X0 = np.column_stack([np.ones(Y.shape[0]), C])
+    mu = np.exp(stat.basis_ @ stat.coef_.T)
+    den = 1.0 + mu / stat.theta_
+    return X0, mu, (Y - mu) / den, mu / den
+
+
+def test_fit_cells_none_or_all_is_bit_identical():
+    rng = np.random.default_rng(3)
+    Y, C, x = _nb_data(rng)
+    R = _resamples(rng, x, 20)
+    plain = NBScoreStatistic().fit(Y, C)
+    for mask in (None, np.ones(Y.shape[0], dtype=bool)):
+        stat = NBScoreStatistic().fit(Y, C, fit_cells=mask)
+        assert stat.fit_cells_ is None and stat.n_fit_cells_ == Y.shape[0]
+        np.testing.assert_array_equal(stat.coef_, plain.coef_)
+        np.testing.assert_array_equal(stat.theta_, plain.theta_)
+        np.testing.assert_array_equal(stat.evaluate(R), plain.evaluate(R))
+        a, b = stat.observed(x), plain.observed(x)
+        for key in ("statistic", "effect", "effect_se"):
+            np.testing.assert_array_equal(a[key], b[key])
+    ols = OLSStatistic().fit(Y, C, fit_cells=np.ones(Y.shape[0], dtype=bool))
+    np.testing.assert_array_equal(ols.evaluate(R), OLSStatistic().fit(Y, C).evaluate(R))
+
+
+def test_fit_cells_null_fit_equals_fit_on_the_rows_alone():
+    _, Y, C, fit = _fit_cells_data()
+    sub = NBScoreStatistic().fit(Y, C, fit_cells=fit)
+    alone = NBScoreStatistic().fit(Y[fit], C[fit])
+    mu_sub = np.exp(sub.basis_[fit] @ sub.coef_.T)
+    mu_alone = np.exp(alone.basis_ @ alone.coef_.T)
+    np.testing.assert_allclose(mu_sub, mu_alone, rtol=1e-6)
+    np.testing.assert_allclose(sub.theta_, alone.theta_, rtol=1e-5)
+    np.testing.assert_array_equal(sub.fit_cells_, fit)
+    assert sub.n_fit_cells_ == fit.sum() and sub.n_cells_ == Y.shape[0]
+    # a treatment inside the fit cells: the same statistic as the fit on those rows alone
+    x = np.zeros(Y.shape[0])
+    x[np.flatnonzero(fit)[:40]] = 1.0
+    np.testing.assert_allclose(
+        sub.observed(x)["statistic"], alone.observed(x[fit])["statistic"], rtol=1e-5
+    )
+
+
+def test_fit_cells_variance_outside_and_mixed():
+    """Σ_x a / sqrt(Σ_x w - ‖Σ_in D‖² + ‖Σ_out D‖²), from explicit matrices, both plans."""
+    rng, Y, C, fit = _fit_cells_data(1)
+    stat = NBScoreStatistic().fit(Y, C, fit_cells=fit)
+    X0, mu, a, w = _dense_parts(stat, Y, C)
+    out_cells, in_cells = np.flatnonzero(~fit), np.flatnonzero(fit)
+    rows = []
+    for n_out, n_in in ((30, 0), (20, 15), (0, 30)):
+        x = np.zeros(Y.shape[0])
+        x[rng.choice(out_cells, n_out, replace=False)] = 1.0
+        x[rng.choice(in_cells, n_in, replace=False)] = 1.0
+        rows.append(x)
+    rows = np.array(rows)
+    expected = np.empty((len(rows), Y.shape[1]))
+    for g in range(Y.shape[1]):
+        H = X0[fit].T @ (w[fit, g, None] * X0[fit])
+        Hinv = np.linalg.pinv(H)
+        for b, x in enumerate(rows):
+            v_in = X0.T @ (w[:, g] * x * fit)
+            v_out = X0.T @ (w[:, g] * x * ~fit)
+            info = x @ w[:, g] - v_in @ Hinv @ v_in + v_out @ Hinv @ v_out
+            expected[b, g] = (x @ a[:, g]) / np.sqrt(info)
+    np.testing.assert_allclose(stat.evaluate(sp.csr_matrix(rows)), expected, rtol=1e-8)
+    for b, x in enumerate(rows):  # one resample at a time: the other gather plan
+        np.testing.assert_allclose(stat.observed(x)["statistic"], expected[b], rtol=1e-8)
+    # the stored pieces of all cells (stacked plan) give the same values
+    many = sp.csr_matrix(np.repeat(rows, 200, axis=0))
+    np.testing.assert_allclose(stat.evaluate(many)[::200], expected, rtol=1e-8)
+
+
+def test_fit_cells_prediction_variance_is_calibrated():
+    """Treated cells outside the fit: z over fresh null data has mean 0 and variance 1."""
+    rng = np.random.default_rng(7)
+    n, g = 800, 400
+    C = rng.normal(size=(n, 1))
+    mu = np.exp(1.0 + 0.5 * C)
+    Y = rng.negative_binomial(5.0, 5.0 / (5.0 + mu), size=(n, g)).astype(float)
+    fit = np.ones(n, dtype=bool)
+    fit[:150] = False  # 150 outside cells, all treated
+    x = (~fit).astype(float)
+    z = NBScoreStatistic().fit(Y, C, fit_cells=fit).observed(x)["statistic"]
+    assert abs(z.mean()) < 0.2 and 0.8 < z.var() < 1.2, (z.mean(), z.var())
+
+
+def test_fit_cells_effect_against_the_fit_cells():
+    """Intercept only: the effect of outside treated cells is log2(mean_T / mean_fit)."""
+    rng = np.random.default_rng(2)
+    n = 500
+    fit = np.zeros(n, dtype=bool)
+    fit[:300] = True
+    x = np.zeros(n)
+    x[400:460] = 1.0
+    mu = np.where(x == 1, 8.0, 4.0)
+    Y = rng.negative_binomial(4.0, 4.0 / (4.0 + mu[:, None]), size=(n, 3)).astype(float)
+    Y[300:400] *= 5  # other cells: not in the comparison
+    expected = np.log2(Y[x == 1].mean(axis=0) / Y[fit].mean(axis=0))
+    full = NBScoreStatistic(effect_fit="full").fit(Y, None, fit_cells=fit).observed(x)
+    np.testing.assert_allclose(full["effect"], expected, rtol=1e-6)
+    lin = NBScoreStatistic().fit(Y, None, fit_cells=fit).observed(x)
+    np.testing.assert_allclose(lin["effect"], expected, atol=0.02)
+    assert np.all(np.isfinite(lin["effect_se"])) and np.all(lin["effect_se"] > 0)
+
+
+def test_refit_on_the_unit_and_fit_cells():
+    rng, Y, C, fit = _fit_cells_data(4)
+    stat = NBScoreStatistic().fit(Y, C, fit_cells=fit)
+    x = np.zeros(Y.shape[0])
+    x[rng.choice(np.flatnonzero(~fit), 40, replace=False)] = 1.0
+    both = fit | (x == 1)
+    unit = stat.refit(both)
+    assert unit is not stat and stat.fit_cells_ is not None and unit.converged_.all()
+    np.testing.assert_array_equal(unit.theta_, stat.theta_)
+    np.testing.assert_array_equal(unit.fit_cells_, both)
+    # the refit's score equations hold on its cells: Σ q (y - μ)/(1 + μ/θ) = 0
+    X0, mu, a, w = _dense_parts(unit, Y, C)
+    score = X0[both].T @ a[both]
+    assert np.abs(score).max() < 1e-6 * np.abs(Y).sum()
+    # the unit's statistic is the in-sample score test on its cells
+    x_rows = x[None, both]
+    X0b = X0[both]
+    for g in range(Y.shape[1]):
+        H = X0b.T @ (w[both, g, None] * X0b)
+        v = X0b.T @ (w[both, g] * x_rows[0])
+        info = x_rows[0] @ w[both, g] - v @ np.linalg.pinv(H) @ v
+        z = (x_rows[0] @ a[both, g]) / np.sqrt(info)
+        np.testing.assert_allclose(unit.observed(x)["statistic"][g], z, rtol=1e-8)
+    assert stat.refit(fit) is stat  # the same cells: the same statistic
+
+
+def test_fit_cells_bad_input():
+    rng, Y, C, fit = _fit_cells_data(5, n=200, n_fit=100)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        NBScoreStatistic().fit(Y, C, fit_cells=fit[:-1])
+    with pytest.raises(ValueError, match="boolean mask"):
+        NBScoreStatistic().fit(Y, C, fit_cells=np.flatnonzero(fit) + 2.5)
+    few = np.zeros(Y.shape[0], dtype=bool)
+    few[:3] = True
+    with pytest.raises(ValueError, match="fit cells but the covariates have rank"):
+        NBScoreStatistic().fit(Y, C, fit_cells=few)
+    # a batch without fit cells: the null model cannot predict it
+    no_batch = fit & (C[:, 2] == 0)
+    with pytest.raises(ValueError, match="only .* on the"):
+        NBScoreStatistic().fit(Y, C, fit_cells=no_batch)
+    with pytest.raises(NotImplementedError, match="fit_cells"):
+        OLSStatistic().fit(Y, C, fit_cells=fit)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        NBScoreStatistic().fit(Y, C, fit_cells=fit).refit(fit[:10])
+
+
+def test_progress_bar_does_not_change_the_fit(capsys):
+    rng = np.random.default_rng(0)
+    Y, C, _ = _nb_data(rng)
+    quiet = NBScoreStatistic().fit(Y, C)
+    loud = NBScoreStatistic(progress=True).fit(Y, C)
+    np.testing.assert_array_equal(quiet.coef_, loud.coef_)
+    assert NBScoreStatistic().get_params()["progress"] is False

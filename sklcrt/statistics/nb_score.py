@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 from joblib import Parallel, delayed
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from sklcrt._threads import single_threaded_blas
-from sklcrt.statistics._base import BaseStatistic, _dense_block
+from sklcrt.statistics._base import (
+    BaseStatistic,
+    _check_fit_cells,
+    _check_rank_on,
+    _dense_block,
+    _mask,
+)
 from sklcrt.statistics._nb_fit import (  # noqa: F401  (_CountTable, _nb_terms: tests)
     _ETA_MAX,
     _MAX_HALVINGS,
@@ -293,6 +301,91 @@ class NBScoreStatistic(BaseStatistic):
         # most cells) and kept: analyses of pairs build small pieces per block instead.
         self.pieces_cached_ = bool(8 * n_cells * G * 2 <= self.cache_bytes)
         self._cache = None
+
+    def refit(self, fit_cells):
+        """The same null model refitted on other cells, warm-started from this fit.
+
+        For SCEPTRE's low-MOI test of one unit: with the null model fitted once on the NT cells
+        (``fit(Y, C, fit_cells=nt_cells)``), ``refit(treated | nt_cells)`` refits every
+        response's coefficients on the unit's cells and the NT cells, as SCEPTRE does for each
+        pair, by Newton's method started from the NT-cell fit (a few iterations on those cells
+        only), with ``θ`` kept at this fit's estimate. The resamples of the unit then move the
+        treatment among cells the null model was fitted on, so its statistic is invariant to how
+        the treatment is permuted among them (an exact permutation test), and the effect is the
+        log2 fold change against the other fit cells (the NT cells).
+
+        Parameters
+        ----------
+        fit_cells : array-like of bool of shape (n_cells,)
+            The cells of the refit (None or every cell: all cells).
+
+        Returns
+        -------
+        NBScoreStatistic
+            A new fitted statistic sharing the responses and the basis with this one (which is
+            left unchanged); ``converged_`` reports the refit.
+        """
+        check_is_fitted(self, "n_responses_")
+        rows = _check_fit_cells(fit_cells, self.n_cells_)
+        mask = None if rows is None else _mask(rows, self.n_cells_)
+        current = self.fit_cells_
+        if (mask is None and current is None) or (
+            mask is not None and current is not None and np.array_equal(mask, current)
+        ):
+            return self
+        Q = self.basis_
+        n_fit = self.n_cells_ if rows is None else rows.size
+        if n_fit <= self.rank_ + 1:
+            raise ValueError(
+                f"fit_cells marks {n_fit} cells but the covariates have rank {self.rank_} (with "
+                "the intercept); a test needs at least rank + 2 cells."
+            )
+        if rows is not None:
+            _check_rank_on(Q, rows)
+        new = copy.copy(self)
+        new.fit_cells_, new.n_fit_cells_, new._fit_rows = mask, int(n_fit), rows
+        new._outside = None if rows is None else ~mask
+        Qf = Q if rows is None else np.ascontiguousarray(Q[rows])
+        Yf = self._Y if rows is None else self._Y[rows]
+        new.no_counts_ = np.asarray(Yf.sum(axis=0)).ravel() <= 0
+        new.coef_ = np.full_like(self.coef_, np.nan)
+        new.converged_ = np.zeros(self.n_responses_, dtype=bool)
+        new.null_info_ = np.full_like(self.null_info_, np.nan)
+        new.whitener_ = np.full_like(self.whitener_, np.nan)
+        new._max_leverage = float(np.sqrt(np.max(np.einsum("ij,ij->i", Qf, Qf))))
+        new._cache = None
+        new.theta_ = self.theta_.copy()
+        QT = np.ascontiguousarray(Qf.T)
+        gram = _Gram(Qf)
+        ones_coef = Q.sum(axis=0)
+        totals = np.asarray(Yf.sum(axis=0)).ravel()
+        fitted = np.flatnonzero(~new.no_counts_)
+        k = max(1, _FIT_BLOCK_BYTES // (8 * n_fit))
+        with single_threaded_blas():
+            for start in range(0, fitted.size, k):
+                block = fitted[start : start + k]
+                beta = self.coef_[block].copy()
+                # Responses without counts on this fit's cells had no fit: start at the mean.
+                bad = ~np.isfinite(beta).all(axis=1)
+                if bad.any():
+                    beta[bad] = np.outer(np.log(totals[block[bad]] / n_fit), ones_coef)
+                theta = self.theta_[block]
+                theta = np.where(np.isfinite(theta), theta, self.theta_bounds[1])
+                beta, conv = _fit_glm(
+                    QT,
+                    gram,
+                    _response_rows(Yf, block),
+                    beta,
+                    theta,
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                )
+                mu = _mean(beta @ QT)
+                H = gram(mu / (1.0 + mu / theta[:, None]))
+                new.coef_[block], new.converged_[block] = beta, conv
+                new.theta_[block] = theta
+                new.null_info_[block], new.whitener_[block] = H, _whitener(H)
+        return new
 
     def _build_cache(self):
         """``_build_pieces`` of all responses and cells, with small temporaries.

@@ -84,6 +84,11 @@ class OLSStatistic(BaseStatistic):
         super().__init__(block_size=block_size)
 
     def _fit(self, Y, Q):
+        if self._fit_rows is not None:
+            raise NotImplementedError(
+                "OLSStatistic does not support fit_cells yet (the null model is fitted on all "
+                "cells); pass fit_cells=None, or use NBScoreStatistic for counts."
+            )
         n_cells, G = Y.shape
         # coef = Qᵀ Y in one pass, then ỹ = Y - Q coef a chunk of contiguous rows at a time.
         if sp.issparse(Y):
