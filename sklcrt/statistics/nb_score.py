@@ -111,6 +111,9 @@ class NBScoreStatistic(BaseStatistic):
     n_jobs : int or None, default=None
         Threads fitting the null model, a block of responses each (joblib's convention: None is
         1, -1 every core). The fit is the same whatever ``n_jobs``.
+    progress : bool, default=False
+        Show a tqdm progress bar over the null fit's blocks of responses (it appears once the
+        fit has run for a second).
 
     Attributes
     ----------
@@ -160,6 +163,20 @@ class NBScoreStatistic(BaseStatistic):
       ``n_treated / n_cells``; it is the default because a screen calls :meth:`observed` once
       per unit. Where the shift could move a control cell's linear predictor by more than 0.25
       (so the expansion is not to be trusted), that response gets the full fit instead.
+
+    **Fit cells** (``fit(Y, C, fit_cells=mask)``, e.g. SCEPTRE's low-MOI NT cells): the null
+    model is fitted on the fit cells only and predicts every cell from its coefficients and
+    ``θ``. A treated cell outside the fit cells has a residual that also carries the fit's own
+    estimation error (independent of the cell), so the variance of ``Σ_{i∈x} a_i`` is
+    ``Σ_{i∈x} W_i - ‖Σ_{i∈x, in} D_i‖² + ‖Σ_{i∈x, out} D_i‖²`` (first order; no cross term): cells
+    inside the fit subtract, as in SCEPTRE's in-sample score test, cells outside add. The effect
+    is the log2 fold change of the treated cells against the fit cells (the model with the
+    treatment is fitted on the fit cells and the treated cells). SCEPTRE itself refits every
+    pair's null model on the unit's cells and the NT cells, and its resamples move the
+    treatment among those cells; :meth:`refit` gives exactly that model, warm-started from the
+    shared fit, so the resampling test is an exact permutation test of a statistic computed in
+    sample, as SCEPTRE's (a statistic fitted on the NT cells alone is centred on the NT cells
+    only, so its permutation null is shifted towards a real effect and loses power).
 
     Where one arm has no counts the maximum-likelihood ``γ`` is infinite; the fits stop at
     ``|γ| = 20`` (about 28.9 in log2) and the standard error there is huge. Responses with no
