@@ -26,6 +26,9 @@ RESAMPLING_ALIASES = {"crt": "bernoulli_index"}
 #: ``control_group`` of the runners, in SCEPTRE's words.
 CONTROL_GROUPS = ("complement", "nt_cells")
 
+#: ``grna_integration`` of the gene loop, in SCEPTRE's words.
+GRNA_INTEGRATIONS = ("union", "singleton", "bonferroni")
+
 #: ``response`` of :func:`~sklcrt.inputs.prepare_crt_inputs`.
 RESPONSE_KINDS = ("counts", "programs")
 

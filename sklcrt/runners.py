@@ -26,14 +26,17 @@ import scipy.sparse as sp
 from scipy import stats
 from sklearn.base import clone
 
-from sklcrt._choices import CONTROL_GROUPS
+from sklcrt._choices import CONTROL_GROUPS, GRNA_INTEGRATIONS
 from sklcrt._fingerprint import array_fingerprint, content_fingerprint
 from sklcrt._random import as_generator
 from sklcrt._validation import check_1d_numeric
 from sklcrt.crt import CRTTest
 from sklcrt.execution import RESULT_COLUMNS, run_units
 from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.integration import combine_guides_bonferroni
+from sklcrt.io import store_results
 from sklcrt.moi import moi_choices
+from sklcrt.pairs import gene_symbols
 from sklcrt.statistics import NBScoreStatistic, OLSStatistic
 
 __all__ = [
@@ -315,6 +318,8 @@ def _prepare(
     if chosen_group != "complement":
         # Only when set, so checkpoints of runs made before the option existed still resume.
         run_key["control_group"] = chosen_group
+    if moi is not None:
+        run_key["moi"] = moi
     return _Screen(inputs, template, statistic, batch, burden, control_cells, random_state, run_key)
 
 
@@ -426,9 +431,24 @@ def _response_columns(inputs: dict, responses) -> np.ndarray:
     return np.array([index[r] for r in responses], dtype=np.intp)
 
 
-def _store(data, results: pd.DataFrame, key_added: str | None) -> None:
-    if key_added is not None and not isinstance(data, dict):
-        data.uns[key_added] = results
+def _finish(data, screen: _Screen, results: pd.DataFrame, key_added, options: dict):
+    """Gene symbols where the screen has them; the table and its parameters stored with the
+    data (scanpy's ``uns[key]["params"]`` pattern) unless ``key_added`` is None."""
+    if not isinstance(data, dict):
+        symbols = gene_symbols(data, results["response"])
+        if symbols is not None and symbols.notna().any():
+            results.insert(
+                results.columns.get_loc("response") + 1, "response_name", symbols.to_numpy()
+            )
+        if key_added is not None:
+            params = {
+                "test": screen.template.get_params(deep=False),
+                "random_state": screen.random_state,
+                **screen.run_key,
+                **options,
+            }
+            store_results(data, key_added, results, params)
+    return results
 
 
 # ---------------------------------------------------------------------- public runners
@@ -446,7 +466,7 @@ def run_unit(
     random_state: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
-    key_added: str | None = None,
+    key_added: str | None = "sklcrt_unit",
     **kwargs,
 ) -> pd.DataFrame:
     """Test one unit (a target, or explicit ``guides``) against all or chosen responses.
@@ -491,8 +511,13 @@ def run_unit(
         checkpoint_dir=checkpoint_dir,
     )
     results = add_bh(results)
-    _store(data, results, key_added)
-    return results
+    return _finish(
+        data,
+        screen,
+        results,
+        key_added,
+        {"unit": unit, "guides": guides, "responses": responses, "min_nonzero": min_nonzero},
+    )
 
 
 def _target_guides(inputs: dict, target: str) -> list[str]:
@@ -522,6 +547,18 @@ def _pairs_frame(pairs) -> pd.DataFrame:
             "(pairs.drop_duplicates(['grna_target', 'response_id']))."
         )
     return table
+
+
+def _check_integration(grna_integration: str, per_guide: bool) -> str:
+    if grna_integration not in GRNA_INTEGRATIONS:
+        raise ValueError(
+            f"grna_integration must be one of {list(GRNA_INTEGRATIONS)}, got {grna_integration!r}."
+        )
+    if per_guide and grna_integration == "union":
+        return "singleton"
+    if per_guide and grna_integration == "bonferroni":
+        raise ValueError("per_guide=True is grna_integration='singleton'; give one of the two.")
+    return grna_integration
 
 
 def _pair_jobs(inputs, pairs, targets, responses, per_guide) -> list:
@@ -560,6 +597,7 @@ def run_gene_loop(
     targets=None,
     responses=None,
     per_guide: bool = False,
+    grna_integration: str = "union",
     alpha: float = 0.1,
     test: CRTTest | None = None,
     moi: str | None = None,
@@ -569,7 +607,7 @@ def run_gene_loop(
     random_state: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
-    key_added: str | None = None,
+    key_added: str | None = "sklcrt_gene_loop",
     **kwargs,
 ) -> pd.DataFrame:
     """Test every targeting unit against its responses (or the pairs of a pairs table).
@@ -584,7 +622,13 @@ def run_gene_loop(
     targets, responses : sequence of str, default=None
         Restrict the all-by-all design.
     per_guide : bool, default=False
-        Test each guide of a target on its own (unit = guide) instead of their union.
+        Same as ``grna_integration="singleton"``.
+    grna_integration : {"union", "singleton", "bonferroni"}, default="union"
+        How a target's guides are tested, in SCEPTRE's words: ``"union"``, the cells carrying
+        any of them against the controls; ``"singleton"``, each guide on its own (one row per
+        guide and response, ``unit`` = the guide); ``"bonferroni"``, each guide on its own and
+        then one row per (target, response) with ``min(1, k * min p)`` over its ``k`` tested
+        guides (:func:`sklcrt.integration.combine_guides_bonferroni`).
     alpha : float, default=0.1
         Benjamini-Hochberg level for ``significant``.
 
@@ -604,7 +648,8 @@ def run_gene_loop(
         n_jobs=n_jobs,
         random_state=random_state,
     )
-    jobs = _pair_jobs(screen.inputs, pairs, targets, responses, per_guide)
+    integration = _check_integration(grna_integration, per_guide)
+    jobs = _pair_jobs(screen.inputs, pairs, targets, responses, integration != "union")
     results = _execute(
         screen,
         jobs,
@@ -613,16 +658,30 @@ def run_gene_loop(
             "pairs": None if pairs is None else _pairs_frame(pairs).to_json(),
             "targets": targets,
             "responses": responses,
-            "per_guide": per_guide,
+            "per_guide": integration != "union",
         },
         min_nonzero=min_nonzero,
         n_jobs=n_jobs,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
     )
+    if integration == "bonferroni":
+        results = combine_guides_bonferroni(results)
     results = add_bh(results, alpha)
-    _store(data, results, key_added)
-    return results
+    return _finish(
+        data,
+        screen,
+        results,
+        key_added,
+        {
+            "pairs": None if pairs is None else len(pairs),
+            "targets": targets,
+            "responses": responses,
+            "grna_integration": integration,
+            "alpha": alpha,
+            "min_nonzero": min_nonzero,
+        },
+    )
 
 
 def make_ntc_groups(
@@ -689,7 +748,7 @@ def run_ntc_groups(
     random_state: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
-    key_added: str | None = None,
+    key_added: str | None = "sklcrt_calibration",
     **kwargs,
 ) -> pd.DataFrame:
     """Test groups of non-targeting guides like targets: the calibration check.
@@ -742,8 +801,19 @@ def run_ntc_groups(
         checkpoint_dir=checkpoint_dir,
     )
     results = add_bh(results)
-    _store(data, results, key_added)
-    return results
+    return _finish(
+        data,
+        screen,
+        results,
+        key_added,
+        {
+            "group_size": group_size,
+            "responses": responses,
+            "n_pairs": n_pairs,
+            "grouping_key": grouping_key,
+            "min_nonzero": min_nonzero,
+        },
+    )
 
 
 def run_ntc_ensemble(
@@ -761,7 +831,7 @@ def run_ntc_ensemble(
     random_state: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
-    key_added: str | None = None,
+    key_added: str | None = "sklcrt_calibration",
     **kwargs,
 ) -> pd.DataFrame:
     """Repeat :func:`run_ntc_groups` over ``n_ensemble`` random groupings of the NTC guides.
@@ -820,8 +890,19 @@ def run_ntc_ensemble(
         frame.insert(0, "ensemble", e)
         frames.append(frame)
     results = pd.concat(frames, ignore_index=True)
-    _store(data, results, key_added)
-    return results
+    return _finish(
+        data,
+        screen,
+        results,
+        key_added,
+        {
+            "n_ensemble": n_ensemble,
+            "group_size": group_size,
+            "responses": responses,
+            "n_pairs": n_pairs,
+            "min_nonzero": min_nonzero,
+        },
+    )
 
 
 # ---------------------------------------------------------------------- summaries
@@ -879,6 +960,7 @@ def power_check(
     pairs,
     *,
     per_guide: bool = False,
+    grna_integration: str = "union",
     alpha: float = 0.1,
     test: CRTTest | None = None,
     moi: str | None = None,
@@ -888,7 +970,7 @@ def power_check(
     random_state: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
-    key_added: str | None = None,
+    key_added: str | None = "sklcrt_power",
     **kwargs,
 ) -> pd.DataFrame:
     """Test positive-control pairs: :func:`run_gene_loop` on ``pairs``.
@@ -919,6 +1001,7 @@ def discovery_analysis(
     pairs,
     *,
     per_guide: bool = False,
+    grna_integration: str = "union",
     alpha: float = 0.1,
     test: CRTTest | None = None,
     moi: str | None = None,
@@ -928,7 +1011,7 @@ def discovery_analysis(
     random_state: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
-    key_added: str | None = None,
+    key_added: str | None = "sklcrt_discovery",
     **kwargs,
 ) -> pd.DataFrame:
     """Test discovery pairs and call discoveries by Benjamini-Hochberg at ``alpha``.
@@ -954,7 +1037,7 @@ def discovery_analysis(
 
 def _run_options(local: dict) -> dict:
     """A wrapper's explicit options, to pass on to :func:`run_gene_loop`."""
-    return {k: local[k] for k in ("per_guide", "alpha", *RUN_OPTIONS)}
+    return {k: local[k] for k in ("per_guide", "grna_integration", "alpha", *RUN_OPTIONS)}
 
 
 # ---------------------------------------------------------------------- documentation
@@ -996,8 +1079,11 @@ _RUN_OPTIONS_DOC = """
         Show a tqdm progress bar.
     checkpoint_dir : str, default=None
         Write each finished unit there; a rerun with the same arguments resumes.
-    key_added : str, default=None
-        Also store the table in ``adata.uns[key_added]``.
+    key_added : str or None, default="sklcrt_<analysis>"
+        Store the table and the parameters it ran with in ``adata.uns[key_added]`` (``"results"``
+        and ``"params"``, saved by ``write_h5ad``/``write_h5mu``; read back with
+        :func:`sklcrt.io.load_results`); ``None`` stores nothing. Every table also gets a
+        ``response_name`` column where ``adata.var["gene_name"]`` has the symbols.
     **kwargs
         :class:`~sklcrt.crt.CRTTest` parameters by name (set on ``test``; an unknown name is an
         error naming the closest valid one) and, when ``data`` is an AnnData, options of

@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sklcrt import execution, runners
+from sklcrt import execution
 from sklcrt.crt import CRTTest
 from sklcrt.datasets import simulate_screen
 from sklcrt.inputs import prepare_crt_inputs
 from sklcrt.runners import (
     calibration_summary,
     discovery_analysis,
+    power_check,
     run_gene_loop,
     run_ntc_ensemble,
     run_ntc_groups,
@@ -232,15 +233,50 @@ def test_discovery_and_per_guide(adata, inputs):
     assert len(per_guide) == n_guides
 
 
-def test_key_added_and_anndata_input(adata):
-    res = run_unit(
-        adata,
-        _pairs(adata, "discovery_pairs")["grna_target"].iloc[0],
-        key_added="crt_unit",
-        response="counts",
-        **STRAT,
-    )
-    assert adata.uns["crt_unit"] is res
+def test_results_stored_with_the_data_round_trip_h5ad_and_h5mu(tmp_path):
+    """Every analysis is stored under its default key with its parameters, pairs that failed QC
+    included, and the object saves to h5ad and h5mu and reads back equal."""
+    import anndata as ad
+
+    from sklcrt.io import load_results
+
+    adata = simulate_screen(n_cells=1500, n_genes=15, n_targets=4, n_ntc_guides=6, random_state=4)
+    adata.var["gene_name"] = [f"SYM{i}" for i in range(adata.n_vars)]
+    X = adata.X.tolil()
+    X[:, 0] = 0  # gene_000 is never expressed: its pairs fail QC
+    adata.X = X.tocsr()
+    pairs = _pairs(adata, "discovery_pairs")
+    options = dict(STRAT, response="counts")
+    ntc = run_ntc_groups(adata, n_pairs=20, **options)
+    power = power_check(adata, _pairs(adata, "positive_control_pairs"), **options)
+    disc = discovery_analysis(adata, pairs, **options)
+    assert not disc["pass_qc"].all(), "the test needs pairs that fail QC"
+    assert (
+        disc["response_name"] == "SYM" + disc["response"].str[-3:].astype(int).astype(str)
+    ).all()
+    keys = {"sklcrt_calibration": ntc, "sklcrt_power": power, "sklcrt_discovery": disc}
+    for key, table in keys.items():
+        stored, params = load_results(adata, key)
+        pd.testing.assert_frame_equal(stored, table)
+        assert params["test"]["resampling_method"] == "stratified_perm"
+        assert params["min_nonzero"] == 7 and params["random_state"] == 0
+    adata.write_h5ad(tmp_path / "screen.h5ad")
+    back = ad.read_h5ad(tmp_path / "screen.h5ad")
+    mudata = pytest.importorskip("mudata")
+    mdata = mudata.MuData({"rna": adata.copy()})
+    mdata.uns.update(adata.uns)
+    mdata.write(tmp_path / "screen.h5mu")
+    back_mu = mudata.read_h5mu(tmp_path / "screen.h5mu")
+    for key, table in keys.items():
+        for container in (back, back_mu):
+            stored, params = load_results(container, key)
+            pd.testing.assert_frame_equal(stored, table, check_dtype=False, check_index_type=False)
+    res = run_unit(inputs_of(adata), "gene_000", key_added="x", **STRAT)  # a dict: nothing stored
+    assert "x" not in adata.uns and len(res)
+
+
+def inputs_of(adata):
+    return prepare_crt_inputs(adata, response="counts")
 
 
 def test_unknown_pairs_error(inputs):
