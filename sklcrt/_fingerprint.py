@@ -20,8 +20,12 @@ import scipy.sparse as sp
 def _sums(matrix) -> bytes:
     """Row and column sums, rounded to float32 so that the order of the additions (CSR or CSC,
     int or float storage) does not change them."""
-    rows = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel().astype(np.float32)
-    cols = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel().astype(np.float32)
+    # Summed in float64 whatever the storage: float32 sums of 100,000 values depend on their
+    # order (and scipy's sparse sum(dtype=) still adds in the matrix's dtype).
+    if matrix.dtype != np.float64:
+        matrix = matrix.astype(np.float64)
+    rows = np.asarray(matrix.sum(axis=1)).ravel().astype(np.float32)
+    cols = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
     return rows.tobytes() + cols.tobytes()
 
 

@@ -8,6 +8,7 @@ fitted null model, each unit's random stream keyed by its name, and returns one 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -171,13 +172,50 @@ def _chunk_size(n_units: int, n_jobs) -> int:
     return max(1, min(_MAX_CHUNK, -(-n_units // (4 * workers))))
 
 
-def _parent_watch(run_pid: int | None):
-    """A function telling whether this process should go on: in a worker process started by the
-    run's process, whether that process is still its parent (``os.getppid()``); elsewhere (the
-    run's own process, workers of a cluster) always ``True``."""
-    if run_pid is None or os.getpid() == run_pid or os.getppid() != run_pid:
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """The state and start time of process ``pid`` from ``/proc`` (None where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], fields[19]
+
+
+def _run_identity() -> tuple[str, int, str | None]:
+    """Who runs the units: host, process id and its start time (a reused pid is another run)."""
+    stat = _proc_stat(os.getpid())
+    return socket.gethostname(), os.getpid(), None if stat is None else stat[1]
+
+
+def _parent_watch(run: tuple | None):
+    """A function telling whether this process should go on testing units.
+
+    In the run's own process, or on another host (a cluster's worker), always ``True``. In a
+    worker process on the run's host (joblib's loky or multiprocessing workers, a local dask
+    cluster), whether the run's process still lives: still this worker's parent
+    (``os.getppid()``), or else alive, not a zombie and started when it was."""
+    if run is None:
         return lambda: True
-    return lambda: os.getppid() == run_pid
+    host, pid, started = run
+    if os.getpid() == pid or host != socket.gethostname():
+        return lambda: True
+
+    def alive() -> bool:
+        if os.getppid() == pid:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - exists, another user's
+            return False
+        stat = _proc_stat(pid)
+        if stat is None:
+            return started is None
+        return stat[0] not in ("Z", "X") and stat[1] == started
+
+    return alive
 
 
 def _orphaned() -> None:
@@ -196,15 +234,15 @@ def _work_chunk(
     random_state,
     min_nonzero,
     store,
-    run_pid=None,
+    run=None,
 ):
     """Test the units of one task; returns ``[(unit, frame), ...]``.
 
     ``chunk`` holds ``(unit, target, guides, columns, job_fingerprint)``; each finished unit is
     written to ``store`` (a :class:`~sklcrt.checkpoints.CheckpointStore`, or None). A worker
-    process whose parent, the run's process ``run_pid``, has died ends before its next unit or
-    write."""
-    alive = _parent_watch(run_pid)
+    process whose run's process ``run`` (:func:`_run_identity`) has died ends before its next
+    unit or write, also in a task it picks up after the death."""
+    alive = _parent_watch(run)
     out = []
     # The products of a unit's test are thin (cells x a few columns): threaded BLAS gains
     # nothing there and oversubscribes the cores when units run in parallel.
@@ -309,7 +347,7 @@ def run_units(
         random_state=random_state,
         min_nonzero=min_nonzero,
         store=store,
-        run_pid=os.getpid(),
+        run=_run_identity(),
     )
     # Units go to the workers in chunks: every task ships the shared inputs and the fitted null
     # model (joblib hashes and memory-maps the large arrays once per task), which costs about as

@@ -41,18 +41,27 @@ SCEPTRE_HIGH_MOI_COVARIATES = (
 
 
 def _in_memory(matrix, where: str):
-    """The matrix itself, or read into memory when it is on disk (a backed AnnData's ``X``: an
-    h5py dataset or anndata's backed sparse dataset)."""
+    """The matrix itself, or read into memory when it is on disk or lazy (a backed AnnData's
+    ``X``: an h5py dataset or anndata's backed sparse dataset; a zarr or dask array)."""
     if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
         return matrix
-    if hasattr(matrix, "to_memory"):  # anndata's backed CSR/CSC dataset
-        return matrix.to_memory()
-    if hasattr(matrix, "id") and hasattr(matrix, "dtype") and hasattr(matrix, "shape"):
-        return matrix[()]  # h5py.Dataset (dense X of a backed AnnData)
-    if getattr(matrix, "dtype", None) is None and not hasattr(matrix, "__array__"):
+    kind = type(matrix).__name__
+    try:
+        if hasattr(matrix, "to_memory"):  # anndata's backed CSR/CSC dataset
+            matrix = matrix.to_memory()
+        elif hasattr(matrix, "compute"):  # dask
+            matrix = matrix.compute()
+        if not sp.issparse(matrix):
+            matrix = np.asarray(matrix)  # h5py dataset, zarr array
+    except Exception as err:  # noqa: BLE001 - whatever the storage raises, say what to do
         raise ValueError(
-            f"{where} is a {type(matrix).__name__}, not an array or sparse matrix; load the data "
-            "into memory first (e.g. adata = adata.to_memory() for a backed AnnData)."
+            f"{where} is a {kind} that could not be read into memory ({err}); load the data "
+            "first (e.g. adata = adata.to_memory() for a backed AnnData)."
+        ) from err
+    if not sp.issparse(matrix) and matrix.dtype.kind == "O":
+        raise ValueError(
+            f"{where} is a {kind}, not a numeric array or sparse matrix; load the data into "
+            "memory first (e.g. adata = adata.to_memory() for a backed AnnData)."
         )
     return matrix
 

@@ -389,3 +389,15 @@ def test_killed_and_resumed_equals_uninterrupted(inputs, full, runner, kills):
         mp.setattr(execution, "_test_unit", original)
         resumed = RUNNERS[runner](inputs, checkpoint_dir=ckpt, **TEST)
         _exact(resumed, full[runner])
+
+
+def test_fingerprint_of_float32_counts_does_not_depend_on_storage():
+    import scipy.sparse as sp
+
+    from sklcrt._fingerprint import content_fingerprint
+
+    rng = np.random.default_rng(0)
+    Y = sp.random(100_000, 5, density=0.3, format="csr", random_state=rng, dtype=np.float32)
+    Y.data = np.ceil(Y.data * 50)
+    assert content_fingerprint(Y) == content_fingerprint(sp.csc_matrix(Y, dtype=np.float64))
+    assert content_fingerprint(Y) == content_fingerprint(Y.toarray())

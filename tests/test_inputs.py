@@ -309,3 +309,62 @@ def test_papalexi_inputs_with_maximum_rule(real_screen):
     per_unit = [unit_treatment(inputs, g) for g in inputs["units"].values()]
     per_unit.append(unit_treatment(inputs, inputs["ntc_guides"]))
     assert np.sum(per_unit) == inputs["guides"].nnz
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_backed_anndata_is_read_into_memory(tmp_path, dense):
+    adata = _screen()
+    if dense:
+        adata.X = adata.X.toarray()
+    path = tmp_path / "screen.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        got = prepare_crt_inputs(backed)
+        want = prepare_crt_inputs(adata)
+        assert sp.issparse(got["Y"]) == (not dense)
+        Y = got["Y"].toarray() if sp.issparse(got["Y"]) else got["Y"]
+        W = want["Y"].toarray() if sp.issparse(want["Y"]) else want["Y"]
+        np.testing.assert_array_equal(Y, W)
+        np.testing.assert_array_equal(got["C"], want["C"])
+        layer = prepare_crt_inputs(backed, layer="raw")["Y"]
+        np.testing.assert_array_equal(layer.toarray(), adata.layers["raw"].toarray())
+    finally:
+        backed.file.close()
+
+
+def test_backed_anndata_runs_like_one_in_memory(tmp_path):
+    from sklcrt.datasets import simulate_screen
+    from sklcrt.runners import run_gene_loop
+
+    adata = simulate_screen(n_cells=600, n_genes=8, n_targets=2, n_ntc_guides=4, random_state=0)
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    backed = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
+    options = dict(n_resamples=19, n_resamples_adaptive=0, random_state=0, progress=False)
+    try:
+        pd.testing.assert_frame_equal(
+            run_gene_loop(backed, **options), run_gene_loop(adata, **options), check_exact=True
+        )
+    finally:
+        backed.file.close()
+
+
+def test_lazy_layer_is_computed():
+    da = pytest.importorskip("dask.array")
+    adata = _screen()
+    dense = adata.layers["raw"].toarray()
+    adata.layers["lazy"] = da.from_array(dense, chunks=(20, 7))
+    np.testing.assert_array_equal(prepare_crt_inputs(adata, layer="lazy")["Y"], dense)
+
+
+def test_matrix_that_cannot_be_read_says_to_load_it():
+    from sklcrt.inputs import _in_memory
+
+    class Broken:
+        def to_memory(self):
+            raise OSError("file closed")
+
+    with pytest.raises(ValueError, match=r"adata.X is a Broken that could not.*to_memory\(\)"):
+        _in_memory(Broken(), "adata.X")
+    with pytest.raises(ValueError, match=r"adata.X is a list, not a numeric.*load the data"):
+        _in_memory([[object()]], "adata.X")
