@@ -1,10 +1,12 @@
-"""Check suites that every sklcrt sampler must pass.
+"""Check suites that every sklcrt sampler and statistic must pass.
 
 :func:`check_sampler` runs them all on one sampler instance (like imbalanced-learn's
 ``check_estimator`` for its samplers); the individual ``check_sampler_*`` functions can be run
 alone. Each raises ``AssertionError`` on failure. Tolerances come from exact binomial quantiles
 with a Bonferroni correction over cells, so a correct sampler fails with probability below
-``alpha`` whatever the seed.
+``alpha`` whatever the seed. :func:`check_statistic` does the same for the statistics: the
+protocol, the agreement of ``evaluate`` with ``observed``, invariance to the block size and to the
+other responses, and the fingerprints that keep a null model on its own data.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from sklcrt.samplers import BaseSampler
 from sklcrt.strata import StratumEncoder
 
 __all__ = [
+    "check_statistic",
+    "check_statistic_block_invariance",
+    "check_statistic_consistency",
+    "check_statistic_protocol",
+    "check_statistic_refuses_other_data",
+    "check_statistic_response_order",
+    "make_statistic_data",
     "check_sampler",
     "check_sampler_counts",
     "check_sampler_frequencies",
@@ -279,3 +288,121 @@ def check_sampler(
     check_sampler_reproducible(sampler, data)
     check_sampler_frequencies(sampler, data, n_resamples=n_resamples)
     check_sampler_no_densify(sampler)
+
+
+# ---------------------------------------------------------------------------- statistics
+def make_statistic_data(
+    n_cells: int = 400, n_responses: int = 6, *, counts: bool = True, random_state: int = 0
+) -> dict:
+    """Responses (NB-like counts, sparse, with an all-zero response), covariates and resamples
+    to check a statistic on.
+
+    Returns
+    -------
+    dict
+        ``Y`` (CSR counts, or dense floats with ``counts=False``), ``C`` (covariates), ``x``
+        (an observed treatment), ``R`` (40 resamples, CSR), ``columns`` (a subset).
+    """
+    rng = np.random.default_rng(random_state)
+    C = np.column_stack([rng.normal(size=n_cells), rng.integers(0, 2, n_cells)])
+    x = rng.random(n_cells) < 0.15
+    if counts:
+        mu = np.exp(0.3 + 0.4 * C[:, :1] + rng.normal(0, 0.3, (1, n_responses)))
+        Y = rng.poisson(mu * rng.gamma(2.0, 0.5, size=(n_cells, n_responses)))
+        Y[:, -1] = 0
+        Y = sp.csr_matrix(Y)
+    else:
+        Y = C @ rng.normal(size=(2, n_responses)) + rng.normal(size=(n_cells, n_responses))
+    R = sp.csr_matrix((rng.random((40, n_cells)) < 0.15).astype(np.float64))
+    return {"Y": Y, "C": C, "x": x, "R": R, "columns": np.array([3, 0, 1])}
+
+
+def check_statistic_protocol(statistic, data: dict) -> None:
+    """``fit`` returns the statistic with ``n_cells_`` and ``n_responses_``; nothing is set in
+    ``__init__``; ``evaluate``/``observed`` before ``fit`` raise ``NotFittedError``."""
+    unfitted = clone(statistic)
+    for method, args in (("evaluate", (data["R"],)), ("observed", (data["x"],))):
+        try:
+            getattr(clone(statistic), method)(*args)
+        except NotFittedError:
+            pass
+        else:  # pragma: no cover - the failure this check exists for
+            raise AssertionError(f"{type(statistic).__name__}.{method} before fit must raise.")
+    fitted = unfitted.fit(data["Y"], data["C"])
+    assert fitted is unfitted, "fit must return self"
+    assert fitted.n_cells_ == data["C"].shape[0]
+    assert fitted.n_responses_ == data["Y"].shape[1]
+
+
+def check_statistic_consistency(statistic, data: dict) -> None:
+    """``evaluate`` of the observed treatment equals ``observed()["statistic"]``, a subset of
+    columns equals the same columns of all, and the shapes are (resamples, responses)."""
+    fitted = clone(statistic).fit(data["Y"], data["C"])
+    full = fitted.evaluate(data["R"])
+    assert full.shape == (data["R"].shape[0], data["Y"].shape[1])
+    cols = data["columns"]
+    np.testing.assert_allclose(
+        fitted.evaluate(data["R"], cols), full[:, cols], rtol=1e-10, atol=1e-12, equal_nan=True
+    )
+    observed = fitted.observed(data["x"])
+    via_evaluate = fitted.evaluate(sp.csr_matrix(data["x"].astype(np.float64)))[0]
+    np.testing.assert_allclose(
+        observed["statistic"], via_evaluate, rtol=1e-8, atol=1e-10, equal_nan=True
+    )
+    for key in ("effect", "effect_se"):
+        assert np.shape(observed[key]) == (data["Y"].shape[1],), key
+
+
+def check_statistic_block_invariance(statistic, data: dict) -> None:
+    """The results do not depend on the block size (how responses are processed)."""
+    whole = clone(statistic).fit(data["Y"], data["C"]).evaluate(data["R"])
+    blocks = clone(statistic).set_params(block_size=1).fit(data["Y"], data["C"])
+    np.testing.assert_allclose(blocks.evaluate(data["R"]), whole, rtol=1e-9, equal_nan=True)
+
+
+def check_statistic_response_order(statistic, data: dict) -> None:
+    """A response's null model and statistics do not depend on the other responses."""
+    order = np.arange(data["Y"].shape[1])[::-1]
+    Y = data["Y"][:, order]
+    fitted = clone(statistic).fit(data["Y"], data["C"])
+    reversed_ = clone(statistic).fit(Y, data["C"])
+    np.testing.assert_allclose(
+        reversed_.evaluate(data["R"]),
+        fitted.evaluate(data["R"])[:, order],
+        rtol=1e-7,
+        atol=1e-9,
+        equal_nan=True,
+    )
+
+
+def check_statistic_refuses_other_data(statistic, data: dict) -> None:
+    """A fitted statistic carries fingerprints of its responses and covariates."""
+    fitted = clone(statistic).fit(data["Y"], data["C"])
+    other = clone(statistic).fit(data["Y"], data["C"][::-1].copy())
+    assert fitted.responses_fingerprint_ == other.responses_fingerprint_
+    assert fitted.covariates_fingerprint_ != other.covariates_fingerprint_
+
+
+def check_statistic(statistic, *, counts: bool = True, random_state: int = 0) -> None:
+    """Run every statistic check on ``statistic`` (an unfitted instance; it is cloned).
+
+    Parameters
+    ----------
+    statistic : BaseStatistic
+        The statistic to check.
+    counts : bool, default=True
+        Check on counts (for count models) or on continuous responses.
+    random_state : int, default=0
+        Seed of the synthetic data.
+
+    Raises
+    ------
+    AssertionError
+        When a check fails.
+    """
+    data = make_statistic_data(counts=counts, random_state=random_state)
+    check_statistic_protocol(statistic, data)
+    check_statistic_consistency(statistic, data)
+    check_statistic_block_invariance(statistic, data)
+    check_statistic_response_order(statistic, data)
+    check_statistic_refuses_other_data(statistic, data)
