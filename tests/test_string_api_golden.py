@@ -36,7 +36,15 @@ def test_string_api_reproduces_stored_outputs_bit_for_bit():
         assert (
             now[col].fillna("").astype(str).tolist() == stored[col].fillna("").astype(str).tolist()
         )
-    for col in ("statistic", "effect", "effect_se", "p_value", "n_resamples", "n_strata"):
+    # The resampling (draws, strata, p-values) must be bit for bit the same. The NB null fit's
+    # optimiser may improve: the count statistics may move by rounding-level amounts (every
+    # p-value must still be the same).
+    counts = now["case"].str.startswith(("runner_genes", "runner_ntc")).to_numpy()
+    for col in ("p_value", "n_resamples", "n_strata"):
         np.testing.assert_array_equal(
             now[col].to_numpy(dtype=float), stored[col].to_numpy(dtype=float), err_msg=col
         )
+    for col in ("statistic", "effect", "effect_se"):
+        a, b = now[col].to_numpy(dtype=float), stored[col].to_numpy(dtype=float)
+        np.testing.assert_array_equal(a[~counts], b[~counts], err_msg=col)
+        np.testing.assert_allclose(a[counts], b[counts], rtol=1e-7, atol=1e-9, err_msg=col)
