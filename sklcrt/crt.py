@@ -397,7 +397,7 @@ class CRTTest(BaseEstimator):
         self._null_statistics_fit(1)  # an impossible number of resamples, refused up front
         for name in ("statistic", "propensity", "encoder", "sampler"):
             component = getattr(self, name)
-            if hasattr(component, "_validate_params"):  # our components and scikit-learn's
+            if hasattr(component, "_parameter_constraints"):  # ours and scikit-learn's
                 component._validate_params()
         self._components()
         return self

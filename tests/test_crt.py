@@ -1,6 +1,7 @@
 """CRTTest: composition, the scikit-learn object model, errors, calibration and power."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.base import clone
@@ -9,7 +10,12 @@ from sklearn.model_selection import ParameterGrid
 
 from sklcrt.crt import CRTTest
 from sklcrt.propensity import NewtonLogisticRegression, fit_propensity
-from sklcrt.samplers import BernoulliSampler, PermutationSampler, StratifiedPermutationSampler
+from sklcrt.samplers import (
+    BaseSampler,
+    BernoulliSampler,
+    PermutationSampler,
+    StratifiedPermutationSampler,
+)
 from sklcrt.statistics import NBScoreStatistic, OLSStatistic
 from sklcrt.strata import StratumEncoder
 
@@ -423,3 +429,161 @@ def test_eligible_ntc_controls_calibrate_low_moi(counts):
     # every other cell as controls: the knock-outs' trans effects make the null unit "significant"
     assert np.mean(p_all <= 0.05) > 0.05 + 20 * se, np.mean(p_all <= 0.05)
     assert stats.kstest(p_all, "uniform").pvalue < 1e-10
+
+
+# ---------------------------------------------------------------------------- one owner
+def _burden_screen(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    burden = rng.poisson(4, n).astype(float)
+    C = np.column_stack([rng.normal(size=n), burden / 4])
+    x = rng.random(n) < 0.05 + 0.02 * burden
+    Y = rng.normal(size=(n, 4)) + 0.3 * burden[:, None]
+    batch = np.where(rng.random(n) < 0.5, "b1", "b2")
+    return C, x, Y, batch, burden
+
+
+def test_object_template_and_string_api_give_identical_results_burden_included():
+    C, x, Y, batch, burden = _burden_screen()
+    kwargs = dict(n_bins=5, n_burden_bins=4, burden_key="burden", min_stratum_size=3)
+    by_string = CRTTest(
+        resampling_method="stratified_perm",
+        resampling_kwargs=kwargs,
+        n_resamples=99,
+        n_resamples_adaptive=199,
+        adaptive_threshold=0.2,
+        random_state=3,
+    )
+    by_objects = CRTTest(
+        sampler=StratifiedPermutationSampler(),
+        encoder=StratumEncoder(n_bins=5, n_burden_bins=4, burden_key="burden", min_stratum_size=3),
+        n_resamples=99,
+        n_resamples_adaptive=199,
+        adaptive_threshold=0.2,
+        random_state=3,
+    )
+    a = by_string.fit(C, x, responses=Y, batch=batch, burden=burden)
+    b = by_objects.fit(C, x, responses=Y, batch=batch, burden=burden)
+    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame(), check_exact=True)
+    assert a.diagnostics_["n_strata"] == b.diagnostics_["n_strata"] > 10
+    assert a.covariate_columns() == b.covariate_columns() == {"batch": "batch", "burden": "burden"}
+
+
+def test_default_components_expose_their_nested_parameters():
+    params = CRTTest().get_params(deep=True)
+    for key in ("encoder__n_burden_bins", "encoder__burden_key", "propensity__C"):
+        assert any(k.startswith(key) for k in params), key
+    test = CRTTest().set_params(encoder__n_burden_bins=4, sampler=StratifiedPermutationSampler())
+    assert isinstance(test.encoder, StratumEncoder) and test.encoder.n_burden_bins == 4
+    assert CRTTest().encoder is None  # the default instance is never shared or mutated
+    # the string API builds its own sampler and encoder: their defaults are not shown
+    assert not any(
+        k.startswith("encoder__") for k in CRTTest(resampling_method="perm").get_params()
+    )
+
+
+def test_parameter_grid_over_samplers_encoders_and_statistics_without_hand_built_objects():
+    from sklearn.model_selection import ParameterGrid
+
+    C, x, Y, batch, burden = _burden_screen(n=1500)
+    grid = ParameterGrid(
+        [
+            {"sampler": [BernoulliSampler()], "statistic": [OLSStatistic()]},
+            {
+                "sampler": [StratifiedPermutationSampler()],
+                "encoder__n_burden_bins": [1, 8],
+                "encoder__burden_key": ["burden"],
+            },
+        ]
+    )
+    strata = {}
+    for params in grid:
+        test = clone(CRTTest(n_resamples=49, n_resamples_adaptive=0, random_state=0))
+        test.set_params(**params)
+        needs_burden = "encoder__burden_key" in params
+        test.fit(C, x, responses=Y, batch=batch, burden=burden if needs_burden else None)
+        strata[params.get("encoder__n_burden_bins")] = test.diagnostics_["n_strata"]
+    assert strata[8] > strata[1] > 1 and strata[None] == 1
+
+
+def test_burden_is_required_exactly_when_the_test_bins_it():
+    C, x, Y, batch, burden = _burden_screen(n=800)
+    stratified = CRTTest(sampler=StratifiedPermutationSampler(), n_resamples=9)
+    with pytest.raises(ValueError, match=r"encoder\.burden_key='log1p_non_ntc_guides_per_cell'"):
+        stratified.fit(C, x, responses=Y)  # the encoder bins burden by default: say so
+    off = stratified.set_params(encoder__burden_key=None)
+    with pytest.raises(ValueError, match="burden bins off"):
+        off.fit(C, x, responses=Y, burden=burden)
+    with pytest.raises(ValueError, match="uses no strata"):
+        CRTTest(n_resamples=9).fit(C, x, responses=Y, burden=burden)
+    with pytest.warns(UserWarning, match="ignored by resampling_method='bernoulli_index'"):
+        CRTTest(
+            resampling_method="bernoulli_index", resampling_kwargs={"burden_key": "b"}
+        ).check_params()
+
+
+class _HalfSampler(BaseSampler):
+    """A user's sampler, written plainly: permutes the treatment within strata, which it
+    receives because it declares them (CRTTest uses no isinstance)."""
+
+    _required_inputs = frozenset({"strata"})
+
+    def _fit(self, x, strata, p_hat):
+        self.x_, self.codes_ = x, np.unique(strata, return_inverse=True)[1]
+
+    def _sample_keys(self, n_resamples, rng):
+        n = self.x_.size
+        keys = [
+            row * n
+            + rng.permutation(np.flatnonzero(self.codes_ == s))[
+                : int(self.x_[self.codes_ == s].sum())
+            ]
+            for row in range(n_resamples)
+            for s in np.unique(self.codes_)
+        ]
+        return np.sort(np.concatenate(keys)).astype(np.int64)
+
+    def inclusion_probabilities(self):
+        return np.full(self.x_.size, self.x_.mean())
+
+
+def test_a_user_sampler_is_one_class_and_receives_strata():
+    C, x, Y, batch, burden = _burden_screen(n=600)
+    test = CRTTest(sampler=_HalfSampler(), n_resamples=19, n_resamples_adaptive=0, random_state=0)
+    test.fit(C, x, responses=Y, batch=batch, burden=burden)
+    assert test.strata_ is not None and test.diagnostics_["n_strata"] > 1
+    assert test.resampling_method_ == "_HalfSampler"
+    with pytest.raises(ValueError, match="law is known exactly"):
+        clone(test).set_params(pvalue_method="saddlepoint").fit(
+            C, x, responses=Y, batch=batch, burden=burden
+        )
+
+
+def test_crttest_ends_a_pipeline_with_metadata_routing():
+    import sklearn
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    C, x, Y, batch, burden = _burden_screen(n=800)
+    with sklearn.config_context(enable_metadata_routing=True):
+        test = CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0)
+        test.set_fit_request(responses=True)
+        pipe = make_pipeline(StandardScaler(), test).fit(C, x, responses=Y)
+    direct = CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(
+        StandardScaler().fit_transform(C), x, responses=Y
+    )
+    np.testing.assert_array_equal(pipe[-1].pvalue_, direct.pvalue_)
+
+
+def test_result_is_shaped_like_scipys_and_old_names_warn():
+    C, x, Y, _, _ = _burden_screen(n=500)
+    test = CRTTest(n_resamples=19, n_resamples_adaptive=0, store_null=True, random_state=0)
+    test.fit(C, x, responses=Y)
+    result = test.result_
+    assert result.null_distribution.shape == (19, 4)
+    np.testing.assert_array_equal(result.pvalue, test.pvalue_)
+    with pytest.warns(FutureWarning, match="pvalue_"):
+        np.testing.assert_array_equal(test.pvalues_, result.pvalue)
+    with pytest.warns(FutureWarning, match="responses="):
+        CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
+    with pytest.raises(ValueError, match="n_resamples=1000000000"):
+        CRTTest(n_resamples=10**9).check_params()

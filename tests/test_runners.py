@@ -380,3 +380,62 @@ def test_control_group_errors(low_moi_inputs, tmp_path):
             low_moi_inputs, targets=targets, checkpoint_dir=ckpt, control_group="nt_cells",
             **STRAT,
         )  # fmt: skip
+
+
+def test_object_template_gets_the_burden_the_string_api_gets(inputs):
+    """The issue's reproduction: a stratified template with burden bins reads the burden column
+    (the encoder's burden_key) and gives the string API's strata and p-values exactly."""
+    from sklcrt import StratifiedPermutationSampler, StratumEncoder
+
+    kwargs = dict(n_bins=5, n_burden_bins=4, burden_key="log1p_non_ntc_guides_per_cell")
+    template = CRTTest(
+        sampler=StratifiedPermutationSampler(),
+        encoder=StratumEncoder(**kwargs),
+        n_resamples=99,
+        n_resamples_adaptive=0,
+    )
+    common = dict(n_pairs=40, progress=False, random_state=2)
+    by_template = run_ntc_groups(inputs, test=template, **common)
+    by_string = run_ntc_groups(
+        inputs,
+        resampling_method="stratified_perm",
+        resampling_kwargs=kwargs,
+        n_resamples=99,
+        n_resamples_adaptive=0,
+        **common,
+    )
+    pd.testing.assert_frame_equal(by_template, by_string, check_exact=True)
+    no_burden = run_ntc_groups(inputs, test=template.set_params(encoder__burden_key=None), **common)
+    assert by_template["n_strata"].min() > no_burden["n_strata"].max()
+    missing = CRTTest(sampler=StratifiedPermutationSampler(), encoder=StratumEncoder())
+    inputs_without = dict(
+        inputs, covar_df_raw=inputs["covar_df_raw"].drop(columns=["log1p_non_ntc_guides_per_cell"])
+    )
+    with pytest.raises(ValueError, match="burden_key=None to turn burden bins off"):
+        run_ntc_groups(inputs_without, test=missing, **common)
+
+
+def test_unknown_option_names_the_closest_valid_one(inputs):
+    with pytest.raises(TypeError, match="did you mean 'n_resamples'"):
+        run_gene_loop(inputs, n_resample=99)
+
+
+def test_low_moi_defaults_and_warning():
+    adata = simulate_screen(
+        n_cells=1500, n_genes=10, n_targets=4, n_ntc_guides=6, moi=0.6, random_state=3
+    )
+    inputs = prepare_crt_inputs(adata, response="counts")
+    guides = inputs["guides"].tocsr()
+    keep = np.diff(guides.indptr) == 1  # a low-MOI screen: one guide per cell
+    low = prepare_crt_inputs(adata[keep].copy(), response="counts")
+    options = dict(n_pairs=10, n_resamples=19, n_resamples_adaptive=0, progress=False)
+    with pytest.warns(UserWarning, match="moi='low'"):
+        run_ntc_groups(low, **options)
+    res = run_ntc_groups(low, moi="low", **options)
+    stored = res[res["pass_qc"]]
+    assert len(stored) and (stored["n_strata"] == 1).all()  # permutations
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_ntc_groups(low, moi="high", **options)
