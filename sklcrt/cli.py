@@ -366,9 +366,11 @@ def _analyze(
 ) -> dict:
     """Fit the null model once, then discovery, power and the calibration check sized like the
     discovery set; returns the tables and the summary's parts."""
+    from sklcrt.moi import moi_choices
     from sklcrt.runners import (
         build_test,
         calibration_summary,
+        control_cells,
         discovery_analysis,
         fit_null_model,
         power_check,
@@ -377,9 +379,19 @@ def _analyze(
     )
 
     lap = _laps(plan.timings)
+    group = config["control_group"] or moi_choices(config["moi"]).get("control_group")
+    fit_cells = None
+    if plan.inputs["response_kind"] == "counts":  # SCEPTRE's low-MOI null model: the NT cells
+        fit_cells = control_cells(plan.inputs, group or "complement")
     echo("fitting the null model of every response")
     with lap("null_model"):
-        statistic = fit_null_model(plan.inputs, plan.test.statistic, n_jobs=config["n_jobs"])
+        statistic = fit_null_model(
+            plan.inputs,
+            plan.test.statistic,
+            n_jobs=config["n_jobs"],
+            fit_cells=fit_cells,
+            progress=progress,
+        )
     run = _run_options(config, progress)
     alpha = config["alpha"]
     out: dict = {"tables": {}, "calibration": {}, "statistic": statistic}

@@ -46,6 +46,7 @@ __all__ = [
     "build_test",
     "calibration_summary",
     "check_run_options",
+    "control_cells",
     "discovery_analysis",
     "fit_null_model",
     "make_ntc_groups",
@@ -152,7 +153,7 @@ def _as_inputs(data, input_options: dict) -> dict:
     return prepare_crt_inputs(data, **input_options)
 
 
-def fit_null_model(inputs: dict, statistic=None, n_jobs=None):
+def fit_null_model(inputs: dict, statistic=None, n_jobs=None, *, fit_cells=None, progress=False):
     """Fit the null model of every response once, for all units and analyses.
 
     Parameters
@@ -165,6 +166,11 @@ def fit_null_model(inputs: dict, statistic=None, n_jobs=None):
     n_jobs : int, default=None
         Threads of the default :class:`NBScoreStatistic`'s fit (a given statistic keeps its
         own settings). The fit is the same whatever ``n_jobs``.
+    fit_cells : array-like of bool of shape (n_cells,), default=None
+        Fit the null model on these cells only (e.g. the NT cells, SCEPTRE's low-MOI test); a
+        unit's test then refits it on its cells and these (see :class:`~sklcrt.crt.CRTTest`).
+    progress : bool, default=False
+        A progress bar over the default NB statistic's fit.
 
     Returns
     -------
@@ -182,6 +188,18 @@ def fit_null_model(inputs: dict, statistic=None, n_jobs=None):
             getattr(statistic, "covariates_fingerprint_", None),
         )
         here = (content_fingerprint(inputs["Y"]), array_fingerprint(inputs["C"]))
+        fitted_cells = getattr(statistic, "fit_cells_", None)
+        same_cells = (fitted_cells is None and fit_cells is None) or (
+            fitted_cells is not None
+            and fit_cells is not None
+            and np.array_equal(fitted_cells, np.asarray(fit_cells, dtype=bool))
+        )
+        if not same_cells:
+            raise ValueError(
+                "statistic was fitted on other cells than this run's null model needs (its "
+                "fit_cells differ, e.g. a control_group='nt_cells' run reuses a null model "
+                "fitted on every cell); pass an unfitted statistic."
+            )
         if fitted_on != here:
             raise ValueError(
                 "statistic was fitted on other data (the fingerprints of its responses or "
@@ -191,15 +209,29 @@ def fit_null_model(inputs: dict, statistic=None, n_jobs=None):
         return statistic
     if statistic is None:
         counts = inputs["response_kind"] == "counts"
-        statistic = NBScoreStatistic(n_jobs=n_jobs) if counts else OLSStatistic()
+        statistic = NBScoreStatistic(n_jobs=n_jobs, progress=progress) if counts else OLSStatistic()
     else:
         statistic = clone(statistic)
-    return statistic.fit(inputs["Y"], inputs["C"])
+    if fit_cells is None:
+        return statistic.fit(inputs["Y"], inputs["C"])
+    return statistic.fit(inputs["Y"], inputs["C"], fit_cells=fit_cells)
 
 
-def _control_cells(inputs: dict, control_group: str) -> np.ndarray | None:
-    """The cells every unit is compared with besides its own: ``None`` for the complement
-    (all other cells), else the cells whose guides are all non-targeting (at least one)."""
+def control_cells(inputs: dict, control_group: str) -> np.ndarray | None:
+    """The cells every unit is compared with besides its own.
+
+    Parameters
+    ----------
+    inputs : dict
+        From :func:`~sklcrt.inputs.prepare_crt_inputs`.
+    control_group : {"complement", "nt_cells"}
+
+    Returns
+    -------
+    ndarray of bool or None
+        ``None`` for the complement (all other cells), else the cells whose guides are all
+        non-targeting (at least one).
+    """
     if control_group not in CONTROL_GROUPS:
         raise ValueError(
             f"control_group must be one of {list(CONTROL_GROUPS)}, got {control_group!r}."
@@ -296,7 +328,7 @@ class _Screen:
 
 
 def _prepare(
-    data, test, kwargs: dict, *, moi, control_group, min_nonzero, n_jobs, random_state
+    data, test, kwargs: dict, *, moi, control_group, min_nonzero, n_jobs, random_state, progress
 ) -> _Screen:
     """Inputs, the test template, the control group, the covariates and the null model, once."""
     choices = moi_choices(moi)
@@ -311,16 +343,45 @@ def _prepare(
     inputs = _as_inputs(data, input_options)
     if moi is None and control_group is None:
         _warn_if_low_moi(inputs)
-    control_cells = _control_cells(inputs, chosen_group)  # before the null fit: fail early
+    controls = control_cells(inputs, chosen_group)  # before the null fit: fail early
     batch, burden = test_covariates(inputs, template)
-    statistic = fit_null_model(inputs, template.statistic, n_jobs=n_jobs)
+    # SCEPTRE's low-MOI test of counts: the null model fitted on the NT cells, refitted on each
+    # unit's cells and the NT cells (CRTTest.fit does it).
+    fit_cells = _null_model_cells(inputs, controls)
+    statistic = fit_null_model(
+        inputs, template.statistic, n_jobs=n_jobs, fit_cells=fit_cells, progress=progress
+    )
     run_key = {"statistic": repr(template.statistic)}
     if chosen_group != "complement":
         # Only when set, so checkpoints of runs made before the option existed still resume.
         run_key["control_group"] = chosen_group
     if moi is not None:
         run_key["moi"] = moi
-    return _Screen(inputs, template, statistic, batch, burden, control_cells, random_state, run_key)
+    return _Screen(inputs, template, statistic, batch, burden, controls, random_state, run_key)
+
+
+def _null_model_cells(inputs: dict, controls: np.ndarray | None) -> np.ndarray | None:
+    """The cells the null model is fitted on: the control group's for counts (SCEPTRE's
+    low-MOI test), unless the covariates lose rank there (then all cells, with a warning)."""
+    if controls is None or inputs["response_kind"] != "counts":
+        return None
+    C = inputs["C"]
+    if np.linalg.matrix_rank(C[controls]) < np.linalg.matrix_rank(C):
+        constant = [
+            name
+            for name, column in zip(inputs["C_names"], C[controls].T, strict=False)
+            if np.ptp(column) == 0 and np.ptp(C[:, list(inputs["C_names"]).index(name)]) > 0
+        ]
+        warnings.warn(
+            f"the covariates {constant or '(some)'} do not vary among the control cells, so the "
+            "null model cannot be fitted on them alone (SCEPTRE's low-MOI test); it is fitted "
+            "on all cells instead. Leave such columns out of covariates= (e.g. the burden "
+            "columns, which are 0 on cells without targeting guides) for SCEPTRE's test.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    return controls
 
 
 # CRTTest parameters that configure the resampling (``moi`` leaves a test that sets any alone).
@@ -496,6 +557,7 @@ def run_unit(
         min_nonzero=min_nonzero,
         n_jobs=n_jobs,
         random_state=random_state,
+        progress=progress,
     )
     gs = list(guides) if guides is not None else _target_guides(screen.inputs, unit)
     cols = _response_columns(screen.inputs, responses)
@@ -647,6 +709,7 @@ def run_gene_loop(
         min_nonzero=min_nonzero,
         n_jobs=n_jobs,
         random_state=random_state,
+        progress=progress,
     )
     integration = _check_integration(grna_integration, per_guide)
     jobs = _pair_jobs(screen.inputs, pairs, targets, responses, integration != "union")
@@ -781,6 +844,7 @@ def run_ntc_groups(
         min_nonzero=min_nonzero,
         n_jobs=n_jobs,
         random_state=random_state,
+        progress=progress,
     )
     jobs = _ntc_jobs(
         screen.inputs, group_size, responses, n_pairs, grouping_key, screen.random_state
@@ -864,6 +928,7 @@ def run_ntc_ensemble(
         min_nonzero=min_nonzero,
         n_jobs=n_jobs,
         random_state=random_state,
+        progress=progress,
     )
     frames = []
     for e in range(n_ensemble):
