@@ -7,6 +7,8 @@ to fix it; nothing is silently coerced, dropped or imputed.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,3 +98,91 @@ def check_int(value, name: str, *, min_value: int | None = None) -> int:
     if min_value is not None and value < min_value:
         raise ValueError(f"{name} must be >= {min_value}, got {value}.")
     return int(value)
+
+
+def ntc_set(ntc_labels) -> frozenset:
+    """The non-targeting labels, lower-cased and stripped, as a set."""
+    if isinstance(ntc_labels, str):
+        ntc_labels = (ntc_labels,)
+    if ntc_labels is None:
+        ntc_labels = ()
+    return frozenset(str(label).strip().lower() for label in ntc_labels)
+
+
+def missing_key_error(container: str, key, available, hint: str = "") -> ValueError:
+    """The error for a key missing from ``adata.<container>``, listing the keys there."""
+    keys = sorted(map(str, available))
+    return ValueError(
+        f"adata.{container}[{key!r}] not found; adata.{container} has keys {keys}."
+        + (f" {hint}" if hint else "")
+    )
+
+
+def check_aligned(index: pd.Index, obs_names: pd.Index, what: str) -> None:
+    """Raise unless ``index`` is ``obs_names`` (saying whether rows are missing or reordered)."""
+    if index.equals(obs_names):
+        return
+    if len(index) != len(obs_names):
+        raise ValueError(f"{what} has {len(index)} rows but adata has {len(obs_names)} cells.")
+    if set(map(str, index)) == set(map(str, obs_names)):
+        raise ValueError(
+            f"{what} has the cells of adata.obs_names in another order; reorder it with "
+            f".loc[adata.obs_names]."
+        )
+    n_diff = int(np.sum(np.asarray(index.astype(str)) != np.asarray(obs_names.astype(str))))
+    raise ValueError(
+        f"{what} is not indexed by adata.obs_names ({n_diff} label(s) differ, e.g. "
+        f"{index[0]!r} vs {obs_names[0]!r}); set its index to adata.obs_names."
+    )
+
+
+def check_clip_quantiles(clip_quantiles, name: str = "clip_quantiles") -> tuple[float, float]:
+    """Return ``(lo, hi)`` as floats with ``0 <= lo < hi <= 1``, or raise naming ``name``."""
+    try:
+        lo, hi = clip_quantiles
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a pair (lo, hi) of quantiles with 0 <= lo < hi <= 1, "
+            f"got {clip_quantiles!r}."
+        ) from None
+    for q in (lo, hi):
+        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not np.isfinite(q):
+            raise ValueError(
+                f"{name} must hold two real numbers in [0, 1], got {clip_quantiles!r}."
+            )
+    lo, hi = float(lo), float(hi)
+    if not (0.0 <= lo < hi <= 1.0):
+        raise ValueError(
+            f"{name} must satisfy 0 <= lo < hi <= 1, got {clip_quantiles!r}; "
+            "use (0.0, 1.0) for no clipping."
+        )
+    return lo, hi
+
+
+def json_safe(value):
+    """Parameters as values h5ad/h5mu can store (dicts with str keys, lists, str, numbers)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
+        return [json_safe(v) for v in items]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)  # estimators, generators...: their repr is what they ran with
+
+
+#: The p-value column and its old spelling, read alike.
+PVALUE_ALIASES = {"pvalue": "p_value", "p_value": "pvalue"}
+
+
+def pvalue_column(frame: pd.DataFrame, col: str) -> str:
+    """``col``, or its alias when the frame has only that (``pvalue`` / ``p_value``)."""
+    if col not in frame.columns and PVALUE_ALIASES.get(col) in frame.columns:
+        return PVALUE_ALIASES[col]
+    return col

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.special import expit, gammaln
 
 from sklcrt._random import as_generator
-from sklcrt._validation import check_int
+from sklcrt._validation import check_aligned, check_int, missing_key_error, ntc_set
 from sklcrt.preprocessing import encode_covariates
 
 __all__ = [
@@ -50,14 +50,6 @@ MIXTURE_COUNT_COVARIATES = (
 )
 
 
-def _ntc_set(ntc_labels) -> frozenset:
-    if isinstance(ntc_labels, str):
-        ntc_labels = (ntc_labels,)
-    if ntc_labels is None:
-        ntc_labels = ()
-    return frozenset(str(label).strip().lower() for label in ntc_labels)
-
-
 def is_ntc_target(target, ntc_labels: Iterable[str] = DEFAULT_NTC_LABELS) -> bool:
     """Whether ``target`` is one of ``ntc_labels`` (case-insensitive, surrounding spaces ignored).
 
@@ -67,16 +59,7 @@ def is_ntc_target(target, ntc_labels: Iterable[str] = DEFAULT_NTC_LABELS) -> boo
     >>> is_ntc_target("Non-Targeting"), is_ntc_target("MYC")
     (True, False)
     """
-    return str(target).strip().lower() in _ntc_set(ntc_labels)
-
-
-def _missing_key_error(container: str, key, available, hint: str = "") -> ValueError:
-    """The error for a key missing from ``adata.<container>``, listing the keys there."""
-    keys = sorted(map(str, available))
-    return ValueError(
-        f"adata.{container}[{key!r}] not found; adata.{container} has keys {keys}."
-        + (f" {hint}" if hint else "")
-    )
+    return str(target).strip().lower() in ntc_set(ntc_labels)
 
 
 def _as_csr(matrix, name: str) -> sp.csr_matrix:
@@ -369,7 +352,7 @@ def assign_guides(
             n_nonzero_cells_cutoff, "n_nonzero_cells_cutoff", min_value=1
         )
     if counts_key not in adata.obsm:
-        raise _missing_key_error(
+        raise missing_key_error(
             "obsm", counts_key, adata.obsm.keys(), "Pass counts_key=... naming the gRNA UMI counts."
         )
     counts_obj = adata.obsm[counts_key]
@@ -505,9 +488,9 @@ def _mixture_design(adata, counts, covar_key, covariates) -> tuple[np.ndarray, l
                 f"adata.obsm[{covar_key!r}] must be a pandas DataFrame of raw covariates, got "
                 f"{type(covar).__name__}."
             )
-        _check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+        check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
     elif covariates is not None:
-        raise _missing_key_error(
+        raise missing_key_error(
             "obsm", covar_key, adata.obsm.keys(), "Pass covar_key=... or covariates=None."
         )
     else:
@@ -828,7 +811,7 @@ def add_burden_covariates(
     """
     guides, names = read_guide_matrix(adata, guide_key=guide_key, guide_names_key=guide_names_key)
     guide2gene = read_guide2gene(adata, names, guide2gene_key=guide2gene_key)
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     is_ntc = np.array([str(guide2gene[g]).strip().lower() in ntc for g in names], dtype=bool)
     n_all = guides.getnnz(axis=1).astype(np.int64)
     n_non_ntc = guides[:, np.flatnonzero(~is_ntc)].getnnz(axis=1).astype(np.int64)
@@ -840,7 +823,7 @@ def add_burden_covariates(
                 f"adata.obsm[{covar_key!r}] must be a pandas DataFrame to add burden columns, got "
                 f"{type(covar).__name__}."
             )
-        _check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+        check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
         covar = covar.copy()
     else:
         covar = pd.DataFrame(index=adata.obs_names.copy())
@@ -849,23 +832,6 @@ def add_burden_covariates(
     covar["log1p_non_ntc_guides_per_cell"] = np.log1p(n_non_ntc.astype(np.float64))
     covar["log1p_grna_n_nonzero_assign"] = np.log1p(n_all.astype(np.float64))
     adata.obsm[covar_key] = covar
-
-
-def _check_aligned(index: pd.Index, obs_names: pd.Index, what: str) -> None:
-    if index.equals(obs_names):
-        return
-    if len(index) != len(obs_names):
-        raise ValueError(f"{what} has {len(index)} rows but adata has {len(obs_names)} cells.")
-    if set(map(str, index)) == set(map(str, obs_names)):
-        raise ValueError(
-            f"{what} has the cells of adata.obs_names in another order; reorder it with "
-            f".loc[adata.obs_names]."
-        )
-    n_diff = int(np.sum(np.asarray(index.astype(str)) != np.asarray(obs_names.astype(str))))
-    raise ValueError(
-        f"{what} is not indexed by adata.obs_names ({n_diff} label(s) differ, e.g. "
-        f"{index[0]!r} vs {obs_names[0]!r}); set its index to adata.obs_names."
-    )
 
 
 def read_guide_matrix(
@@ -879,7 +845,7 @@ def read_guide_matrix(
     ``adata.uns[guide_names_key]``).
     """
     if guide_key not in adata.obsm:
-        raise _missing_key_error(
+        raise missing_key_error(
             "obsm",
             guide_key,
             adata.obsm.keys(),
@@ -897,7 +863,7 @@ def read_guide_matrix(
             "with sklcrt.assignment.assign_guides first."
         )
     if isinstance(obj, pd.DataFrame):
-        _check_aligned(obj.index, adata.obs_names, what)
+        check_aligned(obj.index, adata.obs_names, what)
     names = _column_names(adata, obj, what, guide_names_key, matrix.shape[1], "name")
     _check_unique(names, "guide names")
     return sp.csr_matrix(matrix, dtype=np.int8), names
@@ -911,7 +877,7 @@ def read_guide2gene(
     Every guide in ``guide_names`` must have a target.
     """
     if guide2gene_key not in adata.uns:
-        raise _missing_key_error(
+        raise missing_key_error(
             "uns",
             guide2gene_key,
             adata.uns.keys(),

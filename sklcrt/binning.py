@@ -11,7 +11,6 @@ Edges that tie (repeated quantiles, constant values) collapse: the *effective* n
 
 from __future__ import annotations
 
-import numbers
 from numbers import Integral
 
 import numpy as np
@@ -19,10 +18,11 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from sklcrt._validation import check_1d_numeric, check_int
+from sklcrt._validation import check_1d_numeric, check_clip_quantiles, check_int
 
 __all__ = ["BIN_METHODS", "Binner", "compute_bins"]
 
+#: ``method`` of :func:`compute_bins` and :class:`Binner` (and ``burden_bin_method``).
 BIN_METHODS = ("quantile", "uniform")
 
 
@@ -30,29 +30,6 @@ def _check_method(method, name: str = "method") -> str:
     if not isinstance(method, str) or method not in BIN_METHODS:
         raise ValueError(f"{name} must be one of {list(BIN_METHODS)}, got {method!r}.")
     return method
-
-
-def _check_clip_quantiles(clip_quantiles, name: str = "clip_quantiles") -> tuple[float, float]:
-    """Return ``(lo, hi)`` as floats with ``0 <= lo < hi <= 1``, or raise naming ``name``."""
-    try:
-        lo, hi = clip_quantiles
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a pair (lo, hi) of quantiles with 0 <= lo < hi <= 1, "
-            f"got {clip_quantiles!r}."
-        ) from None
-    for q in (lo, hi):
-        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not np.isfinite(q):
-            raise ValueError(
-                f"{name} must hold two real numbers in [0, 1], got {clip_quantiles!r}."
-            )
-    lo, hi = float(lo), float(hi)
-    if not (0.0 <= lo < hi <= 1.0):
-        raise ValueError(
-            f"{name} must satisfy 0 <= lo < hi <= 1, got {clip_quantiles!r}; "
-            "use (0.0, 1.0) for no clipping."
-        )
-    return lo, hi
 
 
 # Up to this many inner edges, bins are assigned by comparisons instead of a binary search.
@@ -146,7 +123,7 @@ def compute_bins(
     """
     n_bins = check_int(n_bins, "n_bins", min_value=1)
     method = _check_method(method)
-    lo, hi = _check_clip_quantiles(clip_quantiles)
+    lo, hi = check_clip_quantiles(clip_quantiles)
     values = check_1d_numeric(values, "values")
     if values.size == 0:
         raise ValueError("values is empty; compute_bins needs at least one value.")
@@ -230,7 +207,7 @@ class Binner(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self : Binner
             The fitted transformer.
         """
-        lo, hi = _check_clip_quantiles(self.clip_quantiles)
+        lo, hi = check_clip_quantiles(self.clip_quantiles)
         X = validate_data(self, X, dtype=np.float64)
         self.edges_ = [_edges(X[:, j], self.n_bins, self.method, lo, hi) for j in range(X.shape[1])]
         self.n_bins_ = np.array([e.size - 1 for e in self.edges_], dtype=np.int64)

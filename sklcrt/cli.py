@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sklcrt.config import (
-    _KIND_WORDS,
-    _REQUIRED,
-    _SIMULATE_HELP,
+    KIND_WORDS,
+    REQUIRED,
     SECTION_HELP,
+    SIMULATE_HELP,
     ConfigError,
     Option,
+    closest,
     config_schema,
     load_config,
     test_settings,
@@ -87,16 +88,10 @@ def __getattr__(name):  # CONFIG_SCHEMA, read from the library on first use
 
 
 # ---------------------------------------------------------------------------- reading the inputs
-def _closest(name, candidates) -> str:
-    from sklcrt.config import _closest as closest
-
-    return closest(name, candidates)
-
-
 def _missing_key(container: str, key: str, available, option: str) -> ConfigError:
     available = sorted(map(str, available))
     return ConfigError(
-        f"adata.{container}[{key!r}] not found{_closest(key, available)}; adata.{container} has "
+        f"adata.{container}[{key!r}] not found{closest(key, available)}; adata.{container} has "
         f"keys {available}. Set {option} in the config."
     )
 
@@ -748,13 +743,13 @@ def _schema_help() -> str:
     import textwrap
 
     def describe(opt: Option) -> list[str]:
-        if opt.default is _REQUIRED:
+        if opt.default is REQUIRED:
             default = "required"
         elif opt.default is None:
             default = "default: omitted"
         else:
             default = f"default: {json.dumps(opt.default)}"
-        head = f"  {opt.name} ({_KIND_WORDS[opt.kind]}; {default})"
+        head = f"  {opt.name} ({KIND_WORDS[opt.kind]}; {default})"
         text = opt.help
         if opt.choices is not None:
             text += f" One of: {', '.join(opt.choices)}."
@@ -781,7 +776,7 @@ def _schema_help() -> str:
         for opt in options:
             lines += describe(opt)
     lines += ["", "[simulate]"]
-    lines += textwrap.wrap(_SIMULATE_HELP, 94, initial_indent="  ", subsequent_indent="  ")
+    lines += textwrap.wrap(SIMULATE_HELP, 94, initial_indent="  ", subsequent_indent="  ")
     lines += [
         "",
         "outputs in output_dir (written all or nothing): calibration.csv (with a method column",

@@ -64,7 +64,7 @@ TEST_KEYS = (
     "pvalue_method",
     "memory_budget_mb",
 )
-_REQUIRED = object()
+REQUIRED = object()
 
 
 class ConfigError(ValueError):
@@ -82,7 +82,7 @@ class Option:
     choices: tuple[str, ...] | None = None
 
 
-_KIND_WORDS = {
+KIND_WORDS = {
     "str": "a string",
     "int": "an integer",
     "float": "a number",
@@ -99,7 +99,7 @@ _TOP_SPEC = (
     (
         "input",
         "str",
-        ("cli", _REQUIRED),
+        ("cli", REQUIRED),
         "Path of the screen (.h5ad, .h5mu, or a Cell Ranger "
         '.h5), or "simulate" to simulate one with the [simulate] options.',
     ),
@@ -473,7 +473,7 @@ def _pairs_spec(default_key: str) -> tuple:
     )
 
 
-_SIMULATE_HELP = (
+SIMULATE_HELP = (
     'Only with input = "simulate": keyword arguments of sklcrt.datasets.simulate_screen '
     "(n_cells, n_genes, n_programs, n_targets, guides_per_target, n_ntc_guides, moi, n_batches, "
     "effect_size, frac_targets_with_effect, burden_effect, burden_shape, burden_threshold, "
@@ -586,7 +586,7 @@ def __getattr__(name):  # CONFIG_SCHEMA, built on first use
 
 
 # ---------------------------------------------------------------------------- checks
-def _closest(name: str, candidates) -> str:
+def closest(name: str, candidates) -> str:
     match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -628,13 +628,13 @@ def _check_value(opt: Option, value, where: str):
         raise AssertionError(kind)
     if not ok:
         raise ConfigError(
-            f"{where}: {opt.name!r} must be {_KIND_WORDS[kind]}, got {_toml_type(value)} {value!r}."
+            f"{where}: {opt.name!r} must be {KIND_WORDS[kind]}, got {_toml_type(value)} {value!r}."
         )
     if opt.choices is not None:
         for v in value if kind == "str_list" else [value]:
             if v not in opt.choices:
                 raise ConfigError(
-                    f"{where}: {opt.name!r} has {v!r}{_closest(v, opt.choices)}; choose from "
+                    f"{where}: {opt.name!r} has {v!r}{closest(v, opt.choices)}; choose from "
                     f"{list(opt.choices)}."
                 )
     return value
@@ -646,14 +646,14 @@ def _check_table(table: dict, options: Sequence[Option], where: str) -> tuple[di
     for key in table:
         if key not in known:
             raise ConfigError(
-                f"{where}: unknown key {key!r}{_closest(key, known)}; valid keys are "
+                f"{where}: unknown key {key!r}{closest(key, known)}; valid keys are "
                 f"{sorted(known)}."
             )
     out: dict = {}
     for opt in options:
         if opt.name in table:
             out[opt.name] = _check_value(opt, table[opt.name], where)
-        elif opt.default is _REQUIRED:
+        elif opt.default is REQUIRED:
             raise ConfigError(f"{where}: required key {opt.name!r} is missing.")
         else:
             out[opt.name] = copy.deepcopy(opt.default)
@@ -739,7 +739,7 @@ def _split_sections(raw: dict, schema: dict, source: str) -> tuple[dict, dict]:
             flat[key] = value
         else:
             raise ConfigError(
-                f"{source}: unknown key {key!r}{_closest(key, [*top_names, *SECTIONS])}; valid "
+                f"{source}: unknown key {key!r}{closest(key, [*top_names, *SECTIONS])}; valid "
                 f"top-level keys are {sorted(top_names)} and sections {list(SECTIONS)}."
             )
     return flat, tables

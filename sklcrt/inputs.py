@@ -14,14 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sklcrt.assignment import (
-    DEFAULT_NTC_LABELS,
-    _check_aligned,
-    _missing_key_error,
-    _ntc_set,
-    read_guide2gene,
-    read_guide_matrix,
-)
+from sklcrt._validation import check_aligned, missing_key_error, ntc_set
+from sklcrt.assignment import DEFAULT_NTC_LABELS, read_guide2gene, read_guide_matrix
 from sklcrt.preprocessing import clr_transform, encode_covariates
 
 __all__ = ["RESPONSE_KINDS", "SCEPTRE_HIGH_MOI_COVARIATES", "prepare_crt_inputs", "unit_treatment"]
@@ -73,7 +67,7 @@ def _count_responses(adata, layer):
             raise ValueError("adata.X is empty; pass layer=... naming a layer with the counts.")
     else:
         if layer not in adata.layers:
-            raise _missing_key_error(
+            raise missing_key_error(
                 "layers", layer, adata.layers.keys(), "Pass layer=None to use adata.X."
             )
         matrix, where = adata.layers[layer], f"adata.layers[{layer!r}]"
@@ -106,13 +100,13 @@ def _count_responses(adata, layer):
 
 def _program_responses(adata, usage_key, floor_quantile):
     if usage_key not in adata.obsm:
-        raise _missing_key_error(
+        raise missing_key_error(
             "obsm", usage_key, adata.obsm.keys(), "Pass usage_key=... or response='counts'."
         )
     usage = adata.obsm[usage_key]
     what = f"adata.obsm[{usage_key!r}]"
     if isinstance(usage, pd.DataFrame):
-        _check_aligned(usage.index, adata.obs_names, what)
+        check_aligned(usage.index, adata.obs_names, what)
         names = np.asarray(usage.columns.astype(str), dtype=object)
     else:
         shape = np.shape(usage)
@@ -218,7 +212,7 @@ def prepare_crt_inputs(
         Y, response_names = _program_responses(adata, usage_key, clr_floor_quantile)
 
     if covar_key not in adata.obsm:
-        raise _missing_key_error(
+        raise missing_key_error(
             "obsm",
             covar_key,
             adata.obsm.keys(),
@@ -230,7 +224,7 @@ def prepare_crt_inputs(
             f"adata.obsm[{covar_key!r}] must be a pandas DataFrame of raw covariates, got "
             f"{type(covar).__name__}."
         )
-    _check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+    check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
     covar_df_raw = covar.copy()
     C, C_names = encode_covariates(covar_df_raw, columns=covariates)
     batch_raw = None
@@ -241,7 +235,7 @@ def prepare_crt_inputs(
         adata, guide_key=guide_key, guide_names_key=guide_names_key
     )
     guide2gene = read_guide2gene(adata, guide_names, guide2gene_key=guide2gene_key)
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     ntc_guides: list[str] = []
     by_target: dict[str, list[str]] = {}
     for g in guide_names:

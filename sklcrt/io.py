@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sklcrt.assignment import DEFAULT_NTC_LABELS, _ntc_set
+from sklcrt._validation import json_safe, ntc_set
+from sklcrt.assignment import DEFAULT_NTC_LABELS
 
 __all__ = [
     "GUIDE_MODALITIES",
@@ -162,7 +163,7 @@ def _screen_anndata(
     adata.obsm["grna_counts"] = grna
     adata.uns["grna_ids"] = ids.astype(str)
     adata.uns["grna_target"] = targets.astype(str)
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     adata.uns["grna_target_data_frame"] = pd.DataFrame(
         {
             "grna_id": ids.astype(str),
@@ -621,24 +622,6 @@ def read_10x_h5(
 
 
 # ---------------------------------------------------------------------- results with the data
-def _json_safe(value):
-    """Parameters as values h5ad/h5mu can store (dicts with str keys, lists, str, numbers)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
-        return [_json_safe(v) for v in items]
-    if isinstance(value, np.ndarray):
-        return [_json_safe(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)  # estimators, generators...: their repr is what they ran with
-
-
 def _from_stored(value):
     if isinstance(value, Mapping):
         return {k: _from_stored(v) for k, v in value.items()}
@@ -707,7 +690,7 @@ def store_results(data, key: str, results: pd.DataFrame, params: Mapping | None 
     if not isinstance(key, str) or not key:
         raise ValueError(f"key must be a non-empty str, got {key!r}.")
     frame, converted = _storable_frame(results)
-    entry = {"results": frame, "params": _json_safe(dict(params or {}))}
+    entry = {"results": frame, "params": json_safe(dict(params or {}))}
     if converted:
         entry["object_columns"] = converted
     data.uns[key] = entry

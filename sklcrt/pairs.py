@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from sklcrt._random import as_generator
-from sklcrt.assignment import DEFAULT_NTC_LABELS, _ntc_set
+from sklcrt._validation import ntc_set
+from sklcrt.assignment import DEFAULT_NTC_LABELS
 
 __all__ = [
     "construct_cis_pairs",
@@ -144,7 +145,7 @@ def construct_cis_pairs(
         ["response_id", "chr"],
         "It needs one row per response with its chromosome and position.",
     )
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     tp = targets_positions.copy()
     tp["grna_target"] = tp["grna_target"].astype(str)
     tp = tp[~tp["grna_target"].str.strip().str.lower().isin(ntc)]
@@ -293,7 +294,7 @@ def construct_trans_pairs(
       grna_target response_id
     0         MYC       GATA1
     """
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     tlist = sorted({str(t) for t in targets if str(t).strip().lower() not in ntc})
     rlist = list(dict.fromkeys(str(r) for r in responses))
     if not tlist:
@@ -362,7 +363,7 @@ def construct_positive_control_pairs(
     """
     if isinstance(targets, Mapping):
         targets = targets.values()
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     tlist = sorted({str(t) for t in targets if str(t).strip().lower() not in ntc})
     rlist = [str(r) for r in responses]
     by_name: dict[str, list[str]] = {}

@@ -30,6 +30,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from sklcrt._validation import pvalue_column
+
 __all__ = [
     "assignment_figure",
     "calibration_figure",
@@ -61,14 +63,6 @@ _LFC_LABEL = "log2 fold change"
 
 #: The runners' p-value column is ``pvalue`` (scipy's word); tables from before the rename call
 #: it ``p_value``. Either is found when the other is asked for.
-_PVALUE_ALIASES = {"pvalue": "p_value", "p_value": "pvalue"}
-
-
-def _pcol(frame: pd.DataFrame, col: str) -> str:
-    """``col``, or its alias when the frame has only that (``pvalue`` / ``p_value``)."""
-    if col not in frame.columns and _PVALUE_ALIASES.get(col) in frame.columns:
-        return _PVALUE_ALIASES[col]
-    return col
 
 
 def _pyplot():
@@ -132,7 +126,7 @@ def _clean_pvalues(values, name: str) -> np.ndarray:
 def _pvalue_sets(pvalues, labels, by, pvalue_col: str) -> list[tuple[str | None, np.ndarray]]:
     """Normalise the accepted inputs to a list of (label, p-values)."""
     if isinstance(pvalues, pd.DataFrame):
-        pvalue_col = _pcol(pvalues, pvalue_col)
+        pvalue_col = pvalue_column(pvalues, pvalue_col)
         if pvalue_col not in pvalues.columns:
             raise ValueError(
                 f"the results DataFrame has no {pvalue_col!r} column (columns: "
@@ -419,7 +413,7 @@ def _threshold_key(threshold: float) -> str:
 def _calibration_table(data, thresholds: Sequence[float], pvalue_col: str) -> pd.DataFrame:
     """Rows (method, threshold, n, k, fraction) from summaries, results tables or p-values."""
     if isinstance(data, pd.DataFrame):
-        if _pcol(data, pvalue_col) in data.columns:
+        if pvalue_column(data, pvalue_col) in data.columns:
             raise ValueError(
                 "calibration_plot compares methods: pass a dict {method: results} (or "
                 "{method: calibration_summary(results)}), not a single results table."
@@ -438,7 +432,7 @@ def _calibration_table(data, thresholds: Sequence[float], pvalue_col: str) -> pd
     rows = []
     for method, value in items:
         if isinstance(value, pd.DataFrame):
-            col = _pcol(value, pvalue_col)
+            col = pvalue_column(value, pvalue_col)
             if col not in value.columns:
                 raise ValueError(
                     f"results of {method!r} have no {pvalue_col!r} column; set pvalue_col=."
@@ -752,7 +746,7 @@ def volcano_plot(
     """
     if not isinstance(results, pd.DataFrame):
         raise TypeError(f"results must be a pandas DataFrame, got {type(results).__name__}.")
-    pvalue_col = _pcol(results, pvalue_col)
+    pvalue_col = pvalue_column(results, pvalue_col)
     missing = [c for c in (effect_col, pvalue_col) if c not in results.columns]
     if missing:
         raise ValueError(
@@ -888,7 +882,7 @@ def _result_sets(results, by: str | None, labels, name: str = "results"):
 
 
 def _column(frame: pd.DataFrame, col: str, what: str) -> np.ndarray:
-    col = _pcol(frame, col)
+    col = pvalue_column(frame, col)
     if col not in frame.columns:
         raise ValueError(
             f"the {what} have no {col!r} column (columns: {list(frame.columns)}); set the "

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sklcrt.assignment import _check_aligned, _missing_key_error, read_guide_matrix
+from sklcrt._validation import check_aligned, missing_key_error
+from sklcrt.assignment import read_guide_matrix
 
 __all__ = ["QC_RULES", "CellwiseQCResult", "cellwise_qc"]
 
@@ -288,7 +289,7 @@ def cellwise_qc(
             raise ValueError(
                 f"adata.obsm[{covar_key!r}] must be a pandas DataFrame, got {type(covar).__name__}."
             )
-        _check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+        check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
 
     flags: dict[str, np.ndarray] = {}
     rows: dict[str, dict] = {}
@@ -332,7 +333,7 @@ def cellwise_qc(
 
     if remove_cells_w_zero_or_twoplus_grnas:
         if guide_key not in adata.obsm:
-            raise _missing_key_error(
+            raise missing_key_error(
                 "obsm",
                 guide_key,
                 adata.obsm.keys(),

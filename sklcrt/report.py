@@ -26,9 +26,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from sklcrt.assignment import DEFAULT_NTC_LABELS, _ntc_set
-from sklcrt.io import _json_safe
-from sklcrt.plotting import _pcol
+from sklcrt._validation import json_safe, ntc_set, pvalue_column
+from sklcrt.assignment import DEFAULT_NTC_LABELS
 
 __all__ = ["AnalysisReport", "assignment_summary", "dependency_versions"]
 
@@ -107,7 +106,7 @@ def assignment_summary(
     assigned = sp.csc_matrix(assignment).astype(bool)
     if counts.shape != assigned.shape:
         raise ValueError(f"grna_counts {counts.shape} and assignment {assigned.shape} differ.")
-    ntc = _ntc_set(ntc_labels)
+    ntc = ntc_set(ntc_labels)
     medians = []
     for j in range(counts.shape[1]):
         values = np.asarray(counts[:, j].toarray()).ravel()[assigned[:, j].toarray().ravel()]
@@ -135,7 +134,7 @@ def _binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 def _bh_hits(frame: pd.DataFrame, alpha: float) -> int:
     """BH discoveries within each grouping of an NTC ensemble (summed)."""
-    p = pd.to_numeric(frame[_pcol(frame, "pvalue")], errors="coerce").to_numpy(dtype=float)
+    p = pd.to_numeric(frame[pvalue_column(frame, "pvalue")], errors="coerce").to_numpy(dtype=float)
     tested = np.isfinite(p)
     groups = frame["ensemble"].to_numpy() if "ensemble" in frame else np.zeros(p.size)
     return int(
@@ -149,7 +148,7 @@ def _bh_hits(frame: pd.DataFrame, alpha: float) -> int:
 def _significant(frame: pd.DataFrame, alpha: float) -> np.ndarray:
     if "significant" in frame.columns:
         return frame["significant"].to_numpy(dtype=bool)
-    p = pd.to_numeric(frame[_pcol(frame, "pvalue")], errors="coerce").to_numpy(dtype=float)
+    p = pd.to_numeric(frame[pvalue_column(frame, "pvalue")], errors="coerce").to_numpy(dtype=float)
     out = np.zeros(p.size, dtype=bool)
     tested = np.isfinite(p)
     if tested.any():
@@ -267,7 +266,7 @@ class AnalysisReport:
         -------
         AnalysisReport
         """
-        ntc = _ntc_set(ntc_labels)
+        ntc = ntc_set(ntc_labels)
         screen = {"n_cells": int(adata.n_obs), "n_responses": int(adata.n_vars)}
         params = dict(params or {})
         assignment = assignment_data = None
@@ -354,7 +353,7 @@ class AnalysisReport:
         if self.calibration is not None:
             cal = {}
             for label, frame in self._calibration_sets().items():
-                p = pd.to_numeric(frame[_pcol(frame, "pvalue")], errors="coerce").to_numpy(
+                p = pd.to_numeric(frame[pvalue_column(frame, "pvalue")], errors="coerce").to_numpy(
                     dtype=float
                 )
                 p = p[np.isfinite(p)]
@@ -373,9 +372,9 @@ class AnalysisReport:
                 }
             out["calibration"] = cal
         if self.power is not None:
-            p = pd.to_numeric(self.power[_pcol(self.power, "pvalue")], errors="coerce").to_numpy(
-                dtype=float
-            )
+            p = pd.to_numeric(
+                self.power[pvalue_column(self.power, "pvalue")], errors="coerce"
+            ).to_numpy(dtype=float)
             tested = np.isfinite(p)
             out["power"] = {
                 "n_pairs": len(self.power),
@@ -388,7 +387,7 @@ class AnalysisReport:
         if self.discovery is not None:
             d = self.discovery
             sig = _significant(d, self.alpha)
-            p = pd.to_numeric(d[_pcol(d, "pvalue")], errors="coerce").to_numpy(dtype=float)
+            p = pd.to_numeric(d[pvalue_column(d, "pvalue")], errors="coerce").to_numpy(dtype=float)
             top = d[sig].assign(_p=p[sig]).sort_values("_p", kind="stable").head(5)
             out["discovery"] = {
                 "n_pairs": len(d),
@@ -404,7 +403,7 @@ class AnalysisReport:
                     for _, row in top.iterrows()
                 ],
             }
-        return _json_safe(out)
+        return json_safe(out)
 
     # ------------------------------------------------------------------ text
     def summary(self) -> str:
@@ -521,7 +520,7 @@ class AnalysisReport:
             figs["power"] = ax.figure
         if self.discovery is not None:
             tested = pd.to_numeric(
-                self.discovery[_pcol(self.discovery, "pvalue")], errors="coerce"
+                self.discovery[pvalue_column(self.discovery, "pvalue")], errors="coerce"
             ).notna()
             if tested.any():
                 import matplotlib.pyplot as plt
@@ -646,11 +645,11 @@ class AnalysisReport:
         (folder / "summary.txt").write_text(text)
         files += ["summary.txt", "summary.json"]
         payload = {
-            **_json_safe(dict(extra or {})),
+            **json_safe(dict(extra or {})),
             "generator": _GENERATOR,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": dependency_versions(),
-            "params": _json_safe(self.params),
+            "params": json_safe(self.params),
             "alpha": self.alpha,
             "power_threshold": self.power_threshold,
             "summary": self.to_dict(),

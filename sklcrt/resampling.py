@@ -18,7 +18,8 @@ import numpy as np
 
 from sklcrt._choices import RESAMPLING_ALIASES, RESAMPLING_METHODS
 from sklcrt._choices import SAMPLERS as _SAMPLER_PATHS
-from sklcrt.binning import BIN_METHODS, _check_clip_quantiles
+from sklcrt._validation import check_clip_quantiles
+from sklcrt.binning import BIN_METHODS
 from sklcrt.samplers import BaseSampler
 from sklcrt.strata import StratumEncoder
 
@@ -38,6 +39,7 @@ SAMPLERS: dict[str, type[BaseSampler]] = {
     for name, path in _SAMPLER_PATHS.items()
 }
 
+#: Defaults of every ``resampling_kwargs`` key (burden bins off: ``burden_key=None``).
 DEFAULT_RESAMPLING_KWARGS: dict[str, Any] = dict(
     n_bins=10,
     stratify_by_batch=True,
@@ -214,7 +216,7 @@ def resolve_resampling(
             f"resampling_kwargs['burden_bin_method'] must be one of {list(BIN_METHODS)}, "
             f"got {kwargs['burden_bin_method']!r}."
         )
-    kwargs["burden_clip_quantiles"] = _check_clip_quantiles(
+    kwargs["burden_clip_quantiles"] = check_clip_quantiles(
         kwargs["burden_clip_quantiles"], "resampling_kwargs['burden_clip_quantiles']"
     )
 

@@ -14,8 +14,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from sklcrt._validation import check_1d_numeric, check_same_length
-from sklcrt.binning import BIN_METHODS, _check_clip_quantiles, compute_bins
+from sklcrt._validation import check_1d_numeric, check_clip_quantiles, check_same_length
+from sklcrt.binning import BIN_METHODS, compute_bins
 
 __all__ = ["StratumEncoder", "factorize_batch"]
 
@@ -250,7 +250,7 @@ class StratumEncoder(BaseEstimator):
         self : StratumEncoder
             The fitted encoder.
         """
-        clip = _check_clip_quantiles(self.burden_clip_quantiles, "burden_clip_quantiles")
+        clip = check_clip_quantiles(self.burden_clip_quantiles, "burden_clip_quantiles")
         p_hat = check_1d_numeric(p_hat, "p_hat")
         if p_hat.size == 0:
             raise ValueError("p_hat is empty; StratumEncoder needs at least one cell.")

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from sklcrt._validation import check_aligned
 from sklcrt.assignment import (
     DEFAULT_NTC_LABELS,
     MIXTURE_COUNT_COVARIATES,
-    _check_aligned,
     add_burden_covariates,
     assign_guides,
     is_ntc_target,
@@ -451,13 +451,13 @@ def test_burden_rejects_counts_as_assignment():
 def test_check_aligned_says_which_problem():
     # anndata >= 0.10 already refuses misaligned obsm frames; this guard covers other containers
     obs_names = pd.Index(["c1", "c2", "c3"])
-    _check_aligned(pd.Index(["c1", "c2", "c3"]), obs_names, "covar")
+    check_aligned(pd.Index(["c1", "c2", "c3"]), obs_names, "covar")
     with pytest.raises(ValueError, match="covar has 2 rows but adata has 3 cells"):
-        _check_aligned(pd.Index(["c1", "c2"]), obs_names, "covar")
+        check_aligned(pd.Index(["c1", "c2"]), obs_names, "covar")
     with pytest.raises(ValueError, match=r"another order.*\.loc\[adata.obs_names\]"):
-        _check_aligned(pd.Index(["c3", "c1", "c2"]), obs_names, "covar")
+        check_aligned(pd.Index(["c3", "c1", "c2"]), obs_names, "covar")
     with pytest.raises(ValueError, match="not indexed by adata.obs_names"):
-        _check_aligned(pd.RangeIndex(3), obs_names, "covar")
+        check_aligned(pd.RangeIndex(3), obs_names, "covar")
 
 
 def test_readers_errors():
