@@ -6,8 +6,10 @@ needed: intersphinx is off and every page is built from this repository.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import reprlib
 import sys
 from pathlib import Path
 
@@ -52,14 +54,21 @@ numpydoc_xref_param_type = False
 numpydoc_validation_checks: set[str] = set()
 
 # -- HTML ------------------------------------------------------------------------------------
+_PAGES = sorted(page.stem for page in DOCS.glob("*.rst"))  # the narrative pages and api.rst
 html_theme = "pydata_sphinx_theme"
 html_title = f"sklcrt {release}"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    # The page TOC column on the narrative pages only: an API page holds one object, and without
+    # the column its 100-character doctest lines fit at 1,280 px.
+    "secondary_sidebar_items": {page: ["page-toc"] for page in _PAGES},
 }
+# The left sidebar lists a section's pages: on the narrative pages it would be an empty column that
+# narrows the code blocks, and on api.html it would repeat the tables. Only the API pages keep it.
+html_sidebars = {page: [] for page in _PAGES}
 html_static_path = ["_static"] if (DOCS / "_static").is_dir() else []
+html_css_files = ["custom.css"]
 html_show_sourcelink = False
 
 # -- Generated page content ------------------------------------------------------------------
@@ -101,7 +110,6 @@ def _examples_rst() -> str:
             f"Run it with ``python examples/{path.name}``.\n\n"
             f".. literalinclude:: ../examples/{path.name}\n"
             "   :language: python\n"
-            "   :linenos:\n"
         )
     for path in configs:
         parts.append(_title(f"``{path.name}``", "-"))
@@ -141,7 +149,7 @@ def _validation_rst() -> str:
 
 def _literal(text: str) -> str:
     body = "\n".join(("   " + line) if line.strip() else "" for line in text.splitlines())
-    return f".. code-block:: text\n\n{body}\n"
+    return f".. code-block:: text\n   :class: wrap\n\n{body}\n"  # wrap, never scroll sideways
 
 
 def _command_line_rst() -> str:
@@ -187,6 +195,35 @@ def _escape_fitted_names_in_shapes(app, what, name, obj, options, lines):
             lines[i] = _SHAPE.sub(_escape_shape, line)
 
 
+def _choices_comments() -> dict[str, list[str]]:
+    """The ``#:`` comments of :mod:`sklcrt._choices`, the one home of the allowed values."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    docs = ModuleAnalyzer.for_module("sklcrt._choices").find_attr_docs()
+    return {name: list(lines) for (_, name), lines in docs.items()}
+
+
+def _describe_constants(app, what, name, obj, options, lines):
+    """Give module constants without a ``#:`` comment a description, not their type's docstring.
+
+    A re-exported constant (``RESAMPLING_METHODS`` in :mod:`sklcrt.resampling`, from
+    :mod:`sklcrt._choices`) loses its comment, and autodoc would show "Built-in immutable
+    sequence." in the API tables; use the comment where it is defined, else state the value.
+    """
+    if what not in ("data", "attribute"):
+        return
+    own = (inspect.getdoc(type(obj)) or "").strip()
+    if lines and "\n".join(lines).strip() not in (own, ""):
+        return
+    short = reprlib.repr(obj)
+    if len(short) <= 70 and "..." not in short:
+        value = f"Value: ``{short}``."
+    else:  # the whole value is on the constant's own page
+        value = f"A {type(obj).__name__} of {len(obj)} entries."
+    comment = _choices_comments().get(name.rpartition(".")[2])
+    lines[:] = [*[line for line in comment if line.strip()], "", value] if comment else [value]
+
+
 def _skip_metadata_routing(app, what, name, obj, skip, options):
     """Hide scikit-learn's generated ``set_*_request`` methods (metadata routing plumbing)."""
     if name.startswith("set_") and name.endswith("_request"):
@@ -202,4 +239,5 @@ def _append_generated(app, docname, source):
 def setup(app):
     app.connect("source-read", _append_generated)
     app.connect("autodoc-process-docstring", _escape_fitted_names_in_shapes)
+    app.connect("autodoc-process-docstring", _describe_constants, priority=100)  # before numpydoc
     app.connect("autodoc-skip-member", _skip_metadata_routing)
