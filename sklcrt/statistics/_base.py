@@ -212,13 +212,13 @@ def _orthonormal_basis(C: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(U[:, :rank])
 
 
-def _mask(rows: np.ndarray, n_cells: int) -> np.ndarray:
+def cells_mask(rows: np.ndarray, n_cells: int) -> np.ndarray:
     mask = np.zeros(n_cells, dtype=bool)
     mask[rows] = True
     return mask
 
 
-def _check_fit_cells(fit_cells, n_cells: int) -> np.ndarray | None:
+def check_fit_cells(fit_cells, n_cells: int) -> np.ndarray | None:
     """``fit_cells`` as increasing row indices, or None for all cells (or no mask)."""
     if fit_cells is None:
         return None
@@ -245,7 +245,7 @@ def _check_fit_cells(fit_cells, n_cells: int) -> np.ndarray | None:
     return np.flatnonzero(mask)
 
 
-def _check_rank_on(Q: np.ndarray, rows: np.ndarray) -> None:
+def check_rank_on(Q: np.ndarray, rows: np.ndarray) -> None:
     """Refuse fit cells on which the covariates are not estimable (rank below the basis')."""
     sub = Q[rows]
     s = np.linalg.svd(sub, compute_uv=False)
@@ -260,7 +260,7 @@ def _check_rank_on(Q: np.ndarray, rows: np.ndarray) -> None:
         )
 
 
-def _dense_block(Y, block, rows=None) -> np.ndarray:
+def dense_block(Y, block, rows=None) -> np.ndarray:
     """Dense float64 (n_rows, len(block)) slice of a dense array or CSC matrix."""
     if sp.issparse(Y):
         sub = Y[:, block]
@@ -350,7 +350,7 @@ class BaseStatistic(BaseEstimator):
         self.responses_fingerprint_ = content_fingerprint(Y)
         self.covariates_fingerprint_ = content_fingerprint(C)
         check_same_length(Y=Y, C=C)
-        rows = _check_fit_cells(fit_cells, Y.shape[0])
+        rows = check_fit_cells(fit_cells, Y.shape[0])
         Q = _orthonormal_basis(C)
         n_fit = Y.shape[0] if rows is None else rows.size
         if n_fit <= Q.shape[1] + 1:
@@ -360,12 +360,12 @@ class BaseStatistic(BaseEstimator):
                 "intercept); a test needs at least rank + 2 cells."
             )
         if rows is not None:
-            _check_rank_on(Q, rows)
+            check_rank_on(Q, rows)
         self.n_cells_ = int(Y.shape[0])
         self.n_responses_ = int(Y.shape[1])
         self.basis_ = Q
         self.rank_ = int(Q.shape[1])
-        self.fit_cells_ = None if rows is None else _mask(rows, Y.shape[0])
+        self.fit_cells_ = None if rows is None else cells_mask(rows, Y.shape[0])
         self.n_fit_cells_ = int(n_fit)
         self._fit_rows = rows
         self._fit(Y, Q)

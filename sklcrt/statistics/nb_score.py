@@ -14,10 +14,10 @@ from sklearn.utils.validation import check_is_fitted
 from sklcrt._threads import single_threaded_blas
 from sklcrt.statistics._base import (
     BaseStatistic,
-    _check_fit_cells,
-    _check_rank_on,
-    _dense_block,
-    _mask,
+    cells_mask,
+    check_fit_cells,
+    check_rank_on,
+    dense_block,
 )
 from sklcrt.statistics._nb_fit import (  # noqa: F401  (_CountTable, _nb_terms: tests)
     _ETA_MAX,
@@ -343,8 +343,8 @@ class NBScoreStatistic(BaseStatistic):
             left unchanged); ``converged_`` reports the refit.
         """
         check_is_fitted(self, "n_responses_")
-        rows = _check_fit_cells(fit_cells, self.n_cells_)
-        mask = None if rows is None else _mask(rows, self.n_cells_)
+        rows = check_fit_cells(fit_cells, self.n_cells_)
+        mask = None if rows is None else cells_mask(rows, self.n_cells_)
         current = self.fit_cells_
         if (mask is None and current is None) or (
             mask is not None and current is not None and np.array_equal(mask, current)
@@ -358,7 +358,7 @@ class NBScoreStatistic(BaseStatistic):
                 "the intercept); a test needs at least rank + 2 cells."
             )
         if rows is not None:
-            _check_rank_on(Q, rows)
+            check_rank_on(Q, rows)
         new = copy.copy(self)
         new.fit_cells_, new.n_fit_cells_, new._fit_rows = mask, int(n_fit), rows
         new._outside = None if rows is None else ~mask
@@ -477,15 +477,16 @@ class NBScoreStatistic(BaseStatistic):
         inv += 1.0
         np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
         np.multiply(mu, inv, out=W)
-        np.subtract(_dense_block(self._Y, block, cells), mu, out=a)
+        np.subtract(dense_block(self._Y, block, cells), mu, out=a)
         a *= inv
         return a, W
 
     def _score_pieces(self, cols):
         """``a_i = (y_i - μ_i) / (1 + μ_i/θ)``: ``Σ_{i∈x} a_i`` is the numerator of ``z(x)``, the
         score of the treatment coefficient at the null fit."""
-        if self._cache is not None:
-            return np.take(self._cache[0], cols, axis=1)
+        cache = self._stored_pieces()  # built once, then shared by every unit
+        if cache is not None:
+            return np.take(cache[0], cols, axis=1)
         return self._build_pieces(None, cols)[0]
 
     def _stored_pieces(self):
