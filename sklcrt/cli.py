@@ -414,6 +414,7 @@ def _analyze(
             options = dict(
                 group_size=cal["group_size"],
                 n_pairs=n_pairs,
+                pairs_pass_qc=n_pairs is not None,
                 checkpoint_dir=_subfolder(checkpoint_dir, f"calibration_{i}"),
             )
             template = build_test(test, statistic=statistic)

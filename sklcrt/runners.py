@@ -776,24 +776,78 @@ def _default_group_size(inputs: dict) -> int:
     return max(1, int(np.median(sizes))) if sizes else 1
 
 
-def _ntc_jobs(inputs, group_size, responses, n_pairs, grouping_key, random_state) -> list:
-    """The (group, "non-targeting", guides, columns) jobs of a calibration check."""
+def _ntc_jobs(
+    inputs,
+    group_size,
+    responses,
+    n_pairs,
+    grouping_key,
+    random_state,
+    *,
+    passing=None,
+) -> list:
+    """The (group, "non-targeting", guides, columns) jobs of a calibration check.
+
+    ``passing`` (a callable ``groups -> bool (n_groups, n_columns)``) restricts the draw of
+    ``n_pairs`` to the pairs that pass the pairwise QC."""
     size = group_size or _default_group_size(inputs)
     groups = make_ntc_groups(inputs["ntc_guides"], size, random_state, grouping_key)
     cols = _response_columns(inputs, responses)
     per_group = {name: cols for name in groups}
     if n_pairs is not None:
         total = len(groups) * cols.size
-        if n_pairs > total:
-            raise ValueError(f"n_pairs={n_pairs} exceeds the {total} available NTC pairs.")
         rng = as_generator(random_state, key=("ntc_pairs", grouping_key))
-        chosen = np.sort(rng.choice(total, size=n_pairs, replace=False))
+        if passing is None:
+            if n_pairs > total:
+                raise ValueError(f"n_pairs={n_pairs} exceeds the {total} available NTC pairs.")
+            chosen = np.sort(rng.choice(total, size=n_pairs, replace=False))
+        else:
+            candidates = np.flatnonzero(passing(list(groups.values()), cols).ravel())
+            if n_pairs > candidates.size:
+                raise ValueError(
+                    f"n_pairs={n_pairs} exceeds the {candidates.size} NTC pairs (of {total}) "
+                    "that pass the pairwise QC; lower n_pairs or min_nonzero."
+                )
+            chosen = np.sort(rng.choice(candidates, size=n_pairs, replace=False))
         g_idx, r_idx = np.divmod(chosen, cols.size)
         names = list(groups)
         per_group = {
             names[g]: cols[r_idx[g_idx == g]] for g in range(len(names)) if np.any(g_idx == g)
         }
     return [(name, "non-targeting", groups[name], c) for name, c in per_group.items()]
+
+
+def _passing_pairs(screen: _Screen, min_nonzero: int):
+    """A function ``(groups, cols) -> bool (n_groups, n_cols)``: which (NTC group, response)
+    pairs pass the pairwise QC (enough treated and control cells with nonzero expression)."""
+    inputs = screen.inputs
+
+    def passing(groups, cols):
+        if inputs["response_kind"] != "counts" or min_nonzero == 0:
+            return np.ones((len(groups), cols.size), dtype=bool)
+        names = {str(g): j for j, g in enumerate(inputs["guide_names"])}
+        guides = sp.csc_matrix(inputs["guides"])
+        member = sp.csr_matrix(
+            (
+                np.ones(sum(map(len, groups))),
+                (
+                    [names[str(g)] for grp in groups for g in grp],
+                    np.repeat(np.arange(len(groups)), [len(grp) for grp in groups]),
+                ),
+            ),
+            shape=(guides.shape[1], len(groups)),
+        )
+        treated = ((guides @ member) != 0).astype(np.float64)  # cells x groups
+        expressed = sp.csc_matrix(inputs["Y"])[:, cols] != 0
+        n_treated = np.asarray((treated.T @ expressed).todense())  # groups x cols
+        controls = screen.control_cells
+        if controls is None:
+            n_all = np.asarray(expressed.sum(axis=0)).ravel()[None, :]
+        else:  # the group's cells plus the NT cells: NTC groups lie inside them
+            n_all = np.asarray(expressed[np.flatnonzero(controls)].sum(axis=0)).ravel()[None, :]
+        return (n_treated >= min_nonzero) & (n_all - n_treated >= min_nonzero)
+
+    return passing
 
 
 def run_ntc_groups(
@@ -803,6 +857,7 @@ def run_ntc_groups(
     responses=None,
     n_pairs: int | None = None,
     grouping_key: str = "ntc",
+    pairs_pass_qc: bool = False,
     test: CRTTest | None = None,
     moi: str | None = None,
     control_group: str | None = None,
@@ -829,6 +884,10 @@ def run_ntc_groups(
         pairs, as SCEPTRE does); default all.
     grouping_key : str, default="ntc"
         Names the random grouping (the NTC ensemble uses one per repeat).
+    pairs_pass_qc : bool, default=False
+        Draw the ``n_pairs`` among the pairs that pass the pairwise QC (``min_nonzero``), as
+        SCEPTRE's calibration check does, so that every drawn pair is tested (the command line
+        does; sized like the discovery pairs that pass QC).
 
     Returns
     -------
@@ -847,7 +906,13 @@ def run_ntc_groups(
         progress=progress,
     )
     jobs = _ntc_jobs(
-        screen.inputs, group_size, responses, n_pairs, grouping_key, screen.random_state
+        screen.inputs,
+        group_size,
+        responses,
+        n_pairs,
+        grouping_key,
+        screen.random_state,
+        passing=_passing_pairs(screen, min_nonzero) if pairs_pass_qc else None,
     )
     results = _execute(
         screen,
@@ -887,6 +952,7 @@ def run_ntc_ensemble(
     group_size: int | None = None,
     responses=None,
     n_pairs: int | None = None,
+    pairs_pass_qc: bool = False,
     test: CRTTest | None = None,
     moi: str | None = None,
     control_group: str | None = None,
@@ -908,7 +974,7 @@ def run_ntc_ensemble(
         The screen, or inputs from :func:`~sklcrt.inputs.prepare_crt_inputs`.
     n_ensemble : int, default=5
         Random groupings (``grouping_key`` ``"e0"``, ``"e1"`` ...).
-    group_size, responses, n_pairs
+    group_size, responses, n_pairs, pairs_pass_qc
         As in :func:`run_ntc_groups`.
 
     Returns
@@ -934,7 +1000,13 @@ def run_ntc_ensemble(
     for e in range(n_ensemble):
         ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"ensemble_{e}")
         jobs = _ntc_jobs(
-            screen.inputs, group_size, responses, n_pairs, f"e{e}", screen.random_state
+            screen.inputs,
+            group_size,
+            responses,
+            n_pairs,
+            f"e{e}",
+            screen.random_state,
+            passing=_passing_pairs(screen, min_nonzero) if pairs_pass_qc else None,
         )
         frame = _execute(
             screen,

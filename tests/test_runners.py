@@ -439,3 +439,14 @@ def test_low_moi_defaults_and_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_ntc_groups(low, moi="high", **options)
+
+
+def test_calibration_pairs_drawn_among_pairs_that_pass_qc(inputs):
+    """SCEPTRE's calibration check: every drawn NTC pair passes the pairwise QC."""
+    options = dict(n_resamples=19, n_resamples_adaptive=0, progress=False, min_nonzero=1100)
+    plain = run_ntc_groups(inputs, n_pairs=40, **options)
+    assert not plain["pass_qc"].all(), "the test needs pairs that fail QC"
+    matched = run_ntc_groups(inputs, n_pairs=40, pairs_pass_qc=True, **options)
+    assert len(matched) == 40 and matched["pass_qc"].all()
+    with pytest.raises(ValueError, match="pass the pairwise QC"):
+        run_ntc_groups(inputs, n_pairs=10**6, pairs_pass_qc=True, **options)
