@@ -723,10 +723,11 @@ class CRTTest(BaseEstimator):
         cannot fit in it."""
         budget = float(self.memory_budget_mb) * 2**20
         largest = max(self.n_resamples, self.n_resamples_adaptive)
+        name = "n_resamples" if largest == self.n_resamples else "n_resamples_adaptive"
         null_bytes = 8.0 * largest * max(n_columns, 1)
         if null_bytes > budget:
             raise ValueError(
-                f"n_resamples={largest} with {n_columns} response(s) needs "
+                f"{name}={largest} with {n_columns} response(s) needs "
                 f"{null_bytes / 2**20:.0f} MiB of null statistics, more than memory_budget_mb="
                 f"{self.memory_budget_mb:g}; lower n_resamples / n_resamples_adaptive, test fewer "
                 "responses per call, or raise memory_budget_mb."
