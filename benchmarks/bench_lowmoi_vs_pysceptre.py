@@ -78,7 +78,7 @@ def load_inputs(data: Path):
 
     from sklcrt.assignment import add_burden_covariates, assign_guides
     from sklcrt.inputs import prepare_crt_inputs, unit_treatment
-    from sklcrt.runners import _control_cells
+    from sklcrt.runners import control_cells as _control_cells
 
     adata = ad.read_h5ad(data / "papalexi2021_lowmoi.h5ad")
     assign_guides(adata, method="maximum", min_fraction=0.8, min_umis=5)

@@ -19,6 +19,7 @@ from scipy.special import expit, gammaln
 
 from sklcrt._random import as_generator
 from sklcrt._validation import check_aligned, check_int, missing_key_error, ntc_set
+from sklcrt.moi import moi_choices
 from sklcrt.preprocessing import encode_covariates
 
 __all__ = [
@@ -180,7 +181,8 @@ def assign_guides(
     adata,
     *,
     counts_key: str = "grna_counts",
-    method: str = "threshold",
+    method: str | None = None,
+    moi: str | None = None,
     threshold: float = 5,
     min_fraction: float = 0.8,
     min_umis: float = 5,
@@ -205,7 +207,9 @@ def assign_guides(
         The screen; modified in place.
     counts_key : str, default="grna_counts"
         ``adata.obsm`` key of the gRNA UMI counts (cells x gRNAs; sparse, array or DataFrame).
-    method : {"threshold", "maximum", "mixture"}, default="threshold"
+    method : {"threshold", "maximum", "mixture"}, default=None
+        ``None``: the choice of ``moi`` (``"mixture"`` at high MOI, ``"maximum"`` at low MOI,
+        SCEPTRE's defaults), else ``"threshold"``.
         ``"threshold"`` (high MOI, SCEPTRE's thresholding): a cell carries every gRNA with at
         least ``threshold`` UMIs, so a cell may carry many gRNAs.
         ``"maximum"`` (low MOI, SCEPTRE's maximum / crispat's ratio rule): a cell carries at most
@@ -217,6 +221,8 @@ def assign_guides(
         ``Poisson(mu_i)`` (background) and ``Poisson(mu_i + lambda)`` (the cell carries the gRNA),
         is fitted by EM from ``n_em_starts`` starts; a cell carries the gRNA when its posterior
         probability reaches ``probability_threshold``. See Notes.
+    moi : {"high", "low"}, default=None
+        Picks ``method`` when it is not given (see :mod:`sklcrt.moi`).
     threshold : float, default=5
         UMI threshold (``count >= threshold``), > 0, of ``method="threshold"``, and of the backup
         rule of ``method="mixture"`` (gRNAs whose mixture cannot be fitted).
@@ -329,6 +335,8 @@ def assign_guides(
     >>> bool(np.mean(assigned == carries) > 0.99)
     True
     """
+    if method is None:
+        method = moi_choices(moi).get("assignment", {}).get("method", "threshold")
     if method not in ASSIGNMENT_METHODS:
         raise ValueError(f"method must be one of {list(ASSIGNMENT_METHODS)}, got {method!r}.")
     if method in ("threshold", "mixture"):

@@ -132,8 +132,8 @@ def _prepare_screen(adata, config: dict, echo: Callable[[str], None]):
     assignment = config["assignment"]
     if assignment is not None:
         options = dict(assignment)
-        if "method" not in config["_given_sections"]["assignment"] and "assignment" in choices:
-            options.update(choices["assignment"])
+        if options["method"] is None:
+            options["method"] = choices.get("assignment", {}).get("method", "threshold")
         if options["counts_key"] not in adata.obsm:
             raise _missing_key(
                 "obsm", options["counts_key"], adata.obsm.keys(), "[assignment] counts_key"
@@ -406,15 +406,16 @@ def _analyze(
             )
     if plan.runs:
         cal = config["calibration"]
-        n_pairs = cal["n_pairs"]
+        n_pairs, matched = cal["n_pairs"], False
         if n_pairs is None and cal["size_like_discovery"] and "discovery" in out["tables"]:
-            n_pairs = _n_passing(out["tables"]["discovery"])  # sized like the discovery set
+            # sized like the discovery pairs that pass QC, drawn among NTC pairs that pass it
+            n_pairs, matched = _n_passing(out["tables"]["discovery"]), True
         for i, (label, test) in enumerate(plan.runs):
             echo(f"calibration check on NTC groups: {label}")
             options = dict(
                 group_size=cal["group_size"],
                 n_pairs=n_pairs,
-                pairs_pass_qc=n_pairs is not None,
+                pairs_pass_qc=matched,
                 checkpoint_dir=_subfolder(checkpoint_dir, f"calibration_{i}"),
             )
             template = build_test(test, statistic=statistic)

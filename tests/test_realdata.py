@@ -158,7 +158,9 @@ def _ntc_check(inputs, statistic, control_group):
         n_ensemble=3,
         group_size=4,  # the median number of gRNAs per target
         control_group=control_group,
-        statistic=statistic,
+        # the complement reuses the all-cells null model; the NT cells' own (SCEPTRE's low-MOI
+        # test) is fitted by the runner
+        statistic=statistic if control_group == "complement" else None,
         resampling_method="perm",
         n_resamples=499,
         n_resamples_adaptive=0,
