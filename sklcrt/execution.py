@@ -111,14 +111,21 @@ def _test_unit(
             reason[:] = "no control cells"
         else:
             reason[:] = "no control cells (every cell of the control group is treated)"
-    elif inputs["response_kind"] == "counts" and min_nonzero > 0:
+    elif inputs["response_kind"] == "counts":
+        # A count response needs expression in both arms to have a test (and a finite log2
+        # fold change) whatever min_nonzero: with none, the pair is untestable.
         nz_t, nz_c = _qc_counts(inputs["Y"], x, columns, eligible)
         rows["n_nonzero_treated"] = nz_t
         rows["n_nonzero_control"] = nz_c
-        low_t, low_c = nz_t < min_nonzero, nz_c < min_nonzero
+        need = max(min_nonzero, 1)
+        low_t, low_c = nz_t < need, nz_c < need
         pass_qc &= ~(low_t | low_c)
-        reason[low_t] = f"fewer than {min_nonzero} treated cells with nonzero expression"
-        reason[low_c & ~low_t] = f"fewer than {min_nonzero} control cells with nonzero expression"
+        if min_nonzero > 0:
+            reason[low_t] = f"fewer than {need} treated cells with nonzero expression"
+            reason[low_c & ~low_t] = f"fewer than {need} control cells with nonzero expression"
+        else:
+            reason[low_t] = "no treated cell with nonzero expression (untestable)"
+            reason[low_c & ~low_t] = "no control cell with nonzero expression (untestable)"
 
     if pass_qc.any():
         test = clone(template).set_params(statistic=statistic, random_state=random_state)
@@ -139,6 +146,12 @@ def _test_unit(
         rows.loc[ok, "pvalue_method"] = test.pvalue_method_
         rows.loc[ok, "n_resamples"] = test.n_resamples_
         rows["n_strata"] = int(test.diagnostics_.get("n_strata", 1))
+        # A pair whose statistic is undefined (e.g. a constant response) is not a tested pair.
+        undefined = ok[~np.isfinite(rows.loc[ok, "pvalue"].to_numpy(dtype=float))]
+        pass_qc[undefined] = False
+        reason[undefined] = "the test is undefined for this response (e.g. it does not vary)"
+        rows.loc[undefined, "pvalue_method"] = ""
+        rows.loc[undefined, "n_resamples"] = 0
     rows["pass_qc"] = pass_qc
     rows["qc_reason"] = reason
     return rows[RESULT_COLUMNS]

@@ -450,3 +450,26 @@ def test_calibration_pairs_drawn_among_pairs_that_pass_qc(inputs):
     assert len(matched) == 40 and matched["pass_qc"].all()
     with pytest.raises(ValueError, match="pass the pairwise QC"):
         run_ntc_groups(inputs, n_pairs=10**6, pairs_pass_qc=True, **options)
+
+
+@pytest.mark.parametrize("min_nonzero", [0, 1])
+def test_untestable_pairs_get_a_truthful_row_whatever_the_threshold(min_nonzero):
+    """An all-zero gene or one expressed in a single cell is untestable: pass_qc=False with a
+    reason, never a NaN p-value that passed QC or an absurd log2 fold change."""
+    adata = simulate_screen(n_cells=800, n_genes=6, n_targets=2, n_ntc_guides=4, random_state=2)
+    X = adata.X.tolil()
+    X[:, 0] = 0  # never expressed
+    X[:, 1] = 0
+    X[0, 1] = 5  # expressed in one cell
+    adata.X = X.tocsr()
+    inputs = prepare_crt_inputs(adata, response="counts")
+    res = run_gene_loop(
+        inputs, min_nonzero=min_nonzero, n_resamples=19, n_resamples_adaptive=0, progress=False
+    )
+    for gene in ("gene_000", "gene_001"):
+        rows = res[res["response"] == gene]
+        assert not rows["pass_qc"].any() and (rows["qc_reason"] != "").all()
+        assert rows["pvalue"].isna().all() and rows["effect"].isna().all()
+    tested = res[res["pass_qc"]]
+    assert len(tested) and tested["pvalue"].between(0, 1).all()
+    assert (tested["effect"].abs() < 10).all()
