@@ -164,8 +164,12 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
                 "resamples in smaller batches."
             )
         rng = as_generator(random_state)
+        return self._sample_matrix(n_resamples, rng)
+
+    def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
+        """The resamples as a canonical CSR matrix (by default from :meth:`_sample_keys`)."""
         keys = self._sample_keys(n_resamples, rng)
-        return _keys_to_csr(keys, n_resamples, n_cells)
+        return _keys_to_csr(keys, n_resamples, self.n_cells_)
 
     @abstractmethod
     def inclusion_probabilities(self) -> np.ndarray:
@@ -257,6 +261,60 @@ def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
     return sorted_values[pos] == values
 
 
+def _bernoulli_positions(rng: np.random.Generator, size: int, q: float) -> np.ndarray:
+    """The increasing positions in ``range(size)`` of iid ``Bernoulli(q)`` successes, from
+    geometric gaps drawn in batches of about the expected count plus a margin."""
+    parts, last, remaining = [], -1, size
+    scale = -1.0 / np.log1p(-q)
+    while True:
+        expected = remaining * q
+        n_draw = int(expected + 6.0 * np.sqrt(expected * (1.0 - q)) + 16)
+        # Geometric(q) gaps by inversion of exponentials: ceil(E / -log(1 - q)).
+        gaps = rng.standard_exponential(n_draw)
+        gaps *= scale
+        np.ceil(gaps, out=gaps)
+        np.maximum(gaps, 1.0, out=gaps)  # E = 0 (probability ~2**-53) would repeat a point
+        pos = np.cumsum(gaps.astype(np.int64))
+        pos += last
+        if pos[-1] >= size:
+            parts.append(pos[: np.searchsorted(pos, size)])
+            break
+        parts.append(pos)
+        last = int(pos[-1])
+        remaining = size - 1 - last
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _cell_major_to_csr(cells, rows, n_resamples: int, n_cells: int) -> sp.csr_matrix:
+    """Canonical CSR of the entries ``(rows, cells)`` given cell by cell: each cell's entries
+    contiguous with increasing rows, the cells in any order."""
+    nnz = cells.size
+    if nnz < 2 * n_cells:
+        # Few draws: sorting their keys costs less than arrays over all cells.
+        return _keys_to_csr(np.sort(rows.astype(np.int64) * n_cells + cells), n_resamples, n_cells)
+    index_dtype = np.int32 if max(n_cells, n_resamples, nnz) < 2**31 - 1 else np.int64
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cells, minlength=n_cells), out=indptr[1:])
+    if nnz:
+        first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1])))
+        offset = np.zeros(n_cells, dtype=np.int64)
+        offset[cells[first]] = indptr[cells[first]] - first
+        dest = np.arange(nnz, dtype=np.int64)
+        dest += offset[cells]
+        indices = np.empty(nnz, dtype=index_dtype)
+        indices[dest] = rows
+    else:
+        indices = np.empty(0, dtype=index_dtype)
+    csc = sp.csc_matrix(
+        (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
+    )
+    csc.has_sorted_indices = True
+    out = csc.tocsr()
+    out.has_sorted_indices = True
+    out.has_canonical_format = True
+    return out
+
+
 def _row_blocks(n_resamples: int, width: int):
     """Row ranges ``(r0, r1)`` covering ``n_resamples`` with about ``_BLOCK_ELEMENTS`` per block."""
     step = max(1, _BLOCK_ELEMENTS // max(width, 1))
@@ -264,13 +322,27 @@ def _row_blocks(n_resamples: int, width: int):
         yield r0, min(n_resamples, r0 + step)
 
 
-def _keys_to_csr(keys: np.ndarray, n_resamples: int, n_cells: int) -> sp.csr_matrix:
+def _keys_to_csr(
+    keys: np.ndarray, n_resamples: int, n_cells: int, row_width: int | None = None
+) -> sp.csr_matrix:
+    """CSR of the sorted keys; ``row_width``: every row may hold that many (checked)."""
+    if row_width is not None and keys.size == n_resamples * row_width:
+        offsets = np.arange(n_resamples, dtype=np.int64) * n_cells
+        cols = (keys.reshape(n_resamples, row_width) - offsets[:, None]).ravel()
+        # Sorted unique keys with exactly row_width per row lie within their rows.
+        if cols.size == 0 or (cols.min() >= 0 and cols.max() < n_cells):
+            indptr = np.arange(n_resamples + 1, dtype=np.int64) * row_width
+            return _csr(cols, indptr, n_resamples, n_cells)
     rows = keys // n_cells
     cols = keys - rows * n_cells
     indptr = np.searchsorted(rows, np.arange(n_resamples + 1))
-    index_dtype = np.int32 if max(n_cells, keys.size) < 2**31 - 1 else np.int64
+    return _csr(cols, indptr, n_resamples, n_cells)
+
+
+def _csr(cols, indptr, n_resamples: int, n_cells: int) -> sp.csr_matrix:
+    index_dtype = np.int32 if max(n_cells, cols.size) < 2**31 - 1 else np.int64
     out = sp.csr_matrix(
-        (np.ones(keys.size), cols.astype(index_dtype), indptr.astype(index_dtype)),
+        (np.ones(cols.size), cols.astype(index_dtype), indptr.astype(index_dtype)),
         shape=(n_resamples, n_cells),
     )
     out.has_sorted_indices = True
@@ -294,7 +366,13 @@ class _WithinStrataPermutation(BaseSampler):
         dense = treated & (m > _DENSE_RATIO * n)
         self._dense_strata = np.flatnonzero(dense)
         sparse = np.flatnonzero(treated & ~dense)
+        self._sparse_strata = sparse
         self._sparse_slot_strata = np.repeat(sparse, m[sparse])
+
+    def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
+        keys = self._sample_keys(n_resamples, rng)
+        # Every resample treats the observed count: rows of equal width, no division needed.
+        return _keys_to_csr(keys, n_resamples, self.n_cells_, row_width=self.n_treated_)
 
     def inclusion_probabilities(self) -> np.ndarray:
         """``m_s / n_s`` for every cell of stratum ``s``, shape (n_cells,)."""
@@ -316,9 +394,19 @@ class _WithinStrataPermutation(BaseSampler):
                 parts.append((np.arange(r0, r1)[:, None] * n_cells + chosen).ravel())
         slots = self._sparse_slot_strata
         if slots.size:
-            first = grp.draw(rng, slots, repeat=n_resamples)  # every resample has these slots
-            row_offset = np.arange(n_resamples, dtype=np.int64) * n_cells
-            keys = (first.reshape(n_resamples, slots.size) + row_offset[:, None]).ravel()
+            # Every resample has these slots: per stratum one draw of B x m_s integers with the
+            # stratum's size as the (scalar) bound, much cheaper than a bound per slot.
+            keys = np.empty((n_resamples, slots.size), dtype=np.int64)
+            col = 0
+            m = self.n_treated_per_stratum_
+            for s in self._sparse_strata:
+                m_s = int(m[s])
+                pos = rng.integers(0, int(grp.sizes[s]), size=(n_resamples, m_s))
+                pos += int(grp.starts[s])
+                keys[:, col : col + m_s] = grp.members[pos]
+                col += m_s
+            keys += np.arange(n_resamples, dtype=np.int64)[:, None] * n_cells
+            keys = keys.ravel()
             sparse_keys = _draw_distinct(rng, keys, n_cells, grp, row_width=slots.size)
             if not parts:
                 return sparse_keys
@@ -503,26 +591,49 @@ class BernoulliSampler(BaseSampler):
         return self.p_hat_
 
     def _sample_keys(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-        n_cells, grp, p, q = self.n_cells_, self._groups, self.p_hat_, self._bucket_q
-        parts = []
-        for b in self._dense_buckets:
-            cells = grp.cells(b)
-            pc = p[cells]
-            for r0, r1 in _row_blocks(n_resamples, cells.size):
-                r, c = np.nonzero(rng.random((r1 - r0, cells.size)) < pc)
-                parts.append((r + r0) * n_cells + cells[c])
-        sparse = self._sparse_buckets
-        if sparse.size:
-            sizes = grp.sizes[sparse]
-            n_cand = rng.binomial(sizes, q[sparse], size=(n_resamples, sparse.size))
-            rows = np.repeat(np.arange(n_resamples, dtype=np.int64), n_cand.sum(axis=1))
-            groups = np.repeat(np.tile(sparse, n_resamples), n_cand.ravel())
-            keys = _draw_distinct(rng, rows * n_cells + grp.draw(rng, groups), n_cells, grp)
-            cells = keys % n_cells
-            accept = rng.random(keys.size) * q[grp.group_of_cell[cells]] < p[cells]
-            parts.append(keys[accept])
-        if not parts:
-            return np.empty(0, dtype=np.int64)
-        if len(parts) == 1 and not self._dense_buckets.size:
-            return parts[0]
-        return np.sort(np.concatenate(parts))
+        R = self._sample_matrix(n_resamples, rng)
+        rows = np.repeat(np.arange(n_resamples, dtype=np.int64), np.diff(R.indptr))
+        return rows * self.n_cells_ + R.indices
+
+    def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
+        """All draws cell by cell (cell-major), scattered into a CSC matrix, then CSR.
+
+        Within a bucket the (cell, resample) grid is walked cell-major: a dense bucket compares
+        one uniform per grid point with ``p_i``; a sparse bucket (largest p ``q <= 1/4``) picks
+        the grid points of iid ``Bernoulli(q)`` inclusions by geometric gaps (no duplicates to
+        redraw) and keeps each with probability ``p_i / q`` (thinning): exact iid
+        ``Bernoulli(p_i)`` draws. Each cell's resamples come out increasing, so the CSC matrix
+        needs no sort, and its conversion to CSR (a counting transpose) sorts the rows.
+        """
+        B, n_cells, grp, p, q = (
+            n_resamples,
+            self.n_cells_,
+            self._groups,
+            self.p_hat_,
+            self._bucket_q,
+        )
+        cell_parts, row_parts = [], []
+        for b in range(q.size):
+            members = grp.cells(b)
+            if members.size == 0:
+                continue
+            if q[b] > _DENSE_RATIO:
+                step = max(1, _BLOCK_ELEMENTS // B)
+                for c0 in range(0, members.size, step):
+                    cells = members[c0 : c0 + step]
+                    c, r = np.nonzero(rng.random((cells.size, B)) < p[cells, None])
+                    cell_parts.append(cells[c])
+                    row_parts.append(r)
+                continue
+            pos = _bernoulli_positions(rng, members.size * B, q[b])
+            local = pos // B
+            rows = pos - local * B
+            cells = members[local]
+            keep = rng.random(pos.size) * q[b] < p[cells]
+            cell_parts.append(cells[keep])
+            row_parts.append(rows[keep])
+        if cell_parts:
+            cells, rows = np.concatenate(cell_parts), np.concatenate(row_parts)
+        else:
+            cells = rows = np.empty(0, dtype=np.int64)
+        return _cell_major_to_csr(cells, rows, B, n_cells)

@@ -16,6 +16,11 @@ _ETA_MAX = 700.0
 # (cells x p(p+1)/2).
 _PAIR_BYTES = 256 * 2**20
 _MAX_HALVINGS = 30
+# The Poisson fit on more than _SUB_FACTOR * _SUB_MIN_CELLS cells starts from the fit on every
+# _SUB_FACTOR-th cell (for responses with at least _SUB_MIN_NONZERO nonzero counts there).
+_SUB_FACTOR = 8
+_SUB_MIN_CELLS = 4096
+_SUB_MIN_NONZERO = 25
 
 
 # ==================================================================== batched GLM machinery
@@ -123,12 +128,14 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
     beta : ndarray (k, p)
     converged : ndarray (k,) of bool
     """
-    beta = beta.copy()
     theta = np.asarray(theta, dtype=np.float64)[:, None]
+    poisson = bool(np.isinf(theta).all())
+    if poisson and cap_last is None:
+        return _fit_poisson(XT, gram, Y, beta, max_iter=max_iter, tol=tol)
+    beta = beta.copy()
     converged = np.zeros(Y.shape[0], dtype=bool)
     active = np.arange(Y.shape[0])
     Ya, tha = Y, theta
-    poisson = bool(np.isinf(theta).all())
     eta = beta @ XT
     mu = _mean(eta)
     ll = _glm_loglik(Ya, eta, mu, tha)
@@ -187,6 +194,68 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
             Ya, tha = Ya[keep], tha[keep]
             new_eta, new_mu, new_ll = new_eta[keep], new_mu[keep], new_ll[keep]
         eta, mu, ll = new_eta, new_mu, new_ll
+    return beta, converged
+
+
+def _fit_poisson(XT, gram, Y, beta, *, max_iter, tol):
+    """:func:`_fit_glm` for the Poisson GLM, from the sufficient statistics ``c = Y Xᵀ``.
+
+    The log-likelihood ``βᵀc - Σ μ`` and the score ``c - Σ μ x`` touch the counts only
+    through ``c`` (computed once), so an iteration costs the means, their sums and two products
+    with the design. Newton steps (weights ``μ``) halved until the log-likelihood does not
+    decrease; a response stops once its full step is below ``tol`` (relative).
+    """
+    beta = beta.copy()
+    n = XT.shape[1]
+    if n >= _SUB_FACTOR * _SUB_MIN_CELLS:
+        # Start from the fit on every _SUB_FACTOR-th cell (it estimates the same β).
+        sub = slice(0, n, _SUB_FACTOR)
+        XTs = np.ascontiguousarray(XT[:, sub])
+        Ys = np.ascontiguousarray(Y[:, sub])
+        gs = _Gram(np.ascontiguousarray(XTs.T))
+        fit, ok = _fit_poisson(XTs, gs, Ys, beta, max_iter=max_iter, tol=tol)
+        use = ok & (np.count_nonzero(Ys, axis=1) >= _SUB_MIN_NONZERO)
+        beta[use] = fit[use]
+    c = Y @ XT.T  # (k, p)
+    converged = np.zeros(Y.shape[0], dtype=bool)
+    active = np.arange(Y.shape[0])
+    ca = c
+    mu = _mean(beta @ XT)
+    ll = np.einsum("ij,ij->i", beta, c) - mu.sum(axis=1)
+    for _ in range(max_iter):
+        score = ca - mu @ XT.T
+        step = _solve(gram(mu), score)
+        b = beta[active]
+        new_b = b + step
+        new_mu = _mean(new_b @ XT)
+        new_ll = np.einsum("ij,ij->i", new_b, ca) - new_mu.sum(axis=1)
+        bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
+        t = np.ones(active.size)
+        for _ in range(_MAX_HALVINGS):
+            if bad.size == 0:
+                break
+            t[bad] *= 0.5
+            cand_b = b[bad] + t[bad, None] * step[bad]
+            cand_mu = _mean(cand_b @ XT)
+            cand_ll = np.einsum("ij,ij->i", cand_b, ca[bad]) - cand_mu.sum(axis=1)
+            ok = cand_ll >= ll[bad] - 1e-12 * np.abs(ll[bad])
+            acc = bad[ok]
+            new_b[acc], new_mu[acc], new_ll[acc] = cand_b[ok], cand_mu[ok], cand_ll[ok]
+            bad = bad[~ok]
+        # Where no step improves the likelihood the fit is at its (numerical) optimum.
+        new_b[bad], new_mu[bad], new_ll[bad] = b[bad], mu[bad], ll[bad]
+        moved = np.abs(step).max(axis=1)
+        moved[bad] = 0.0
+        beta[active] = new_b
+        done = moved <= tol * (1.0 + np.abs(new_b).max(axis=1))
+        converged[active[done]] = True
+        keep = ~done
+        if not keep.any():
+            break
+        if done.any():
+            active = active[keep]
+            ca, new_mu, new_ll = ca[keep], new_mu[keep], new_ll[keep]
+        mu, ll = new_mu, new_ll
     return beta, converged
 
 
@@ -280,16 +349,18 @@ def _nb_terms(Y, eta, mu, theta, table):
 def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     """Joint maximum likelihood of ``(beta, theta)`` per response, by simultaneous Newton steps.
 
-    Every iteration takes, from the same means, the Newton step in ``beta`` for the current
-    theta (observed information, whose weights ``mu (1 + y/θ) / (1 + mu/θ)²`` are positive for the
-    NB2 log link) and the Newton step in ``φ = log θ`` of the profile likelihood (capped at 2, a
-    factor e² in θ; where the profile is not concave, an ascent step of 1 in the gradient's
-    direction), and halves both until the log-likelihood does not decrease. θ is clamped to
-    ``bounds`` (a response without overdispersion runs to the upper bound, i.e. near-Poisson).
-    ``beta`` and ``theta`` are orthogonal in the Fisher information, so the steps converge
-    about as fast as a joint Newton step, without refitting one to convergence for each value of
-    the other (glm.nb's alternation). A response stops once both steps are below ``tol``
-    (``beta``: relative), so its fit does not depend on the other responses of the block.
+    Every iteration takes, from the same means, the joint Newton step in ``(beta, φ = log θ)``
+    (observed information: the weights ``mu (1 + y/θ) / (1 + mu/θ)²`` of ``beta``'s block are
+    positive for the NB2 log link, and the cross derivative ``Σ q (y - μ) μθ / (θ + μ)²`` couples
+    the two), solved by eliminating ``beta`` (two right-hand sides per Gram matrix) and with the
+    step in φ capped at 2 (a factor e² in θ). Where the joint Hessian is not negative definite
+    (its Schur complement in φ is not positive), the step is the Newton step in ``beta`` for the
+    current θ and an ascent step of 1 in φ in the gradient's direction. Both are halved until the
+    log-likelihood does not decrease. θ is clamped to ``bounds`` (a response without
+    overdispersion runs to the upper bound, i.e. near-Poisson). The joint step converges
+    quadratically (separate steps, which ignore the cross derivative, only linearly near the
+    optimum). A response stops once both steps are below ``tol`` (``beta``: relative), so its
+    fit does not depend on the other responses of the block.
 
     Returns
     -------
@@ -309,13 +380,30 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     for _ in range(max_iter):
         b, p = beta[active], phi[active]
         th = np.exp(p)
-        score = ((Ya - mu) * u) @ XT.T
-        step_b = _solve(gram(weights), score)
+        resid = (Ya - mu) * u
+        score = resid @ XT.T
+        # d²ll/dβdφ = Σ q (y - μ) r u² = Σ q (y - μ) u (1 - u), as s = r u = 1 - u.
+        resid *= 1.0 - u
+        cross = resid @ XT.T
+        both = _solve(
+            np.repeat(gram(weights), 2, axis=0),
+            np.stack([score, cross], 1).reshape(-1, score.shape[1]),
+        ).reshape(score.shape[0], 2, -1)
+        step_b, z = both[:, 0], both[:, 1]
         g_phi = th * g
         h_phi = th * th * h + g_phi
-        concave = h_phi < 0
-        step_p = np.where(concave, -g_phi / np.where(concave, h_phi, -1.0), np.sign(g_phi))
+        # The joint Newton step in (β, φ) where the Hessian is negative definite (its Schur
+        # complement in φ, -h_φ - cᵀH⁻¹c, is positive): quadratic convergence. Elsewhere the
+        # step in β for the current θ and an ascent step of 1 in φ.
+        schur = -h_phi - np.einsum("ij,ij->i", cross, z)
+        joint = schur > 0
+        step_p = np.where(
+            joint,
+            (g_phi + np.einsum("ij,ij->i", cross, step_b)) / np.where(joint, schur, 1.0),
+            np.sign(g_phi),
+        )
         step_p = np.clip(step_p, -2.0, 2.0)
+        step_b = step_b + np.where(joint, step_p, 0.0)[:, None] * z
 
         new_b = b + step_b
         new_p = np.clip(p + step_p, lo, hi)
