@@ -20,7 +20,9 @@ SAMPLERS = {
     "stratified_perm": "sklcrt.samplers:StratifiedPermutationSampler",
     "perm": "sklcrt.samplers:PermutationSampler",
 }
+#: The values of ``resampling_method`` (besides the aliases below).
 RESAMPLING_METHODS = tuple(SAMPLERS)
+#: Other names of resampling methods (``"crt"`` is the classic CRT, ``"bernoulli_index"``).
 RESAMPLING_ALIASES = {"crt": "bernoulli_index"}
 
 #: ``control_group`` of the runners, in SCEPTRE's words.

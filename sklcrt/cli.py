@@ -284,7 +284,7 @@ def _plan(config: dict, analyses: Sequence[str], echo) -> _Plan:
     """Load and prepare the screen, read the pairs, build the test and read the covariates it
     needs: every input of the run is checked here, before any analysis."""
     from sklcrt.inputs import prepare_crt_inputs
-    from sklcrt.runners import build_test, test_covariates
+    from sklcrt.runners import build_test, covariate_values
 
     t0 = time.perf_counter()
     adata, qc = _prepare_screen(_load_screen(config, echo), config, echo)
@@ -316,7 +316,7 @@ def _plan(config: dict, analyses: Sequence[str], echo) -> _Plan:
         runs.append((_method_label(config, True), test))
     for _, candidate in [("main", test), *runs]:
         try:
-            test_covariates(inputs, candidate)  # columns and dtypes, before any analysis
+            covariate_values(inputs, candidate)  # columns and dtypes, before any analysis
         except ValueError as err:
             raise ConfigError(" ".join(str(err).split())) from None
     screen = {

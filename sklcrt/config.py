@@ -42,7 +42,9 @@ __all__ = [
     "validate_config",
 ]
 
+#: The analyses a config can run.
 ANALYSES = ("calibration", "power", "discovery")
+#: The values of ``moi`` (see :mod:`sklcrt.moi`).
 MOIS = ("high", "low")
 SECTIONS = (
     "resampling_kwargs",

@@ -26,6 +26,8 @@ from sklcrt.strata import factorize_batch
 
 __all__ = ["RESULT_COLUMNS", "run_units"]
 
+#: The columns of every runner's table, one row per requested pair (the runners add ``p_adj``,
+#: ``significant`` and, where the screen has gene symbols, ``response_name``).
 RESULT_COLUMNS = [
     "unit",
     "grna_target",

@@ -55,7 +55,7 @@ __all__ = [
     "run_ntc_ensemble",
     "run_ntc_groups",
     "run_unit",
-    "test_covariates",
+    "covariate_values",
 ]
 
 #: Options of :func:`sklcrt.inputs.prepare_crt_inputs` that the runners pass through.
@@ -261,7 +261,7 @@ def control_cells(inputs: dict, control_group: str) -> np.ndarray | None:
     return np.asarray(controls, dtype=bool)
 
 
-def test_covariates(inputs: dict, test: CRTTest) -> tuple[np.ndarray | None, ...]:
+def covariate_values(inputs: dict, test: CRTTest) -> tuple[np.ndarray | None, ...]:
     """The raw batch labels and burden values ``test`` asks for, read and checked once.
 
     Parameters
@@ -344,7 +344,7 @@ def _prepare(
     if moi is None and control_group is None:
         _warn_if_low_moi(inputs)
     controls = control_cells(inputs, chosen_group)  # before the null fit: fail early
-    batch, burden = test_covariates(inputs, template)
+    batch, burden = covariate_values(inputs, template)
     # SCEPTRE's low-MOI test of counts: the null model fitted on the NT cells, refitted on each
     # unit's cells and the NT cells (CRTTest.fit does it).
     fit_cells = _null_model_cells(inputs, controls)

@@ -80,7 +80,7 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
 
         class MySampler(BaseSampler):
             _required_inputs = frozenset({"strata"})
-    _null_law = "permutation"
+            _null_law = None  # or "permutation" / "bernoulli" when the law is exact
 
             def _fit(self, x, strata, p_hat): ...
             def _sample_keys(self, n_resamples, rng): ...
