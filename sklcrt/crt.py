@@ -235,10 +235,11 @@ class CRTTest(BaseEstimator):
         The results (``statistic``, ``pvalue``, ``null_distribution``, ``effect``,
         ``effect_se``, ``pvalue_method``, ``n_resamples``, ``n_treated``).
     statistic_, pvalue_, effect_, effect_se_, pvalue_method_, n_resamples_ : ndarray
-        The fields of ``result_``, one entry per tested response. ``effect_`` always comes from
-        the statistic's all-cells model: the coefficient of ``x`` added to the null model fitted
-        on every cell, i.e. the treated cells against all other cells (adjusted for ``C``), also
-        when ``fit`` is given ``eligible`` (see Notes).
+        The fields of ``result_``, one entry per tested response. ``effect_`` comes from the
+        statistic's null model: with a model fitted on every cell, the coefficient of ``x``
+        added to it (the treated cells against all other cells, adjusted for ``C``); with one
+        fitted on the control cells (``fit_cells``, SCEPTRE's low-MOI test, see Notes), the
+        treated cells against those.
     n_treated_ : int
         Treated cells.
     propensity_ : ndarray of shape (n_cells,) or None
@@ -271,6 +272,13 @@ class CRTTest(BaseEstimator):
     observed ``statistic_``, ``effect_`` and ``effect_se_`` are those of the all-cells model
     (``effect_`` is the treated cells against all other cells, adjusted for ``C``); only the
     reference distribution, hence ``pvalue_``, is restricted to the eligible cells.
+
+    **SCEPTRE's low-MOI test.** When the (fitted) statistic's null model was fitted on the
+    control cells only (``statistic.fit(Y, C, fit_cells=controls)``, as the runners do for
+    ``control_group="nt_cells"`` on counts), ``fit(..., eligible=...)`` refits it on the unit's
+    cells and the controls (:meth:`~sklcrt.statistics.NBScoreStatistic.refit`, warm-started,
+    once per unit), so the statistic, its permutation null and the effect (log2 fold change
+    against the controls) are SCEPTRE's.
 
     Examples
     --------
@@ -537,6 +545,10 @@ class CRTTest(BaseEstimator):
             raise ValueError(
                 f"the fitted statistic has {statistic.n_cells_} cells but y has {x.size}."
             )
+        if eligible is not None and getattr(statistic, "fit_cells_", None) is not None:
+            # A null model fitted on the control cells (SCEPTRE's low-MOI test) is refitted on
+            # this unit's cells and the controls, where its resamples move the treatment.
+            statistic = statistic.refit(eligible)
         columns = _check_columns(columns, statistic.n_responses_)
         treatment = _fit_treatment(parts, self.propensity, C, x, batch, burden, eligible)
         result, stages = self._resample_and_test(statistic, treatment, x, columns)
