@@ -61,6 +61,7 @@ DEMO_CONFIG: dict = {
     "input": "simulate",
     "output_dir": "sklcrt_demo",
     "analyses": ["calibration", "power", "discovery"],
+    "moi": "high",
     "response": "counts",
     "covariates": ["batch", "log1p_response_n_umis", "log1p_response_n_nonzero"],
     "resampling_method": "stratified_perm",
@@ -77,6 +78,7 @@ DEMO_CONFIG: dict = {
         "burden_bin_method": "quantile",
     },
     "calibration": {"compare_without_burden": True, "size_like_discovery": False},
+    "qc": {},
     "simulate": {"response": "counts"},
 }
 
@@ -310,10 +312,10 @@ def _plan(config: dict, analyses: Sequence[str], echo) -> _Plan:
     test = build_test(**test_settings(config))
     runs = []
     if "calibration" in analyses:
+        runs.append((_method_label(config, True), test))  # first: the report's reference NTC
         if config["calibration"]["compare_without_burden"]:
             without = build_test(**test_settings(config, burden=False))
             runs.append((_method_label(config, False), without))
-        runs.append((_method_label(config, True), test))
     for _, candidate in [("main", test), *runs]:
         try:
             covariate_values(inputs, candidate)  # columns and dtypes, before any analysis
