@@ -226,6 +226,77 @@ def test_user_guide_own_sampler_runs_and_prints_what_it_shows(capsys):
     assert with_bins["n_strata"].min() > without["n_strata"].max()
 
 
+@pytest.mark.slow
+def test_user_guide_whole_screen_runs_and_does_what_it_says(tmp_path, monkeypatch, capsys):
+    """"A whole screen, step by step" runs as written, on simulated data, and its text holds."""
+    import matplotlib.pyplot as plt
+
+    from sklcrt.io import load_results
+    from sklcrt.moi import MOI_CHOICES
+
+    section = _section((DOCS / "user_guide.rst").read_text(), "A whole screen, step by step")
+    code = _code_blocks(section, "python")
+    assert len(code) >= 10, "every step of the walk has its code block"
+    monkeypatch.chdir(tmp_path)  # the blocks write screen.h5ad, screen.h5mu, sklcrt_results/
+    namespace: dict = {"__name__": "user_guide_whole_screen"}
+    try:
+        exec(compile("\n".join(code), "user_guide.rst::A whole screen", "exec"), namespace)  # noqa: S102
+    finally:
+        plt.close("all")
+    printed = capsys.readouterr().out
+    ns = namespace
+
+    # the table of what moi picks is MOI_CHOICES
+    assert MOI_CHOICES["high"]["assignment"]["method"] == "mixture"
+    assert MOI_CHOICES["low"]["assignment"]["method"] == "maximum"
+    assert MOI_CHOICES["high"]["control_group"] == "complement"
+    assert MOI_CHOICES["low"]["control_group"] == "nt_cells"
+    assert MOI_CHOICES["low"]["test"] == {"resampling_method": "perm"}
+    assert not MOI_CHOICES["high"]["qc"]["remove_cells_w_zero_or_twoplus_grnas"]
+    assert MOI_CHOICES["low"]["qc"]["remove_cells_w_zero_or_twoplus_grnas"]
+    for choice in MOI_CHOICES.values():  # burden bins are never turned on by moi
+        assert "burden_key" not in str(choice["test"])
+
+    # QC subsets a copy; the user's object keeps every cell
+    adata, screen, qc = ns["adata"], ns["screen"], ns["qc"]
+    assert adata.n_obs == 3000 and screen.n_obs == qc.n_pass < adata.n_obs
+    assert "pass_cellwise_qc" in adata.obs
+    # the pair counts the comment shows, and the shipped pairs the text describes
+    assert "10 590 47" in printed
+    assert len(ns["positive_pairs"]) == 5 and len(ns["discovery_pairs"]) == 60
+    assert ns["n_pass"] == 60
+    # calibration sized like the passing discovery pairs, every drawn pair tested, calibrated
+    ntc = ns["ntc"]
+    assert len(ntc) == ns["n_pass"] and ntc["pass_qc"].all()
+    summary = ns["calibration_summary"](ntc)
+    assert summary["n_bh_discoveries"] == 0 and summary["frac_below_0.01"] <= 0.05
+    # power: tiny skew-normal p-values and knock-downs; Bonferroni integration names a gRNA
+    power = ns["power"]
+    assert (power["pvalue"] < 1e-6).all() and (power["effect"] < 0).all()
+    assert (power["pvalue_method"] == "skew_normal").all()
+    assert ns["per_grna"]["best_guide"].notna().all()
+    # discovery: every pair passes QC; the positive controls' own genes are found
+    discovery = ns["discovery"]
+    assert discovery["pass_qc"].sum() == ns["n_pass"]
+    found = set(zip(discovery.query("significant")["grna_target"],
+                    discovery.query("significant")["response"], strict=True))  # fmt: skip
+    assert set(zip(power["grna_target"], power["response"], strict=True)) <= found
+    # stored with the data under the default keys, with their parameters
+    stored = {k for k in screen.uns if k.startswith("sklcrt_")}
+    assert stored == {"sklcrt_calibration", "sklcrt_power", "sklcrt_power_bonferroni",
+                      "sklcrt_discovery"}  # fmt: skip
+    table, params = load_results(screen, "sklcrt_discovery")
+    assert params["moi"] == "high" and params["alpha"] == 0.1
+    assert params["test"]["resampling_method"] == "stratified_perm"
+    assert len(table) == len(discovery)
+    # the report's folder
+    out = tmp_path / "sklcrt_results"
+    for name in ("summary.json", "summary.txt", "qc.png", "qc.csv", "calibration.png",
+                 "power.png", "volcano.png", "discovery.csv", "assignment.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert "cellwise QC:" in printed and "discovery:" in printed
+
+
 def test_crt_test_exposes_the_nested_parameters_the_guide_names():
     from sklcrt import CRTTest
 
