@@ -697,19 +697,11 @@ class CRTTest(BaseEstimator):
                 "BernoulliSampler, PermutationSampler or StratifiedPermutationSampler, or a "
                 "resampling pvalue_method."
             )
-        a = statistic.score_pieces(columns)
-        n, cells = x.size, treatment.cells
-        if law == "bernoulli":
-            p_hat = treatment.p_hat if cells is None else _on_cells(treatment.p_hat, cells, n, 0.0)
-            laws = {"p_hat": p_hat}
-        else:
-            strata = treatment.strata
-            if strata is None:
-                strata = None if cells is None else np.zeros(cells.size, dtype=np.int64)
-            if strata is not None and cells is not None:
-                strata = _on_cells(strata, cells, n, -1)
-            laws = {"x": x, "strata": strata}
-        observed = x.astype(np.float64) @ a
+        rows, laws = _saddlepoint_rows(treatment, x)
+        # Only the cells whose treatment can change under the null (and, for the CRT, those
+        # always treated) are read: the others add the same constant to S and to its null.
+        a = statistic.score_pieces(columns, cells=rows)
+        observed = x[rows].astype(np.float64) @ a
         pvalue, methods = saddlepoint_pvalues(a, observed, alternative=self.alternative, **laws)
         methods = np.asarray(methods, dtype=object)
         n_used = np.zeros(pvalue.shape, dtype=np.int64)
@@ -717,8 +709,12 @@ class CRTTest(BaseEstimator):
             np.char.startswith(methods.astype(str), FALLBACK) & np.isfinite(observed)
         )
         if fallback.size:
-            null = draw.evaluate(_LinearScore(a), self.n_resamples, fallback, rng)
-            pvalue[fallback] = empirical_pvalues(observed[fallback], null, self.alternative)
+            # Resampled on every cell: the full pieces of these responses only.
+            a_full = statistic.score_pieces(fallback if columns is None else columns[fallback])
+            s_full = x.astype(np.float64) @ a_full
+            every = np.arange(fallback.size)
+            null = draw.evaluate(_LinearScore(a_full), self.n_resamples, every, rng)
+            pvalue[fallback] = empirical_pvalues(s_full, null, self.alternative)
             methods[fallback] = [f"empirical ({reason})" for reason in methods[fallback]]
             n_used[fallback] = self.n_resamples
         return pvalue, methods, n_used
@@ -886,6 +882,39 @@ class _LinearScore:
 
     def evaluate(self, resamples, columns) -> np.ndarray:
         return np.asarray(resamples @ self.pieces[:, columns])
+
+
+def _saddlepoint_rows(treatment: _Treatment, x: np.ndarray):
+    """The cells the saddlepoint reads and its law on them (``saddlepoint_pvalues`` keywords).
+
+    CRT: the cells with ``p_hat > 0`` (or treated). Permutation: the cells of the strata with
+    some but not every cell treated. The cells left out add the same constant to the observed
+    ``S`` and to every resampled one (0, or their pieces in a stratum where every cell is
+    treated), so the p-values are those of all cells. All cells where none is left.
+    """
+    n, cells = x.size, treatment.cells
+    treated = x != 0
+    if treatment.sampler._null_law == "bernoulli":
+        p_hat = treatment.p_hat if cells is None else _on_cells(treatment.p_hat, cells, n, 0.0)
+        rows = np.flatnonzero((p_hat > 0) | treated)
+        if rows.size == 0:
+            rows = np.arange(n)
+        return rows, {"p_hat": p_hat[rows]}
+    strata = treatment.strata
+    if strata is None:
+        strata = np.zeros(n if cells is None else cells.size, dtype=np.int64)
+    if cells is not None:
+        strata = _on_cells(strata, cells, n, -1)
+    strata = np.asarray(strata, dtype=np.int64)
+    inside = strata >= 0
+    codes = np.where(inside, strata, 0)
+    size = np.bincount(codes[inside])
+    m = np.bincount(codes[inside], weights=treated[inside], minlength=size.size)
+    active = (m > 0) & (m < size)
+    rows = np.flatnonzero(inside & active[codes])
+    if rows.size == 0:
+        rows = np.arange(n)
+    return rows, {"x": x[rows], "strata": strata[rows]}
 
 
 def _check_columns(columns, n_responses: int):

@@ -483,7 +483,7 @@ class BaseStatistic(BaseEstimator):
             "n_treated": int(np.count_nonzero(x)),
         }
 
-    def score_pieces(self, columns=None) -> np.ndarray:
+    def score_pieces(self, columns=None, *, cells=None) -> np.ndarray:
         """Per-cell pieces ``a`` of the score sum: ``x @ a`` is the statistic's numerator.
 
         For any treatment ``x``, ``S(x) = Σ_i x_i a_i`` is the part of the statistic that is
@@ -496,16 +496,30 @@ class BaseStatistic(BaseEstimator):
         ----------
         columns : array-like of int or bool, default=None
             Responses (as in :meth:`evaluate`); None means all.
+        cells : array-like of int, default=None
+            Rows (cell indices in ``[0, n_cells)``) to return, in this order; None means all.
+            The pieces of these rows only are built, e.g. the cells whose treatment can change
+            under the null (the others add a constant to ``S``).
 
         Returns
         -------
-        ndarray of shape (n_cells, n_selected)
+        ndarray of shape (n_cells or len(cells), n_selected)
             Dense float64 pieces; NaN for responses whose statistic is undefined.
         """
         check_is_fitted(self, "n_responses_")
-        return self._score_pieces(self._check_columns(columns))
+        if cells is not None:
+            cells = np.asarray(cells)
+            if cells.ndim != 1 or (cells.size and cells.dtype.kind not in "iu"):
+                raise ValueError(
+                    f"cells must be a 1-D array of cell indices, got dtype {cells.dtype} and "
+                    f"shape {cells.shape}."
+                )
+            cells = cells.astype(np.intp, copy=False)
+            if cells.size and (cells.min() < 0 or cells.max() >= self.n_cells_):
+                raise ValueError(f"cells must be indices in [0, {self.n_cells_}).")
+        return self._score_pieces(self._check_columns(columns), cells)
 
-    def _score_pieces(self, cols: np.ndarray) -> np.ndarray:
+    def _score_pieces(self, cols: np.ndarray, cells=None) -> np.ndarray:
         raise NotImplementedError(
             f"{type(self).__name__} has no linear score pieces (no saddlepoint p-values)."
         )

@@ -481,13 +481,15 @@ class NBScoreStatistic(BaseStatistic):
         a *= inv
         return a, W
 
-    def _score_pieces(self, cols):
+    def _score_pieces(self, cols, cells=None):
         """``a_i = (y_i - μ_i) / (1 + μ_i/θ)``: ``Σ_{i∈x} a_i`` is the numerator of ``z(x)``, the
-        score of the treatment coefficient at the null fit."""
+        score of the treatment coefficient at the null fit (rows ``cells``, or all)."""
         cache = self._stored_pieces()  # built once, then shared by every unit
         if cache is not None:
-            return np.take(cache[0], cols, axis=1)
-        return self._build_pieces(None, cols)[0]
+            if cells is None:
+                return np.take(cache[0], cols, axis=1)
+            return cache[0][np.ix_(cells, cols)]
+        return self._build_pieces(cells, cols)[0]
 
     def _stored_pieces(self):
         if self._cache is None and self.pieces_cached_:

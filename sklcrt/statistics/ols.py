@@ -114,9 +114,11 @@ class OLSStatistic(BaseStatistic):
             return np.take(self.residuals_, block, axis=1)
         return self.residuals_[np.ix_(cells, block)]
 
-    def _score_pieces(self, cols):
+    def _score_pieces(self, cols, cells=None):
         """``ỹ``: ``xᵀỹ = β(x) d(x)``, the numerator of β and of the t statistic."""
-        return np.take(self.residuals_, cols, axis=1)
+        if cells is None:
+            return np.take(self.residuals_, cols, axis=1)
+        return self.residuals_[np.ix_(cells, cols)]
 
     def _prepare(self, chunk):
         """``d = xᵀx - ‖Qᵀx‖²`` of every resample (shared by all responses); NaN if collinear."""
