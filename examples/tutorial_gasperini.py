@@ -107,7 +107,8 @@ def main(argv=None):
     inputs = prepare_crt_inputs(screen, covariates=covariates)
     run = dict(moi="high", statistic=fit_null_model(inputs), covariates=covariates,
                random_state=args.seed, n_jobs=args.n_jobs, progress=False,
-               n_resamples=args.n_resamples, n_resamples_adaptive=args.n_resamples_adaptive)  # fmt: skip
+               n_resamples=args.n_resamples,
+               n_resamples_adaptive=args.n_resamples_adaptive)  # fmt: skip
     n_pass = n_pairs_pass_qc(inputs, discovery_pairs)
     print(f"discovery pairs passing the pairwise QC: {n_pass} of {len(discovery_pairs)}")
     ntc = run_ntc_groups(screen, n_pairs=n_pass, pairs_pass_qc=True, **run)
