@@ -172,11 +172,13 @@ def saddlepoint_pvalues(
     k = max(1, _BLOCK_BYTES // (8 * max(n_used, 1)))
     for start in range(0, cols.size, k):
         block = cols[start : start + k]
-        Ab = A[:, block]
-        finite = np.all(np.isfinite(Ab), axis=0) & np.isfinite(s_obs[block])
+        # Response-major (responses x cells): a response's cells are contiguous, so the
+        # columns still being solved are a cheap row gather and every sum runs along a row.
+        Ab = np.ascontiguousarray(A[:, block].T)
+        finite = np.all(np.isfinite(Ab), axis=1) & np.isfinite(s_obs[block])
         methods[block[~finite]] = f"{FALLBACK}: non-finite score pieces or observed statistic"
         if not finite.all():
-            block, Ab = block[finite], Ab[:, finite]
+            block, Ab = block[finite], Ab[finite]
             if block.size == 0:
                 continue
         model = model_cls(setup, Ab)
@@ -256,13 +258,21 @@ def _check_inputs(a, observed, p_hat, strata, x, lattice, alternative):
 
 
 # ==================================================================== numerics
-def _logistic_parts(z):
-    """``softplus(z)``, ``expit(z)`` and ``expit(z) (1 - expit(z))`` from one exp."""
-    e = np.exp(-np.abs(z))
-    inv = 1.0 / (1.0 + e)
-    pi = np.where(z >= 0, inv, e * inv)
-    sp = np.maximum(z, 0.0) + np.log1p(e)
-    return sp, pi, e * inv * inv
+def _logistic_parts(z, out=None):
+    """``softplus(z)``, ``expit(z)`` and ``expit(z) (1 - expit(z))`` from one exp.
+
+    ``out``: a scratch array like ``z`` (overwritten, returned as ``softplus``)."""
+    e = np.abs(z, out=out)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    inv = e + 1.0
+    np.reciprocal(inv, out=inv)
+    pi = e * inv  # expit(-|z|)
+    v = pi * inv
+    np.copyto(pi, inv, where=z >= 0)
+    sp = np.log1p(e, out=e)
+    sp += np.maximum(z, 0.0, out=inv)
+    return sp, pi, v
 
 
 def _segment_sum(values, starts):
@@ -468,23 +478,24 @@ class _Bernoulli:
 
     n_nuisance = 0
 
-    def __init__(self, setup, A):
+    def __init__(self, setup, AT):
+        # AT: response-major pieces (responses x cells); self.A likewise, free cells only.
         free, self.theta, pf = setup["free"], setup["theta"], setup["p"]
-        self.A = np.ascontiguousarray(A[free])
+        self.A = np.ascontiguousarray(AT[:, free])
         self.sp0 = setup["sp0"]
         self.pf = pf
-        offset = A[setup["ones"]].sum(axis=0)
-        pa = pf[:, None] * self.A
-        self.mean = offset + pa.sum(axis=0)
+        offset = AT[:, setup["ones"]].sum(axis=1)
+        pa = self.A @ pf
+        self.mean = offset + pa
         q = pf * (1.0 - pf)
-        self.var = q @ (self.A * self.A)
-        self.kappa3 = (q * (1.0 - 2.0 * pf)) @ self.A**3
-        self.scale = np.abs(self.A).max(axis=0, initial=0.0)
-        self.magnitude = np.maximum(self.scale, np.abs(A).max(axis=0, initial=0.0))
-        self.n_cells = self.A.shape[0]
+        self.var = (self.A * self.A) @ q
+        self.kappa3 = self.A**3 @ (q * (1.0 - 2.0 * pf))
+        self.scale = np.abs(self.A).max(axis=1, initial=0.0)
+        self.magnitude = np.maximum(self.scale, np.abs(AT).max(axis=1, initial=0.0))
+        self.n_cells = self.A.shape[1]
         # Support: S - E S ranges over [Σ min(a, 0) - Σ p a, Σ max(a, 0) - Σ p a].
-        self.upper_edge = np.maximum(self.A, 0.0).sum(axis=0) - pa.sum(axis=0)
-        self.lower_edge = np.minimum(self.A, 0.0).sum(axis=0) - pa.sum(axis=0)
+        self.upper_edge = np.maximum(self.A, 0.0).sum(axis=1) - pa
+        self.lower_edge = np.minimum(self.A, 0.0).sum(axis=1) - pa
 
     def support_edges(self, cols):
         return self.lower_edge[cols], self.upper_edge[cols]
@@ -493,25 +504,29 @@ class _Bernoulli:
         return np.zeros((0, s_c.size))
 
     def evaluate(self, t, lam, cols=None):
-        A = self.A if cols is None else self.A[:, cols]
-        z = self.theta[:, None] + A * t
+        A = self.A if cols is None else self.A[cols]
+        z = A * t[:, None]
+        zt = z.copy()  # t a
+        z += self.theta
         sp, pi, v = _logistic_parts(z)
         # K(t) - t E S as a sum of non-negative Bregman terms (no cancellation of large sums).
-        bregman = (sp - self.sp0[:, None] - self.pf[:, None] * (z - self.theta[:, None])).sum(0)
-        Av = A * v
+        sp -= self.sp0
+        zt *= self.pf
+        sp -= zt
+        Av = np.multiply(A, v, out=v)
         return {
-            "K": bregman,
-            "gt": np.einsum("ij,ij->j", A, pi) - self.pf @ A,
-            "D": np.einsum("ij,ij->j", Av, A),
+            "K": sp.sum(axis=1),
+            "gt": np.einsum("ij,ij->i", A, pi) - A @ self.pf,
+            "D": np.einsum("ij,ij->i", Av, A),
             "log_ratio": np.zeros(t.size),
         }
 
     def edge_logp(self, side):
         """log P(S = upper edge) (side=+1) or P(S = lower edge) (side=-1), per column."""
         A = side * self.A
-        lp = np.log(np.where(self.pf > 0, self.pf, 1.0))[:, None]
-        lq = np.log1p(-np.where(self.pf < 1, self.pf, 0.0))[:, None]
-        return np.where(A > 0, lp, 0.0).sum(0) + np.where(A < 0, lq, 0.0).sum(0)
+        lp = np.log(np.where(self.pf > 0, self.pf, 1.0))
+        lq = np.log1p(-np.where(self.pf < 1, self.pf, 0.0))
+        return np.where(A > 0, lp, 0.0).sum(1) + np.where(A < 0, lq, 0.0).sum(1)
 
 
 def _bernoulli_setup(p):
@@ -590,10 +605,11 @@ def _compact(setup):
 class _Conditional:
     """Joint CGF of ``(S, M)`` with exact strata folded in (see the module docstring)."""
 
-    def __init__(self, setup, A):
-        self.offset = A[setup["full_cells"]].sum(axis=0)
-        k = A.shape[1]
-        self.magnitude = np.abs(A).max(axis=0, initial=0.0)
+    def __init__(self, setup, AT):
+        # AT: response-major pieces (responses x cells); every part is kept response-major.
+        self.offset = AT[:, setup["full_cells"]].sum(axis=1)
+        k = AT.shape[0]
+        self.magnitude = np.abs(AT).max(axis=1, initial=0.0)
         self.n_cells = setup["n_cells"]
         self.mean = self.offset.copy()
         self.var = np.zeros(k)
@@ -604,25 +620,26 @@ class _Conditional:
             info = setup[name]
             if info["count"] == 0:
                 continue
-            Ab = A[info["cells"]]
+            Ab = AT[:, info["cells"]]
             n, m, starts = info["n"], info["m"], info["starts"]
-            abar = _segment_sum(Ab, starts) / n[:, None]
-            centred = Ab - np.repeat(abar, n.astype(np.int64), axis=0)
-            self.mean += m @ abar
+            abar = np.add.reduceat(Ab, starts, axis=1) / n  # (responses, strata)
+            centred = Ab - np.repeat(abar, n.astype(np.int64), axis=1)
+            self.mean += abar @ m
             fm, fn = m * (n - m), n
             c2 = fm / (fn * (fn - 1.0))
             with np.errstate(invalid="ignore", divide="ignore"):
                 c3 = np.where(n > 2, fm * (n - 2.0 * m) / (fn * (fn - 1.0) * (fn - 2.0)), 0.0)
             sq = centred * centred
-            self.var += c2 @ _segment_sum(sq, starts)
-            self.kappa3 += c3 @ _segment_sum(sq * centred, starts)
-            self.scale = np.maximum(self.scale, np.abs(centred).max(axis=0))
+            self.var += np.add.reduceat(sq, starts, axis=1) @ c2
+            sq *= centred
+            self.kappa3 += np.add.reduceat(sq, starts, axis=1) @ c3
+            self.scale = np.maximum(self.scale, np.abs(centred).max(axis=1))
             self.parts[name] = self._part(name, centred, n, m, starts)
         big = self.parts.get("big")
         self.n_nuisance = 0 if big is None else big["n"].size
         self.upper_edge = self.lower_edge = None
         self._active = setup["active"]
-        self._A = A
+        self._AT = AT
 
     def support_edges(self, cols):
         """Smallest and largest ``S - E S`` that the resampling can make, for columns ``cols``.
@@ -635,7 +652,7 @@ class _Conditional:
         rank = np.arange(codes.size) - starts[codes]
         lower, upper = np.zeros(cols.size), np.zeros(cols.size)
         for j, c in enumerate(cols):  # loop over the flagged columns, not over cells
-            vals = self._A[self._active["cells"], c]
+            vals = self._AT[c, self._active["cells"]]
             order = np.lexsort((vals, codes))  # by stratum, then increasing value
             sorted_vals = vals[order]
             n_s = np.bincount(codes)
@@ -646,21 +663,22 @@ class _Conditional:
 
     @staticmethod
     def _part(name, centred, n, m, starts):
+        # centred: response-major (responses x cells of the part)
         if name == "one":
             # Choosing one cell (or leaving one out, values negated): log-mean-exp.
             sign = np.where(m == 1, 1.0, -1.0)
-            vals = centred * np.repeat(sign, n.astype(np.int64))[:, None]
+            vals = centred * np.repeat(sign, n.astype(np.int64))
             return {"vals": vals, "starts": starts, "logn": np.log(n), "n": n}
         if name == "dp":
-            # Padded (strata, positions, responses) values of the k = min(m, n - m) chosen cells.
+            # Padded (responses, strata, positions) values of the k = min(m, n - m) chosen cells.
             ni = n.astype(np.int64)
             kk = np.minimum(m, n - m).astype(np.int64)
             sign = np.where(m <= n - m, 1.0, -1.0)
             n_pos = int(ni.max())
             pos = np.arange(ni.sum()) - np.repeat(starts, ni)
             strat = np.repeat(np.arange(ni.size), ni)
-            vals = np.zeros((ni.size, n_pos, centred.shape[1]))
-            vals[strat, pos] = centred * sign[strat][:, None]
+            vals = np.zeros((centred.shape[0], ni.size, n_pos))
+            vals[:, strat, pos] = centred * sign[strat]
             mask = np.zeros((ni.size, n_pos), dtype=bool)
             mask[strat, pos] = True
             log_binom = (
@@ -671,6 +689,7 @@ class _Conditional:
         lam0 = np.log(pi0) - np.log1p(-pi0)
         return {
             "A": centred,
+            "sumA": np.add.reduceat(centred, starts, axis=1),  # 0 up to rounding
             "starts": starts,
             "n": n,
             "ni": n.astype(np.int64),
@@ -691,47 +710,59 @@ class _Conditional:
         k = t.size
         out = {"K": np.zeros(k), "gt": np.zeros(k), "D": np.zeros(k), "log_ratio": np.zeros(k)}
 
-        def sub(values):
-            return values if cols is None else values[..., cols]
+        def sub(values):  # responses are the first axis: a row gather
+            return values if cols is None else values[cols]
 
+        tc = t[:, None]
         one = self.parts.get("one")
         if one is not None:
             vals = sub(one["vals"])
-            z = vals * t
-            zmax = np.maximum.reduceat(z, one["starts"], axis=0)
-            e = np.exp(z - np.repeat(zmax, one["n"].astype(np.int64), axis=0))
-            s0 = _segment_sum(e, one["starts"])
-            s1 = _segment_sum(e * vals, one["starts"])
-            s2 = _segment_sum(e * vals**2, one["starts"])
+            ni = one["n"].astype(np.int64)
+            z = vals * tc
+            zmax = np.maximum.reduceat(z, one["starts"], axis=1)
+            z -= np.repeat(zmax, ni, axis=1)
+            e = np.exp(z, out=z)
+            s0 = np.add.reduceat(e, one["starts"], axis=1)
+            e *= vals
+            s1 = np.add.reduceat(e, one["starts"], axis=1)
+            e *= vals
+            s2 = np.add.reduceat(e, one["starts"], axis=1)
             mean = s1 / s0
-            out["K"] += (np.log(s0) + zmax - one["logn"][:, None]).sum(0)
-            out["gt"] += mean.sum(0)
-            out["D"] += (s2 / s0 - mean * mean).sum(0)
+            out["K"] += (np.log(s0) + zmax - one["logn"]).sum(1)
+            out["gt"] += mean.sum(1)
+            out["D"] += (s2 / s0 - mean * mean).sum(1)
         dp = self.parts.get("dp")
         if dp is not None:
-            K, g, h = _dp_cgf(dict(dp, vals=sub(dp["vals"])), t)
+            vals = np.moveaxis(sub(dp["vals"]), 0, -1)  # (strata, positions, responses)
+            K, g, h = _dp_cgf(dict(dp, vals=vals), t)
             out["K"] += K
             out["gt"] += g
             out["D"] += h
         big = self.parts.get("big")
         if big is not None:
-            lam0 = big["lam0"][:, None]
-            lam_c = np.repeat(lam, big["ni"], axis=0)
+            starts, ni = big["starts"], big["ni"]
             Ab = sub(big["A"])
-            z = lam_c + Ab * t
-            sp, pi, v = _logistic_parts(z)
-            pi0 = np.repeat(big["pi0"], big["ni"])[:, None]
-            sp0 = np.repeat(big["sp0"], big["ni"])[:, None]
-            out["K"] += (sp - sp0 - pi0 * (z - np.repeat(lam0, big["ni"], axis=0))).sum(0)
-            out["gt"] += np.einsum("ij,ij->j", Ab, pi)
-            Av = Ab * v
-            out["D"] += np.einsum("ij,ij->j", Av, Ab)
-            out["gl"] = _segment_sum(pi, big["starts"]) - big["m"][:, None]
-            out["C"] = _segment_sum(Av, big["starts"])
-            V = _segment_sum(v, big["starts"])
-            out["V"] = V
+            lamT = lam.T  # (responses, strata)
+            z = np.repeat(lamT, ni, axis=1)
+            ta = Ab * tc
+            z += ta
+            sp, pi, v = _logistic_parts(z, out=ta)
+            # K(t, λ) - K(0, λ0) - t·0 - m·(λ - λ0), per stratum from the sum of softplus:
+            # Σ_i z_i = n λ + t Σ_i a_i (the pieces are centred in each stratum).
+            sp_s = np.add.reduceat(sp, starts, axis=1)
+            sp_s -= big["n"] * big["sp0"]
+            sp_s -= big["m"] * (lamT - big["lam0"])
+            sp_s -= big["pi0"] * sub(big["sumA"]) * tc
+            out["K"] += sp_s.sum(1)
+            out["gt"] += np.einsum("ij,ij->i", Ab, pi)
+            out["gl"] = (np.add.reduceat(pi, starts, axis=1) - big["m"]).T
+            V = np.add.reduceat(v, starts, axis=1)
+            Av = np.multiply(Ab, v, out=v)
+            out["D"] += np.einsum("ij,ij->i", Av, Ab)
+            out["C"] = np.add.reduceat(Av, starts, axis=1).T
+            out["V"] = V.T
             with np.errstate(divide="ignore"):
-                out["log_ratio"] += (np.log(V) - big["logV0"][:, None]).sum(0)
+                out["log_ratio"] += (np.log(V) - big["logV0"]).sum(1)
         return out
 
 
