@@ -129,7 +129,7 @@ def test_gasperini_positive_controls(gasperini):
 def papalexi(real_screen):
     from sklcrt.assignment import add_burden_covariates, assign_guides
     from sklcrt.inputs import prepare_crt_inputs
-    from sklcrt.runners import fit_null_model
+    from sklcrt.runners import control_cells, fit_null_model
 
     adata = real_screen("papalexi2021_lowmoi")
     assign_guides(adata, method="maximum", min_fraction=0.8, min_umis=5)
@@ -138,7 +138,8 @@ def papalexi(real_screen):
     inputs = prepare_crt_inputs(
         adata, response="counts", covariates=PAPALEXI_COVARIATES, batch_key="bio_rep"
     )
-    return adata, inputs, fit_null_model(inputs)
+    # SCEPTRE's low-MOI null model: fitted on the NT cells (refitted per unit by the test)
+    return adata, inputs, fit_null_model(inputs, fit_cells=control_cells(inputs, "nt_cells"))
 
 
 def test_papalexi_ntc_calibrated_like_resampling(papalexi):
