@@ -2,7 +2,8 @@
 
 :func:`cellwise_qc` flags cells by each rule and keeps them all: the result is a boolean mask
 (``adata.obs["pass_cellwise_qc"]``) and a per-cell, per-rule frame, never a subset of the user's
-object. The runners restrict their analysis to the cells that pass.
+object. Analyse the cells that pass with ``adata[result.mask].copy()`` (the command line does
+this after its ``[qc]`` step); the user's object keeps every cell.
 """
 
 from __future__ import annotations
