@@ -24,7 +24,7 @@ from sklcrt.crt import CRTTest
 from sklcrt.inputs import unit_treatment
 from sklcrt.strata import factorize_batch
 
-__all__ = ["RESULT_COLUMNS", "run_units"]
+__all__ = ["RESULT_COLUMNS", "nonzero_counts", "run_units"]
 
 #: The columns of every runner's table, one row per requested pair (the runners add ``p_adj``,
 #: ``significant`` and, where the screen has gene symbols, ``response_name``).
@@ -48,7 +48,7 @@ RESULT_COLUMNS = [
 
 
 # ---------------------------------------------------------------------- one unit
-def _qc_counts(
+def nonzero_counts(
     Y, x: np.ndarray, columns: np.ndarray, eligible: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nonzero-expression cells among treated and control cells for each selected response.
@@ -116,7 +116,7 @@ def _test_unit(
     elif inputs["response_kind"] == "counts":
         # A count response needs expression in both arms to have a test (and a finite log2
         # fold change) whatever min_nonzero: with none, the pair is untestable.
-        nz_t, nz_c = _qc_counts(inputs["Y"], x, columns, eligible)
+        nz_t, nz_c = nonzero_counts(inputs["Y"], x, columns, eligible)
         rows["n_nonzero_treated"] = nz_t
         rows["n_nonzero_control"] = nz_c
         need = max(min_nonzero, 1)

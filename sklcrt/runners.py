@@ -31,8 +31,8 @@ from sklcrt._fingerprint import array_fingerprint, content_fingerprint
 from sklcrt._random import as_generator
 from sklcrt._validation import check_1d_numeric
 from sklcrt.crt import CRTTest
-from sklcrt.execution import RESULT_COLUMNS, run_units
-from sklcrt.inputs import prepare_crt_inputs
+from sklcrt.execution import RESULT_COLUMNS, nonzero_counts, run_units
+from sklcrt.inputs import prepare_crt_inputs, unit_treatment
 from sklcrt.integration import combine_guides_bonferroni
 from sklcrt.io import store_results
 from sklcrt.moi import moi_choices
@@ -50,6 +50,7 @@ __all__ = [
     "discovery_analysis",
     "fit_null_model",
     "make_ntc_groups",
+    "pairwise_qc",
     "power_check",
     "run_gene_loop",
     "run_ntc_ensemble",
@@ -745,6 +746,74 @@ def run_gene_loop(
             "min_nonzero": min_nonzero,
         },
     )
+
+
+def pairwise_qc(
+    data,
+    pairs,
+    *,
+    min_nonzero: int = 7,
+    moi: str | None = None,
+    control_group: str | None = None,
+    grna_integration: str = "union",
+    **input_options,
+) -> pd.DataFrame:
+    """SCEPTRE's pairwise QC of ``pairs`` without testing them, e.g. to size the calibration check
+    like the discovery pairs that pass it before running discovery.
+
+    Parameters
+    ----------
+    data : AnnData or dict
+        The screen, or inputs from :func:`~sklcrt.inputs.prepare_crt_inputs`.
+    pairs : DataFrame
+        Columns ``response_id`` and ``grna_target``.
+    min_nonzero : int, default=7
+        Treated and control cells with nonzero expression a pair needs (counts only).
+    moi, control_group, grna_integration
+        As in :func:`run_gene_loop` (the control cells decide the control counts).
+    **input_options
+        Options of :func:`~sklcrt.inputs.prepare_crt_inputs` when ``data`` is an AnnData.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair (per guide with ``grna_integration`` other than ``"union"``): ``unit``,
+        ``grna_target``, ``response``, ``n_treated``, ``n_nonzero_treated``,
+        ``n_nonzero_control``, ``pass_qc`` (program responses always pass).
+
+    Examples
+    --------
+    >>> from sklcrt.datasets import simulate_screen
+    >>> from sklcrt.runners import pairwise_qc
+    >>> adata = simulate_screen(n_cells=500, n_genes=5, n_targets=2, n_ntc_guides=4)
+    >>> qc = pairwise_qc(adata, adata.uns["discovery_pairs"].query("response_kind == 'gene'"))
+    >>> int(qc["pass_qc"].sum()) <= len(qc)
+    True
+    """
+    check_run_options(control_group=control_group or "complement", min_nonzero=min_nonzero)
+    inputs = _as_inputs(data, input_options)
+    group = control_group or moi_choices(moi).get("control_group") or "complement"
+    controls = control_cells(inputs, group)
+    integration = _check_integration(grna_integration, False)
+    jobs = _pair_jobs(inputs, pairs, None, None, integration != "union")
+    names = np.asarray(inputs["response_names"], dtype=object)
+    Y = sp.csc_matrix(inputs["Y"]) if sp.issparse(inputs["Y"]) else inputs["Y"]
+    frames = []
+    for unit, target, guides, cols in jobs:
+        x = unit_treatment(inputs, guides)
+        eligible = None if controls is None else x | controls
+        frame = pd.DataFrame({"unit": unit, "grna_target": target, "response": names[cols]})
+        frame["n_treated"] = int(x.sum())
+        if inputs["response_kind"] == "counts":
+            nz_t, nz_c = nonzero_counts(Y, x, cols, eligible)
+            need = max(min_nonzero, 1)
+            frame["n_nonzero_treated"], frame["n_nonzero_control"] = nz_t, nz_c
+            frame["pass_qc"] = (nz_t >= need) & (nz_c >= need)
+        else:
+            frame["n_nonzero_treated"] = frame["n_nonzero_control"] = -1
+            frame["pass_qc"] = True
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def make_ntc_groups(

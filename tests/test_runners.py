@@ -473,3 +473,17 @@ def test_untestable_pairs_get_a_truthful_row_whatever_the_threshold(min_nonzero)
     tested = res[res["pass_qc"]]
     assert len(tested) and tested["pvalue"].between(0, 1).all()
     assert (tested["effect"].abs() < 10).all()
+
+
+def test_pairwise_qc_matches_the_runners_qc(adata, inputs):
+    from sklcrt.runners import pairwise_qc
+
+    pairs = _pairs(adata, "discovery_pairs")
+    options = dict(min_nonzero=1100)
+    qc = pairwise_qc(inputs, pairs, **options)
+    res = run_gene_loop(inputs, pairs=pairs, **options, **STRAT)
+    key = ["grna_target", "response"]
+    merged = qc.merge(res, on=key, suffixes=("", "_run"))
+    assert len(merged) == len(pairs) and 0 < qc["pass_qc"].sum() < len(qc)
+    assert (merged["pass_qc"] == merged["pass_qc_run"]).all()
+    assert (merged["n_nonzero_treated"] == merged["n_nonzero_treated_run"]).all()
