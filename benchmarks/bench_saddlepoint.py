@@ -288,7 +288,7 @@ def _side_by_side(label, inputs, statistic, power_pairs, discovery_pairs, repeat
     print(f"  saddlepoint methods (calibration): {methods.to_dict()}")
 
 
-def pipeline(data: Path, repeats=3):
+def pipeline(data: Path, repeats=3, simulated=True):
     from sklcrt.runners import fit_null_model
 
     path = data / "gasperini2019_highmoi.h5ad"
@@ -315,6 +315,8 @@ def pipeline(data: Path, repeats=3):
         )
     else:
         print(f"\n4. Gasperini: skipped ({path} not found)")
+    if not simulated:
+        return
     from sklcrt.assignment import add_burden_covariates
     from sklcrt.datasets import simulate_screen
     from sklcrt.inputs import prepare_crt_inputs
@@ -345,6 +347,9 @@ def main(argv=None):
     parser.add_argument("--no-real", action="store_true", help="skip the Gasperini pairs")
     parser.add_argument("--no-pipeline", action="store_true", help="skip part 4")
     parser.add_argument("--only-pipeline", action="store_true", help="part 4 only")
+    parser.add_argument(
+        "--no-simulated", action="store_true", help="part 4 on Gasperini only (no OLS screen)"
+    )
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -354,7 +359,8 @@ def main(argv=None):
         if not args.no_real:
             gasperini(Path(args.data))
     if not args.no_pipeline:
-        pipeline(Path(args.data) if not args.no_real else Path("/nonexistent"))
+        data = Path(args.data) if not args.no_real else Path("/nonexistent")
+        pipeline(data, simulated=not args.no_simulated)
 
 
 if __name__ == "__main__":

@@ -481,10 +481,10 @@ class _Bernoulli:
     def __init__(self, setup, AT):
         # AT: response-major pieces (responses x cells); self.A likewise, free cells only.
         free, self.theta, pf = setup["free"], setup["theta"], setup["p"]
-        self.A = np.ascontiguousarray(AT[:, free])
+        self.A = np.ascontiguousarray(_take_cells(AT, free))
         self.sp0 = setup["sp0"]
         self.pf = pf
-        offset = AT[:, setup["ones"]].sum(axis=1)
+        offset = _take_cells(AT, setup["ones"]).sum(axis=1)
         pa = self.A @ pf
         self.mean = offset + pa
         q = pf * (1.0 - pf)
@@ -582,24 +582,43 @@ def _conditional_setup(codes, x):
 
 
 def _compact(setup):
-    """The rows a setup reads, and the setup re-indexed on them (positions in ``rows``)."""
-    index_keys = [("free",), ("ones",), ("full_cells",), ("active", "cells")]
-    index_keys += [(name, "cells") for name in ("one", "dp", "big")]
-    found = []
-    for path in index_keys:
+    """The rows a setup reads, and the setup re-indexed on them (positions in ``rows``).
+
+    The rows are the disjoint cell sets of the setup one after the other (CRT: the free cells,
+    then those always treated; permutation: the cells of each class of active strata, then
+    those of the strata where every cell is treated), so that each set is a contiguous range
+    of positions (a slice, no gather, in the models).
+    """
+    if "free" in setup:
+        order = [("free",), ("ones",)]
+        others = []
+    else:
+        order = [(name, "cells") for name in ("one", "dp", "big")] + [("full_cells",)]
+        others = [("active", "cells")]
+
+    def get(path):
         d = setup
         for key in path[:-1]:
-            d = d.get(key, {})
-        if path[-1] in d:
-            found.append((path, d[path[-1]]))
-    rows = np.unique(np.concatenate([v for _, v in found])) if found else np.zeros(0, np.int64)
+            d = d[key]
+        return d[path[-1]]
+
+    rows = np.concatenate([get(path) for path in order]).astype(np.int64)
+    inverse = np.full(int(rows.max()) + 1 if rows.size else 0, -1, dtype=np.int64)
+    inverse[rows] = np.arange(rows.size)
     out = {key: (dict(val) if isinstance(val, dict) else val) for key, val in setup.items()}
-    for path, v in found:
+    for path in order + others:
         d = out
         for key in path[:-1]:
             d = d[key]
-        d[path[-1]] = np.searchsorted(rows, v)
+        d[path[-1]] = inverse[get(path)]
     return rows, out
+
+
+def _take_cells(AT, idx):
+    """``AT[:, idx]``, a view where ``idx`` is a contiguous increasing range."""
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
+        return AT[:, idx[0] : idx[-1] + 1]
+    return AT[:, idx]
 
 
 class _Conditional:
@@ -607,7 +626,7 @@ class _Conditional:
 
     def __init__(self, setup, AT):
         # AT: response-major pieces (responses x cells); every part is kept response-major.
-        self.offset = AT[:, setup["full_cells"]].sum(axis=1)
+        self.offset = _take_cells(AT, setup["full_cells"]).sum(axis=1)
         k = AT.shape[0]
         self.magnitude = np.abs(AT).max(axis=1, initial=0.0)
         self.n_cells = setup["n_cells"]
@@ -620,7 +639,7 @@ class _Conditional:
             info = setup[name]
             if info["count"] == 0:
                 continue
-            Ab = AT[:, info["cells"]]
+            Ab = _take_cells(AT, info["cells"])
             n, m, starts = info["n"], info["m"], info["starts"]
             abar = np.add.reduceat(Ab, starts, axis=1) / n  # (responses, strata)
             centred = Ab - np.repeat(abar, n.astype(np.int64), axis=1)
