@@ -329,3 +329,55 @@ def test_bernoulli_degenerate_propensities():
     assert R.shape == (3, 3) and R.nnz == 0
     R = BernoulliSampler().fit([1, 0], p_hat=[1.0, 0.0]).sample(3, random_state=0)
     np.testing.assert_array_equal(R.toarray(), [[1.0, 0.0]] * 3)
+
+
+# ---------------------------------------------------------------- draw kernels
+
+
+def test_bernoulli_positions_are_iid_inclusions():
+    """Geometric gaps give increasing distinct positions with Binomial(size, q) counts."""
+    rng = np.random.default_rng(0)
+    size, q = 5_000, 0.03
+    counts = np.empty(400)
+    hits = np.zeros(size)
+    for i in range(counts.size):
+        pos = samplers_module._bernoulli_positions(rng, size, q)
+        assert np.all(np.diff(pos) > 0) and (pos.size == 0 or (pos[0] >= 0 and pos[-1] < size))
+        counts[i] = pos.size
+        hits[pos] += 1
+    mean, sd = size * q, np.sqrt(size * q * (1 - q))
+    assert abs(counts.mean() - mean) < 5 * sd / np.sqrt(counts.size)
+    assert abs(counts.std() / sd - 1) < 0.15
+    # every position equally likely: the first and last fifths hit alike
+    first, last = hits[: size // 5].sum(), hits[-size // 5 :].sum()
+    assert abs(first - last) < 5 * np.sqrt(first + last)
+
+
+@pytest.mark.parametrize("n_cells", [50, 5_000])
+def test_cell_major_to_csr_is_canonical(n_cells):
+    rng = np.random.default_rng(1)
+    B = 40
+    dense = rng.random((B, n_cells)) < 0.3
+    cols, rows = np.nonzero(dense.T)  # cell by cell, increasing rows
+    order = np.argsort(rng.permutation(n_cells)[cols], kind="stable")  # cells in any order
+    R = samplers_module._cell_major_to_csr(cols[order], rows[order], B, n_cells)
+    assert R.has_canonical_format
+    assert np.all(np.diff(R.indices[R.indptr[0] : R.indptr[1]]) > 0)
+    np.testing.assert_array_equal(R.toarray(), dense.astype(float))
+
+
+def test_stratified_draws_with_many_strata_are_uniform_subsets():
+    """The per-stratum draws keep every stratum's count and treat each cell m_s / n_s often."""
+    rng = np.random.default_rng(2)
+    strata = rng.integers(0, 12, 3_000)
+    x = rng.random(strata.size) < 0.05
+    B = 3_000
+    sampler = StratifiedPermutationSampler().fit(x, strata=strata)
+    R = sampler.sample(B, random_state=3)
+    obs = np.bincount(strata[x], minlength=12)
+    for b in (0, B // 2, B - 1):
+        row = R.indices[R.indptr[b] : R.indptr[b + 1]]
+        np.testing.assert_array_equal(np.bincount(strata[row], minlength=12), obs)
+    freq = np.asarray(R.sum(axis=0)).ravel()
+    lo, hi = binomial_bounds(sampler.inclusion_probabilities(), B)
+    assert np.all((freq >= lo) & (freq <= hi))
