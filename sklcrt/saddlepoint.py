@@ -342,16 +342,20 @@ def _screen(kind, setup, A, s_obs, lattice):
         pf = setup["p"]
         q = pf * (1.0 - pf)
         w3 = q * (1.0 - 2.0 * pf)
+        w4 = q * (1.0 - 6.0 * q)
         mean = A[setup["ones"]].sum(axis=0)
-        var, kappa3, gross = np.zeros(k), np.zeros(k), np.zeros(k)
+        var, kappa3, kappa4, gross4 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
         dmax = np.zeros(k)
         for r0, r1 in _chunks(rows.size, k):
             X = A[rows[r0:r1]]
             mean += pf[r0:r1] @ X
             X2 = X * X
             var += q[r0:r1] @ X2
-            X2 *= X
-            kappa3 += w3[r0:r1] @ X2
+            X3 = X2 * X
+            kappa3 += w3[r0:r1] @ X3
+            X2 *= X2
+            kappa4 += w4[r0:r1] @ X2
+            gross4 += q[r0:r1] @ X2
             np.maximum(dmax, np.abs(X).max(axis=0), out=dmax)
         gross = var
         sample = A[rows[:_LATTICE_SAMPLE]]
@@ -362,6 +366,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         m = act["m"].astype(np.float64)
         S = n.size
         P1, P2, P3 = np.zeros((S, k)), np.zeros((S, k)), np.zeros((S, k))
+        P4 = np.zeros((S, k))
         Pmax, Pmin = np.full((S, k), -np.inf), np.full((S, k), np.inf)
         for r0, r1 in _chunks(rows.size, k):
             X = A[rows[r0:r1]]
@@ -371,8 +376,10 @@ def _screen(kind, setup, A, s_obs, lattice):
             X2 = X * X
             P1[ids] += np.add.reduceat(X, starts, axis=0)
             P2[ids] += np.add.reduceat(X2, starts, axis=0)
-            X2 *= X
-            P3[ids] += np.add.reduceat(X2, starts, axis=0)
+            X3 = X2 * X
+            P3[ids] += np.add.reduceat(X3, starts, axis=0)
+            X2 *= X2
+            P4[ids] += np.add.reduceat(X2, starts, axis=0)
             Pmax[ids] = np.maximum(Pmax[ids], np.maximum.reduceat(X, starts, axis=0))
             Pmin[ids] = np.minimum(Pmin[ids], np.minimum.reduceat(X, starts, axis=0))
         mean = A[setup["full_cells"]].sum(axis=0)
@@ -382,12 +389,17 @@ def _screen(kind, setup, A, s_obs, lattice):
             c2 = m * (n - m) / (n * (n - 1.0))
             with np.errstate(invalid="ignore", divide="ignore"):
                 c3 = np.where(n > 2, m * (n - m) * (n - 2.0 * m) / (n * (n - 1.0) * (n - 2.0)), 0)
-            var = c2 @ (P2 - P1 * abar)
+            p2c = P2 - P1 * abar
+            var = c2 @ p2c
             kappa3 = c3 @ (P3 - 3.0 * abar * P2 + 2.0 * n[:, None] * abar**3)
+            p4c = P4 - 4.0 * abar * P3 + 6.0 * abar**2 * P2 - 3.0 * n[:, None] * abar**4
+            c4a, c4b = _srs_kappa4_weights(n, m)
+            kappa4 = c4a @ p4c + c4b @ (p2c * p2c)
+            gross4 = (m * (n - m) / (n * n)) @ p4c
             gross = c2 @ P2
             dmax = np.maximum(Pmax - abar, abar - Pmin).max(axis=0)
         else:
-            var = kappa3 = gross = dmax = np.zeros(k)
+            var = kappa3 = kappa4 = gross4 = gross = dmax = np.zeros(k)
         sample = A[rows[:_LATTICE_SAMPLE]]
         c = codes[:_LATTICE_SAMPLE]
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
@@ -398,14 +410,17 @@ def _screen(kind, setup, A, s_obs, lattice):
         sd = np.sqrt(var)
         s_c = s_obs - mean
         gamma = kappa3 / (var * sd)
-        delta2 = (dmax / sd) ** 2
+        excess = kappa4 / (var * var)
+        # bounds the standardised fifth cumulant: |κ₅| <= d Σ q a⁴ for independent terms
+        kappa5_bound = dmax * gross4 / (var * var * sd)
         lat2 = (span / sd) ** 2
         z_up = (s_c - 0.5 * span) / sd  # continuity correction (span 0: none)
         z_lo = (s_c + 0.5 * span) / sd
-        upper = _edgeworth_upper(z_up, gamma)
-        lower = _edgeworth_upper(-z_lo, -gamma)
+        upper = _edgeworth2_upper(z_up, gamma, excess)
+        lower = _edgeworth2_upper(-z_lo, -gamma, excess)
         err = np.maximum(
-            _edgeworth_error(z_up, gamma, delta2, lat2), _edgeworth_error(z_lo, gamma, delta2, lat2)
+            _edgeworth2_error(z_up, gamma, excess, kappa5_bound, lat2),
+            _edgeworth2_error(z_lo, gamma, excess, kappa5_bound, lat2),
         )
         easy = (
             np.isfinite(err)
@@ -418,14 +433,58 @@ def _screen(kind, setup, A, s_obs, lattice):
     return {"easy": easy, "upper": upper, "lower": lower, "span": span}
 
 
-def _edgeworth_error(z, gamma, delta2, lat2):
-    """A bound (up to constants) on the terms after the one-term Edgeworth expansion."""
+def _srs_kappa4_weights(n, m):
+    """``κ₄`` of the sum of ``m`` of ``n`` centred values ``d`` drawn without replacement is
+    ``a Σ d⁴ + b (Σ d²)²`` (per stratum); returns ``(a, b)``.
+
+    With ``π_r = m^(r) / n^(r)`` (falling factorials; 0 where ``r > n``), the probability that
+    ``r`` given cells are all drawn, and ``Σ d = 0``, the fourth moment is
+    ``(π₁ - 7π₂ + 12π₃ - 6π₄) Σd⁴ + 3(π₂ - 2π₃ + π₄) (Σd²)²`` and the variance
+    ``(π₁ - π₂) Σd²``; with ``n`` large, ``π_r -> f^r`` and ``a`` is the Bernoulli ``κ₄``.
+    """
+    pi = [np.ones_like(n)]
+    for r in range(4):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pi.append(np.where(n > r, pi[-1] * np.maximum(m - r, 0.0) / (n - r), 0.0))
+    _, p1, p2, p3, p4 = pi
+    a = p1 - 7.0 * p2 + 12.0 * p3 - 6.0 * p4
+    b = 3.0 * (p2 - 2.0 * p3 + p4) - 3.0 * (p1 - p2) ** 2
+    return a, b
+
+
+def _edgeworth2_upper(z, gamma, excess):
+    """Two-term Edgeworth ``P(S >= s)``, ``z = (s - E S) / sd``, with the exact standardised
+    third and fourth cumulants ``gamma`` and ``excess``."""
+    z2 = z * z
+    he2, he3, he5 = z2 - 1.0, z * (z2 - 3.0), z * (z2 * z2 - 10.0 * z2 + 15.0)
+    phi = np.exp(-0.5 * z2 - _LOG_SQRT_2PI)
+    return special.ndtr(-z) + phi * (
+        gamma / 6.0 * he2 + excess / 24.0 * he3 + gamma * gamma / 72.0 * he5
+    )
+
+
+def _edgeworth2_error(z, gamma, excess, kappa5, lat2):
+    """The size of the terms after the two-term Edgeworth expansion.
+
+    ``φ(z) (ρ₅/120 |He₄| + |γ κ₄|/144 |He₆| + |γ|³/1296 |He₈| + (h/σ)²/24 (1 + |z|))``, with
+    ``ρ₅ >= |κ₅| / σ⁵`` a bound on the standardised fifth cumulant (``d Σ q a⁴ / σ⁵``, ``d``
+    the largest centred piece: a bound for independent Bernoulli terms, and the same form
+    with ``q = f (1 - f)`` per stratum for draws without replacement) and the Hermite
+    polynomials bounded by their absolute coefficients (no credit for their zeros).
+    """
     az = np.abs(z)
-    z3 = az**3
-    phi = np.exp(-0.5 * z * z - _LOG_SQRT_2PI)
-    he3 = z3 + 3.0 * az + 1.0  # |He3(z)| and |He5(z)|, bounded away from their zeros
-    he5 = z3 * az * az + 10.0 * z3 + 15.0 * az + 1.0
-    return phi * (delta2 / 24.0 * he3 + gamma * gamma / 72.0 * he5 + lat2 / 24.0 * (1.0 + az))
+    z2 = az * az
+    phi = np.exp(-0.5 * z2 - _LOG_SQRT_2PI)
+    he4 = z2 * z2 + 6.0 * z2 + 3.0
+    he6 = z2 * z2 * z2 + 15.0 * z2 * z2 + 45.0 * z2 + 15.0
+    he8 = z2**4 + 28.0 * z2**3 + 210.0 * z2 * z2 + 420.0 * z2 + 105.0
+    ag = np.abs(gamma)
+    return phi * (
+        kappa5 / 120.0 * he4
+        + ag * np.abs(excess) / 144.0 * he6
+        + ag**3 / 1296.0 * he8
+        + lat2 / 24.0 * (1.0 + az)
+    )
 
 
 def _screen_spans(A, rows, codes, sample, lattice):
