@@ -160,9 +160,9 @@ def saddlepoint_pvalues(
     rows, setup = _compact(setup)
     A = A[rows]
     # One pass over the cells for every response: exact null cumulants, lattice spans and the
-    # one-term Edgeworth tails where their error bound allows (most null pairs); the others
-    # get the saddlepoint.
-    screen = _screen(kind, setup, A[:, cols], s_obs[cols], lattice)
+    # two-term Edgeworth tails where the bound on their next terms allows (most null pairs);
+    # the others get the saddlepoint.
+    screen = _screen(kind, setup, A, s_obs, lattice)
     easy = cols[screen["easy"]]
     pvalues[easy] = _two_sided(screen["upper"], screen["lower"], alternative)[screen["easy"]]
     spans = np.zeros(G)
@@ -328,12 +328,12 @@ def _screen(kind, setup, A, s_obs, lattice):
     """Exact null cumulants, lattice spans and trusted Edgeworth tails of every column.
 
     One chunked pass over the cells that can change (power sums per stratum, or weighted
-    sums for the CRT): the mean, variance and third cumulant of ``S*`` and the largest centred
-    piece ``d``. The one-term Edgeworth expansion (with the continuity correction on a lattice)
-    is the Lugannani-Rice formula's own limit near the mean; it is used (``easy``) where a
-    bound on its next terms, ``φ(z) (δ²/24 |He₃| + γ²/72 |He₅| + (h/σ)²/24 (1 + |z|))`` with
-    ``δ = d/σ`` bounding the standardised fourth cumulant, is below ``_SCREEN_REL_ERR`` of the
-    smaller tail and ``|z| <= _SCREEN_Z_MAX``. Everything else (and any column the pass cannot
+    sums for the CRT): the exact mean and second to fourth cumulants of ``S*`` (for draws
+    without replacement from the inclusion probabilities, see :func:`_srs_kappa4_weights`),
+    the largest centred piece ``d`` and ``Σ q a⁴``. The two-term Edgeworth expansion (with the
+    continuity correction on a lattice) is used (``easy``) where the size of its next terms
+    (:func:`_edgeworth2_error`) is below ``_SCREEN_REL_ERR`` of the smaller tail and
+    ``|z| <= _SCREEN_Z_MAX``. Everything else (and any column the pass cannot
     vouch for: non-finite, cancelling sums, no variance) is left to the saddlepoint solver.
     """
     k = A.shape[1]
