@@ -360,7 +360,7 @@ def spawn(name: str, args, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------------- report
-def _summary(name: str, tables) -> str:
+def _summary(name: str, tables, version: str) -> str:
     from scipy import stats
 
     cal, pw, disc = tables
@@ -370,8 +370,9 @@ def _summary(name: str, tables) -> str:
     p_disc = disc["pvalue"].to_numpy(float)
     tested = np.isfinite(p_disc)
     bh = stats.false_discovery_control(p_disc[tested], method="bh") <= ALPHA
+    label = LABELS[name].format(version=version).split(",")[0]
     return (
-        f"  {LABELS[name].split(',')[0]:32s} calibration {p_cal.size} pairs, frac p<0.01 "
+        f"  {label:32s} calibration {p_cal.size} pairs, frac p<0.01 "
         f"{np.mean(p_cal < 0.01):.4f}; power {int(np.sum(p_pw < 1e-3))}/{len(p_pw)} p<1e-3; "
         f"discovery {int(tested.sum())} tested, {int(bh.sum())} BH({ALPHA}) discoveries"
     )
@@ -416,7 +417,7 @@ def print_report(runs: dict, args, load_before, load_after) -> None:
                 )
     print("\nresults:")
     for name, run in runs.items():
-        print(_summary(name, run["tables"]))
+        print(_summary(name, run["tables"], run["times"].get("version", "?")))
     print(
         f"\n(data load + inputs, not counted: {first['load']:.1f} s per process); "
         f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
