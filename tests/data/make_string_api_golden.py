@@ -1,8 +1,9 @@
 """Regenerate ``string_api_golden.csv``: outputs of the string API on fixed simulated inputs.
 
-The stored table was written by the code at commit 1416e0b (before the settings redesign of
-issue #11); ``tests/test_string_api_golden.py`` checks that today's code reproduces it bit for
-bit. Rerun only on purpose (a documented change of the random streams):
+The stored table ``string_api_golden.csv`` was written at 4a17328 (the sampler speed-up); its
+first version, ``string_api_golden_v0.csv``, by the code at 1416e0b (before the settings
+redesign of issue #11). ``tests/test_string_api_golden.py`` checks today's code against both.
+Rerun only on purpose (a documented change of the random streams):
 
     python tests/data/make_string_api_golden.py
 """
