@@ -130,6 +130,22 @@ def test_score_pieces_are_the_numerators():
     np.testing.assert_array_equal(nb.score_pieces([1]), a[:, [1]])
 
 
+def test_score_pieces_of_some_cells():
+    rng = np.random.default_rng(1)
+    C = rng.normal(size=(300, 2))
+    Y = rng.poisson(np.exp(0.3 + 0.4 * C[:, :1]), size=(300, 4))
+    cells = np.array([5, 0, 299, 17, 17])
+    for stat in (OLSStatistic().fit(Y, C), NBScoreStatistic().fit(Y, C)):
+        full = stat.score_pieces([3, 1])
+        np.testing.assert_allclose(stat.score_pieces([3, 1], cells=cells), full[cells], rtol=1e-12)
+        with pytest.raises(ValueError, match="cells"):
+            stat.score_pieces(cells=[300])
+        with pytest.raises(ValueError, match="cells"):
+            stat.score_pieces(cells=[[1]])
+    stat.evaluate(np.ones((1, 300)))  # NB: from the cache of all responses
+    np.testing.assert_allclose(stat.score_pieces(cells=cells), stat.score_pieces()[cells])
+
+
 # ---------------------------------------------------------------- far tail vs exact
 
 

@@ -488,7 +488,7 @@ class NBScoreStatistic(BaseStatistic):
         if cache is not None:
             if cells is None:
                 return np.take(cache[0], cols, axis=1)
-            return cache[0][np.ix_(cells, cols)]
+            return np.take(np.take(cache[0], cells, axis=0), cols, axis=1)  # rows first
         return self._build_pieces(cells, cols)[0]
 
     def _stored_pieces(self):

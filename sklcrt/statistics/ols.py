@@ -118,7 +118,7 @@ class OLSStatistic(BaseStatistic):
         """``ỹ``: ``xᵀỹ = β(x) d(x)``, the numerator of β and of the t statistic."""
         if cells is None:
             return np.take(self.residuals_, cols, axis=1)
-        return self.residuals_[np.ix_(cells, cols)]
+        return np.take(np.take(self.residuals_, cells, axis=0), cols, axis=1)  # rows first
 
     def _prepare(self, chunk):
         """``d = xᵀx - ‖Qᵀx‖²`` of every resample (shared by all responses); NaN if collinear."""
