@@ -17,7 +17,7 @@ Run ``OMP_NUM_THREADS=1 python benchmarks/bench_saddlepoint.py`` from the reposi
    Gasperini with the NB score, and on simulated Gasperini-sized program usages with OLS,
    ``pvalue_method="saddlepoint"`` against the adaptive resampling path (499 + 4,999 resamples,
    skew-normal tail) on the same fitted null model, one core, best of 3 (interleaved), with the
-   calibration and power figures of both.
+   calibration and power figures of both (``--no-simulated``: Gasperini only).
 """
 
 from __future__ import annotations
