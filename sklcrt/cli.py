@@ -286,24 +286,13 @@ def _plan(config: dict, analyses: Sequence[str], echo) -> _Plan:
     """Load and prepare the screen, read the pairs, build the test and read the covariates it
     needs: every input of the run is checked here, before any analysis."""
     from sklcrt.inputs import prepare_crt_inputs
-    from sklcrt.runners import build_test, covariate_values
+    from sklcrt.runners import INPUT_OPTIONS, build_test, covariate_values
 
     t0 = time.perf_counter()
     adata, qc = _prepare_screen(_load_screen(config, echo), config, echo)
-    inputs = prepare_crt_inputs(
-        adata,
-        response=config["response"],
-        layer=config["layer"],
-        usage_key=config["usage_key"],
-        clr_floor_quantile=config["clr_floor_quantile"],
-        covar_key=config["covar_key"],
-        covariates=config["covariates"],
-        batch_key=config["batch_key"],
-        guide_key=config["guide_key"],
-        guide_names_key=config["guide_names_key"],
-        guide2gene_key=config["guide2gene_key"],
-        ntc_labels=config["ntc_labels"],
-    )
+    # Every option of prepare_crt_inputs is a top-level key of the config (the schema reads
+    # their defaults from it).
+    inputs = prepare_crt_inputs(adata, **{name: config[name] for name in INPUT_OPTIONS})
     pairs = {
         name: _load_pairs(config, name, adata, inputs)
         for name in ("power", "discovery")

@@ -793,8 +793,6 @@ def _check_combinations(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: 'analyses' is empty; list some of {list(ANALYSES)}.")
     if config["n_jobs"] == 0:
         raise ConfigError(f"{source}: 'n_jobs' must be a positive integer or -1, got 0.")
-    if not 0.0 < config["alpha"] < 1.0:
-        raise ConfigError(f"{source}: 'alpha' must be in (0, 1), got {config['alpha']}.")
     if config["random_state"] < 0:
         raise ConfigError(f"{source}: 'random_state' must be >= 0, got {config['random_state']}.")
     if config["response"] == "programs" and config["layer"] is not None:
@@ -822,6 +820,7 @@ def _check_combinations(config: dict, source: str) -> None:
         check_run_options(
             control_group=config["control_group"] or "complement",
             min_nonzero=config["min_nonzero"],
+            alpha=config["alpha"],
         )
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None

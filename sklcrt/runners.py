@@ -233,10 +233,7 @@ def control_cells(inputs: dict, control_group: str) -> np.ndarray | None:
         ``None`` for the complement (all other cells), else the cells whose guides are all
         non-targeting (at least one).
     """
-    if control_group not in CONTROL_GROUPS:
-        raise ValueError(
-            f"control_group must be one of {list(CONTROL_GROUPS)}, got {control_group!r}."
-        )
+    check_run_options(control_group=control_group)
     if control_group == "complement":
         return None
     guides = inputs["guides"]
@@ -389,13 +386,17 @@ def _null_model_cells(inputs: dict, controls: np.ndarray | None) -> np.ndarray |
 _RESAMPLING_PARAMS = {"resampling_method", "resampling_kwargs", "sampler", "encoder"}
 
 
-def check_run_options(*, control_group: str = "complement", min_nonzero: int = 7) -> None:
+def check_run_options(
+    *, control_group: str = "complement", min_nonzero: int = 7, alpha: float = 0.1
+) -> None:
     """Validate the run options shared by every runner (the command line calls it too).
 
     Parameters
     ----------
     control_group : {"complement", "nt_cells"}
     min_nonzero : int >= 0
+    alpha : float in (0, 1)
+        The Benjamini-Hochberg level.
 
     Raises
     ------
@@ -410,6 +411,8 @@ def check_run_options(*, control_group: str = "complement", min_nonzero: int = 7
         raise ValueError(f"min_nonzero must be an integer >= 0, got {min_nonzero!r}.")
     if min_nonzero < 0:
         raise ValueError(f"min_nonzero must be an integer >= 0, got {min_nonzero}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}.")
 
 
 def _warn_if_low_moi(inputs: dict) -> None:
@@ -701,6 +704,8 @@ def run_gene_loop(
         One row per requested pair (per guide when ``per_guide``): the columns of
         :data:`RESULT_COLUMNS`, ``p_adj`` and ``significant``.
     """
+    check_run_options(alpha=alpha)  # before the null fit
+    integration = _check_integration(grna_integration, per_guide)
     screen = _prepare(
         data,
         test,
@@ -712,7 +717,6 @@ def run_gene_loop(
         random_state=random_state,
         progress=progress,
     )
-    integration = _check_integration(grna_integration, per_guide)
     jobs = _pair_jobs(screen.inputs, pairs, targets, responses, integration != "union")
     results = _execute(
         screen,
@@ -919,6 +923,47 @@ def _passing_pairs(screen: _Screen, min_nonzero: int):
     return passing
 
 
+def _ntc_grouping(
+    screen: _Screen,
+    grouping_key: str,
+    *,
+    group_size,
+    responses,
+    n_pairs,
+    pairs_pass_qc: bool,
+    min_nonzero: int,
+    n_jobs,
+    progress: bool,
+    checkpoint_dir,
+) -> pd.DataFrame:
+    """One random grouping of the NTC guides tested, Benjamini-Hochberg within it."""
+    jobs = _ntc_jobs(
+        screen.inputs,
+        group_size,
+        responses,
+        n_pairs,
+        grouping_key,
+        screen.random_state,
+        passing=_passing_pairs(screen, min_nonzero) if pairs_pass_qc else None,
+    )
+    results = _execute(
+        screen,
+        jobs,
+        desc="NTC groups",
+        fingerprint_extra={
+            "group_size": group_size,
+            "responses": responses,
+            "n_pairs": n_pairs,
+            "grouping": grouping_key,
+        },
+        min_nonzero=min_nonzero,
+        n_jobs=n_jobs,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+    )
+    return add_bh(results)
+
+
 def run_ntc_groups(
     data,
     *,
@@ -974,31 +1019,18 @@ def run_ntc_groups(
         random_state=random_state,
         progress=progress,
     )
-    jobs = _ntc_jobs(
-        screen.inputs,
-        group_size,
-        responses,
-        n_pairs,
-        grouping_key,
-        screen.random_state,
-        passing=_passing_pairs(screen, min_nonzero) if pairs_pass_qc else None,
-    )
-    results = _execute(
+    results = _ntc_grouping(
         screen,
-        jobs,
-        desc="NTC groups",
-        fingerprint_extra={
-            "group_size": group_size,
-            "responses": responses,
-            "n_pairs": n_pairs,
-            "grouping": grouping_key,
-        },
+        grouping_key,
+        group_size=group_size,
+        responses=responses,
+        n_pairs=n_pairs,
+        pairs_pass_qc=pairs_pass_qc,
         min_nonzero=min_nonzero,
         n_jobs=n_jobs,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
     )
-    results = add_bh(results)
     return _finish(
         data,
         screen,
@@ -1067,32 +1099,20 @@ def run_ntc_ensemble(
     )
     frames = []
     for e in range(n_ensemble):
-        ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"ensemble_{e}")
-        jobs = _ntc_jobs(
-            screen.inputs,
-            group_size,
-            responses,
-            n_pairs,
-            f"e{e}",
-            screen.random_state,
-            passing=_passing_pairs(screen, min_nonzero) if pairs_pass_qc else None,
-        )
-        frame = _execute(
+        frame = _ntc_grouping(
             screen,
-            jobs,
-            desc="NTC groups",
-            fingerprint_extra={
-                "group_size": group_size,
-                "responses": responses,
-                "n_pairs": n_pairs,
-                "grouping": f"e{e}",
-            },
+            f"e{e}",
+            group_size=group_size,
+            responses=responses,
+            n_pairs=n_pairs,
+            pairs_pass_qc=pairs_pass_qc,
             min_nonzero=min_nonzero,
             n_jobs=n_jobs,
             progress=progress,
-            checkpoint_dir=ckpt,
+            checkpoint_dir=None
+            if checkpoint_dir is None
+            else os.path.join(checkpoint_dir, f"ensemble_{e}"),
         )
-        frame = add_bh(frame)
         frame.insert(0, "ensemble", e)
         frames.append(frame)
     results = pd.concat(frames, ignore_index=True)

@@ -487,3 +487,9 @@ def test_pairwise_qc_matches_the_runners_qc(adata, inputs):
     assert len(merged) == len(pairs) and 0 < qc["pass_qc"].sum() < len(qc)
     assert (merged["pass_qc"] == merged["pass_qc_run"]).all()
     assert (merged["n_nonzero_treated"] == merged["n_nonzero_treated_run"]).all()
+
+
+@pytest.mark.parametrize("alpha", [0, 1.5, True])
+def test_bad_alpha_is_an_error_before_any_work(inputs, alpha):
+    with pytest.raises(ValueError, match="alpha must be a number in"):
+        run_gene_loop(inputs, alpha=alpha, **STRAT)
