@@ -573,6 +573,13 @@ def calibration_plot(
     return ax
 
 
+def _label_units(ax, pad_points: float):
+    """The renderer, the points per pixel and the padding in pixels of ``ax``'s label layout."""
+    fig = ax.figure
+    to_points = 72.0 / fig.dpi
+    return _renderer(fig), to_points, pad_points / to_points
+
+
 def _renderer(fig):
     """The figure's renderer (Agg and the interactive canvases have one after a draw)."""
     get = getattr(fig.canvas, "get_renderer", None)
@@ -603,10 +610,7 @@ def _repel_labels(ax, annotations, fixed=(), pad_points: float = 1.5) -> None:
         return
     from matplotlib.text import Text
 
-    fig = ax.figure
-    renderer = _renderer(fig)
-    to_points = 72.0 / fig.dpi
-    pad = pad_points / to_points
+    renderer, to_points, pad = _label_units(ax, pad_points)
     frame = ax.get_window_extent(renderer)
 
     # the texts' own boxes (an Annotation's extent would include its connector)
@@ -648,10 +652,7 @@ def _stack_labels(ax, annotations, pad_points: float = 1.5) -> None:
         return
     from matplotlib.text import Text
 
-    fig = ax.figure
-    renderer = _renderer(fig)
-    to_points = 72.0 / fig.dpi
-    pad = pad_points / to_points
+    renderer, to_points, pad = _label_units(ax, pad_points)
     ax.get_xlim(), ax.get_ylim()
     boxes = []
     for ann in annotations:
