@@ -131,6 +131,31 @@ def load_inputs(data: Path, n_pairs: int | None):
     return pairs, inputs
 
 
+@contextlib.contextmanager
+def timed_calls(module, names):
+    """Wrap ``module``'s functions ``names`` to add up their seconds in the yielded dict."""
+    spent: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+
+        return wrapper
+
+    originals = {name: getattr(module, name) for name in names}
+    for name, fn in originals.items():
+        setattr(module, name, timed(name, fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of its reaped children (pysceptre's worker processes)."""
     t = os.times()
@@ -208,23 +233,8 @@ def run_pysceptre(inputs, pairs, repeats: int, n_jobs: int, limit_blas: bool):
     }
     n_cells = covariate_matrix.shape[0]
 
-    spent = {}
-
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-
-        return wrapper
-
-    originals = {name: getattr(engine, name) for name in ("fit_all_genes", "fit_all_targets")}
-    for name, fn in originals.items():
-        setattr(engine, name, timed(name, fn))
     best, result = None, None
-    try:
+    with timed_calls(engine, ("fit_all_genes", "fit_all_targets")) as spent:
         with threadpool_limits(limits=1) if limit_blas else contextlib.nullcontext():
             for _ in range(repeats):
                 res = qc = passed = None  # release the last repeat's: peak RSS is one run's
@@ -269,9 +279,6 @@ def run_pysceptre(inputs, pairs, repeats: int, n_jobs: int, limit_blas: bool):
                     result = qc.merge(res, on=["response_id", "grna_target"], how="left")
                     # sklcrt spells the p-value "pvalue"; pysceptre "p_value".
                     result = result.rename(columns={"p_value": "pvalue"})
-    finally:
-        for name, fn in originals.items():
-            setattr(engine, name, fn)
     best["version"] = pysceptre.__version__
     best["have_numba"] = bool(getattr(sampler, "_HAVE_NUMBA", False))
     return best, result, {}

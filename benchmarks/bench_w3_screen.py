@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_pysceptre import cpu_seconds, current_rss, timed_calls  # noqa: E402
 from bench_w1_programs import PeakRSS  # noqa: E402
 
 from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS  # noqa: E402
@@ -133,17 +134,6 @@ def load_inputs(path: Path):
     return inputs, discovery.reset_index(drop=True), positive.reset_index(drop=True)
 
 
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def current_rss() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
 # ---------------------------------------------------------------------- workers
 def run_sklcrt(inputs, discovery, positive, method: dict, repeats: int):
     from threadpoolctl import threadpool_limits
@@ -219,22 +209,8 @@ def run_pysceptre(inputs, discovery, positive, repeats: int):
     n_cells = covariate_matrix.shape[0]
     opts = dict(side="both", moi="high", resampling_approximation="skew_normal", seed=0, n_jobs=1)
 
-    spent = {}
-
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-
-        return wrapper
-
-    original = engine.fit_all_genes
-    engine.fit_all_genes = timed("fit_all_genes", original)
     best, tables = None, None
-    try:
+    with timed_calls(engine, ("fit_all_genes",)) as spent:
         with threadpool_limits(limits=1):
             for _ in range(repeats):
                 cal = pw = disc = qc = None
@@ -307,8 +283,6 @@ def run_pysceptre(inputs, discovery, positive, repeats: int):
                     cal = cal.rename(columns={"p_value": "pvalue"})
                     pw = pw.rename(columns={"p_value": "pvalue"})
                     best, tables = times, (cal, pw, disc)
-    finally:
-        engine.fit_all_genes = original
     best["version"] = pysceptre.__version__
     best["have_numba"] = bool(getattr(sampler, "_HAVE_NUMBA", False))
     return best, tables

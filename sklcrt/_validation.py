@@ -186,3 +186,16 @@ def pvalue_column(frame: pd.DataFrame, col: str) -> str:
     if col not in frame.columns and PVALUE_ALIASES.get(col) in frame.columns:
         return PVALUE_ALIASES[col]
     return col
+
+
+def covariate_frame(adata, covar_key: str) -> pd.DataFrame:
+    """``adata.obsm[covar_key]``, checked to be a DataFrame indexed by ``adata.obs_names``
+    (the raw covariates of the data contract); the caller checks that the key exists."""
+    covar = adata.obsm[covar_key]
+    if not isinstance(covar, pd.DataFrame):
+        raise ValueError(
+            f"adata.obsm[{covar_key!r}] must be a pandas DataFrame of raw covariates indexed by "
+            f"adata.obs_names, got {type(covar).__name__}."
+        )
+    check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+    return covar

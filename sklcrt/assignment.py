@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.special import expit, gammaln
 
 from sklcrt._random import as_generator
-from sklcrt._validation import check_aligned, check_int, missing_key_error, ntc_set
+from sklcrt._validation import check_aligned, check_int, covariate_frame, missing_key_error, ntc_set
 from sklcrt.moi import moi_choices
 from sklcrt.preprocessing import encode_covariates
 
@@ -505,13 +505,7 @@ def _mixture_design(adata, counts, covar_key, covariates) -> tuple[np.ndarray, l
     """The encoded design (intercept first) of the mixture's per-gRNA Poisson GLM."""
     from_counts = _grna_count_covariates(counts)
     if covar_key in adata.obsm:
-        covar = adata.obsm[covar_key]
-        if not isinstance(covar, pd.DataFrame):
-            raise ValueError(
-                f"adata.obsm[{covar_key!r}] must be a pandas DataFrame of raw covariates, got "
-                f"{type(covar).__name__}."
-            )
-        check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+        covar = covariate_frame(adata, covar_key)
     elif covariates is not None:
         raise missing_key_error(
             "obsm", covar_key, adata.obsm.keys(), "Pass covar_key=... or covariates=None."
@@ -934,14 +928,7 @@ def add_burden_covariates(
     n_non_ntc = guides[:, np.flatnonzero(~is_ntc)].getnnz(axis=1).astype(np.int64)
 
     if covar_key in adata.obsm:
-        covar = adata.obsm[covar_key]
-        if not isinstance(covar, pd.DataFrame):
-            raise ValueError(
-                f"adata.obsm[{covar_key!r}] must be a pandas DataFrame to add burden columns, got "
-                f"{type(covar).__name__}."
-            )
-        check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
-        covar = covar.copy()
+        covar = covariate_frame(adata, covar_key).copy()
     else:
         covar = pd.DataFrame(index=adata.obs_names.copy())
     covar["non_ntc_guides_per_cell"] = n_non_ntc

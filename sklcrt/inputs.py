@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sklcrt._validation import check_aligned, missing_key_error, ntc_set
+from sklcrt._validation import check_aligned, covariate_frame, missing_key_error, ntc_set
 from sklcrt.assignment import DEFAULT_NTC_LABELS, read_guide2gene, read_guide_matrix
 from sklcrt.preprocessing import clr_transform, encode_covariates
 
@@ -218,14 +218,7 @@ def prepare_crt_inputs(
             adata.obsm.keys(),
             "Store the raw covariates as a DataFrame indexed by adata.obs_names.",
         )
-    covar = adata.obsm[covar_key]
-    if not isinstance(covar, pd.DataFrame):
-        raise ValueError(
-            f"adata.obsm[{covar_key!r}] must be a pandas DataFrame of raw covariates, got "
-            f"{type(covar).__name__}."
-        )
-    check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
-    covar_df_raw = covar.copy()
+    covar_df_raw = covariate_frame(adata, covar_key).copy()
     C, C_names = encode_covariates(covar_df_raw, columns=covariates)
     batch_raw = None
     if batch_key is not None and batch_key in covar_df_raw.columns:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sklcrt._validation import check_aligned, missing_key_error
+from sklcrt._validation import covariate_frame, missing_key_error
 from sklcrt.assignment import read_guide_matrix
 
 __all__ = ["QC_RULES", "CellwiseQCResult", "cellwise_qc"]
@@ -285,12 +285,7 @@ def cellwise_qc(
         raise ValueError("adata has no cells.")
     covar = None
     if covar_key is not None and covar_key in adata.obsm:
-        covar = adata.obsm[covar_key]
-        if not isinstance(covar, pd.DataFrame):
-            raise ValueError(
-                f"adata.obsm[{covar_key!r}] must be a pandas DataFrame, got {type(covar).__name__}."
-            )
-        check_aligned(covar.index, adata.obs_names, f"adata.obsm[{covar_key!r}]")
+        covar = covariate_frame(adata, covar_key)
 
     flags: dict[str, np.ndarray] = {}
     rows: dict[str, dict] = {}

@@ -34,11 +34,8 @@ Needs ``../shared/data`` next to the repository (skipped with a reason otherwise
 Papalexi.
 """
 
-import numpy as np
 import pytest
-from scipy import stats
 
-from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES
 from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -52,39 +49,16 @@ CONFIDENCE = 0.999
 
 
 @pytest.fixture(scope="module")
-def gasperini(real_screen):
-    from sklcrt.assignment import add_burden_covariates, assign_guides
-    from sklcrt.inputs import prepare_crt_inputs
-    from sklcrt.runners import fit_null_model
-
-    adata = real_screen("gasperini2019_highmoi")
-    assign_guides(adata, method="threshold", threshold=5)
-    add_burden_covariates(adata)
-    inputs = prepare_crt_inputs(adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
-    statistic = fit_null_model(inputs)  # NB score, fitted once for every analysis
-    return adata, inputs, statistic
+def gasperini(gasperini_screen):
+    return gasperini_screen
 
 
-def _design_effect(inputs) -> float:
-    Y = inputs["Y"].toarray().astype(np.float64)
-    Y = np.log1p(Y / np.maximum(Y.sum(axis=1, keepdims=True), 1) * 1e4)
-    C = inputs["C"]
-    resid = Y - C @ np.linalg.lstsq(C, Y, rcond=None)[0]
-    keep = resid.std(axis=0) > 0
-    r = np.corrcoef(resid[:, keep].T)
-    m = r.shape[0]
-    return 1.0 + (m - 1) * np.abs(r[~np.eye(m, dtype=bool)]).mean()
-
-
-def _binomial_interval(n_pairs: int, inputs) -> tuple[float, float, float]:
+def _binomial_interval(n_pairs: int, inputs, ntc_interval) -> tuple[float, float, float]:
     """``n_eff`` and the central ``CONFIDENCE`` interval of ``Binomial(n_eff, 0.01) / n_eff``."""
-    n_eff = n_pairs / _design_effect(inputs)
-    n = int(n_eff)
-    tail = (1 - CONFIDENCE) / 2
-    return n_eff, stats.binom.ppf(tail, n, 0.01) / n, stats.binom.isf(tail, n, 0.01) / n
+    return ntc_interval(n_pairs, inputs, CONFIDENCE)
 
 
-def test_ntc_groups_are_calibrated(gasperini):
+def test_ntc_groups_are_calibrated(gasperini, ntc_interval):
     from sklcrt.runners import calibration_summary, run_ntc_groups
 
     _, inputs, statistic = gasperini
@@ -102,7 +76,7 @@ def test_ntc_groups_are_calibrated(gasperini):
     assert (res["n_strata"] > 40).all()  # batch x propensity x burden bins
 
     summary = calibration_summary(res)
-    n_eff, low, high = _binomial_interval(summary["n_pairs"], inputs)
+    n_eff, low, high = _binomial_interval(summary["n_pairs"], inputs, ntc_interval)
     msg = f"{summary}; n_eff={n_eff:.0f}, accepted frac(p<0.01) in [{low:.4f}, {high:.4f}]"
     assert summary["n_pairs"] > 3000, msg
     assert summary["n_bh_discoveries"] == 0, msg
@@ -131,22 +105,11 @@ def test_positive_controls_are_found(gasperini):
 
 # ---------------------------------------------------------------------- Papalexi 2021, low MOI
 # SCEPTRE's default low-MOI formula: log(response_n_nonzero) + log(response_n_umis) + bio_rep
-PAPALEXI_COVARIATES = ["bio_rep", "log1p_response_n_umis", "log1p_response_n_nonzero"]
-
-
 @pytest.fixture(scope="module")
-def papalexi(real_screen):
-    from sklcrt.assignment import add_burden_covariates, assign_guides
-    from sklcrt.inputs import prepare_crt_inputs
+def papalexi(papalexi_screen):
     from sklcrt.runners import fit_null_model
 
-    adata = real_screen("papalexi2021_lowmoi")
-    assign_guides(adata, method="maximum", min_fraction=0.8, min_umis=5)
-    adata = adata[adata.obs["guide_assignment_status"] == "assigned"].copy()  # clear top gRNA
-    add_burden_covariates(adata)
-    inputs = prepare_crt_inputs(
-        adata, response="counts", covariates=PAPALEXI_COVARIATES, batch_key="bio_rep"
-    )
+    _, inputs = papalexi_screen
     return inputs, fit_null_model(inputs)
 
 
@@ -170,11 +133,11 @@ def _ntc_check(inputs, statistic, control_group):
     return res, calibration_summary(res)  # BH within each grouping
 
 
-def test_low_moi_ntc_calibrated_with_nt_cells_controls(papalexi):
+def test_low_moi_ntc_calibrated_with_nt_cells_controls(papalexi, ntc_interval):
     inputs, statistic = papalexi
     res, summary = _ntc_check(inputs, statistic, "nt_cells")
     _, complement = _ntc_check(inputs, statistic, "complement")
-    n_eff, low, high = _binomial_interval(summary["n_pairs"], inputs)
+    n_eff, low, high = _binomial_interval(summary["n_pairs"], inputs, ntc_interval)
     msg = (
         f"nt_cells: {summary}; complement: {complement}; n_eff={n_eff:.0f}, accepted "
         f"frac(p<0.01) in [{low:.4f}, {high:.4f}]"

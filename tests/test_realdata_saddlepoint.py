@@ -23,11 +23,9 @@ share a treatment are correlated through the genes), as in ``tests/test_realdata
 Needs ``../shared/data`` (skipped with a reason otherwise); about a minute on 2 busy cores.
 """
 
-import numpy as np
 import pytest
 from scipy import stats
 
-from sklcrt.inputs import SCEPTRE_HIGH_MOI_COVARIATES
 from sklcrt.resampling import RECOMMENDED_HIGH_MOI_KWARGS
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -39,29 +37,13 @@ HIGH_MOI = dict(
 RESAMPLED = dict(n_resamples=499, n_resamples_adaptive=0)
 SADDLEPOINT = dict(pvalue_method="saddlepoint")
 CONFIDENCE = 0.95
-# SCEPTRE's default low-MOI formula: log(response_n_nonzero) + log(response_n_umis) + bio_rep
-PAPALEXI_COVARIATES = ["bio_rep", "log1p_response_n_umis", "log1p_response_n_nonzero"]
 
 
-def _design_effect(inputs) -> float:
-    Y = inputs["Y"].toarray().astype(np.float64)
-    Y = np.log1p(Y / np.maximum(Y.sum(axis=1, keepdims=True), 1) * 1e4)
-    C = inputs["C"]
-    resid = Y - C @ np.linalg.lstsq(C, Y, rcond=None)[0]
-    keep = resid.std(axis=0) > 0
-    r = np.corrcoef(resid[:, keep].T)
-    m = r.shape[0]
-    return 1.0 + (m - 1) * np.abs(r[~np.eye(m, dtype=bool)]).mean()
-
-
-def _check_calibrated(results, inputs, label, max_bh=0):
+def _check_calibrated(results, inputs, label, ntc_interval, max_bh=0):
     from sklcrt.runners import calibration_summary
 
     summary = calibration_summary(results)
-    n_eff = summary["n_pairs"] / _design_effect(inputs)
-    n = int(n_eff)
-    tail = (1 - CONFIDENCE) / 2
-    low, high = stats.binom.ppf(tail, n, 0.01) / n, stats.binom.isf(tail, n, 0.01) / n
+    n_eff, low, high = ntc_interval(summary["n_pairs"], inputs, CONFIDENCE)
     msg = f"{label}: {summary}; n_eff={n_eff:.0f}, frac(p<0.01) must be in [{low:.4f}, {high:.4f}]"
     assert summary["n_bh_discoveries"] <= max_bh, msg
     assert low <= summary["frac_below_0.01"] <= high, msg
@@ -70,19 +52,11 @@ def _check_calibrated(results, inputs, label, max_bh=0):
 
 # ---------------------------------------------------------------------- Gasperini 2019, high MOI
 @pytest.fixture(scope="module")
-def gasperini(real_screen):
-    from sklcrt.assignment import add_burden_covariates, assign_guides
-    from sklcrt.inputs import prepare_crt_inputs
-    from sklcrt.runners import fit_null_model
-
-    adata = real_screen("gasperini2019_highmoi")
-    assign_guides(adata, method="threshold", threshold=5)
-    add_burden_covariates(adata)
-    inputs = prepare_crt_inputs(adata, response="counts", covariates=SCEPTRE_HIGH_MOI_COVARIATES)
-    return adata, inputs, fit_null_model(inputs)
+def gasperini(gasperini_screen):
+    return gasperini_screen
 
 
-def test_gasperini_ntc_calibrated_like_resampling(gasperini):
+def test_gasperini_ntc_calibrated_like_resampling(gasperini, ntc_interval):
     from sklcrt.runners import run_ntc_groups
 
     _, inputs, statistic = gasperini
@@ -96,8 +70,8 @@ def test_gasperini_ntc_calibrated_like_resampling(gasperini):
     assert sp.loc[tested, "pvalue"].notna().all()
     # no resampling: every tested pair has a saddlepoint (or exact) p-value
     assert sp.loc[tested, "pvalue_method"].isin(["saddlepoint", "exact"]).all()
-    s_sp = _check_calibrated(sp, inputs, "saddlepoint")
-    s_rs = _check_calibrated(rs, inputs, "resampling")
+    s_sp = _check_calibrated(sp, inputs, "saddlepoint", ntc_interval)
+    s_rs = _check_calibrated(rs, inputs, "resampling", ntc_interval)
     assert s_sp["n_pairs"] == s_rs["n_pairs"]
     # the same pairs, the same null: the two p-values agree where resampling resolves them
     both = tested & (rs["pvalue"].to_numpy() > 0.05)
@@ -126,23 +100,15 @@ def test_gasperini_positive_controls(gasperini):
 
 # ---------------------------------------------------------------------- Papalexi 2021, low MOI
 @pytest.fixture(scope="module")
-def papalexi(real_screen):
-    from sklcrt.assignment import add_burden_covariates, assign_guides
-    from sklcrt.inputs import prepare_crt_inputs
+def papalexi(papalexi_screen):
     from sklcrt.runners import control_cells, fit_null_model
 
-    adata = real_screen("papalexi2021_lowmoi")
-    assign_guides(adata, method="maximum", min_fraction=0.8, min_umis=5)
-    adata = adata[adata.obs["guide_assignment_status"] == "assigned"].copy()  # clear top gRNA
-    add_burden_covariates(adata)
-    inputs = prepare_crt_inputs(
-        adata, response="counts", covariates=PAPALEXI_COVARIATES, batch_key="bio_rep"
-    )
+    adata, inputs = papalexi_screen
     # SCEPTRE's low-MOI null model: fitted on the NT cells (refitted per unit by the test)
     return adata, inputs, fit_null_model(inputs, fit_cells=control_cells(inputs, "nt_cells"))
 
 
-def test_papalexi_ntc_calibrated_like_resampling(papalexi):
+def test_papalexi_ntc_calibrated_like_resampling(papalexi, ntc_interval):
     from sklcrt.runners import run_ntc_ensemble
 
     _, inputs, statistic = papalexi
@@ -164,8 +130,8 @@ def test_papalexi_ntc_calibrated_like_resampling(papalexi):
     # One NTC pair (group NTC_e0_1 x RBFA, log2 fold change -0.63) has p ~ 5e-5 with both
     # tail-resolving paths, a Benjamini-Hochberg discovery for both: a property of the data
     # and the null model, not of the saddlepoint. Allowed once, and only as for resampling.
-    s_sp = _check_calibrated(sp, inputs, "saddlepoint", max_bh=1)
-    s_rs = _check_calibrated(rs, inputs, "resampling 499 + 4,999", max_bh=1)
+    s_sp = _check_calibrated(sp, inputs, "saddlepoint", ntc_interval, max_bh=1)
+    s_rs = _check_calibrated(rs, inputs, "resampling 499 + 4,999", ntc_interval, max_bh=1)
     assert s_sp["n_bh_discoveries"] == s_rs["n_bh_discoveries"]
     assert s_sp["n_pairs"] > 1500
     smallest = sp["pvalue"].idxmin()
