@@ -25,6 +25,7 @@ from sklcrt.statistics._nb_fit import (  # noqa: F401  (_CountTable, _nb_terms: 
     _CountTable,
     _fit_glm,
     _fit_nb,
+    fit_nb_start,
     _glm_loglik,
     _Gram,
     _linear_predictor,
@@ -281,7 +282,7 @@ class NBScoreStatistic(BaseStatistic):
 
         QT = np.ascontiguousarray(Qf.T)
         self._max_leverage = float(np.sqrt(np.max(np.einsum("ij,ij->i", Qf, Qf))))
-        gram = _Gram(Qf)
+        step_gram, info_gram = _Gram(Qf, np.float32), _Gram(Qf)
         ones_coef = Q.sum(axis=0)  # Q @ ones_coef = 1, as 1 is in the span of Q
         fitted = np.flatnonzero(~self.no_counts_)
         k = max(1, _FIT_BLOCK_BYTES // (8 * n_fit))
@@ -289,9 +290,9 @@ class NBScoreStatistic(BaseStatistic):
         def fit_block(block):
             Yb = _response_rows(Yf, block)
             beta = np.outer(np.log(totals[block] / n_fit), ones_coef)
-            beta, theta, conv = self._fit_block(QT, gram, Yb, beta, bounds)
+            beta, theta, conv = self._fit_block(QT, step_gram, Yb, beta, bounds)
             mu = _mean(beta @ QT)
-            return block, beta, theta, conv, gram(mu / (1.0 + mu / theta[:, None]))
+            return block, beta, theta, conv, info_gram(mu / (1.0 + mu / theta[:, None]))
 
         # Each response converges on its own, so blocks fitted in parallel threads give the
         # same fit (numpy releases the GIL in these passes over whole blocks). Threads, whatever
@@ -373,7 +374,7 @@ class NBScoreStatistic(BaseStatistic):
         new._cache = None
         new.theta_ = self.theta_.copy()
         QT = np.ascontiguousarray(Qf.T)
-        gram = _Gram(Qf)
+        step_gram, info_gram = _Gram(Qf, np.float32), _Gram(Qf)
         ones_coef = Q.sum(axis=0)
         totals = np.asarray(Yf.sum(axis=0)).ravel()
         fitted = np.flatnonzero(~new.no_counts_)
@@ -390,7 +391,7 @@ class NBScoreStatistic(BaseStatistic):
                 theta = np.where(np.isfinite(theta), theta, self.theta_bounds[1])
                 beta, conv = _fit_glm(
                     QT,
-                    gram,
+                    step_gram,
                     _response_rows(Yf, block),
                     beta,
                     theta,
@@ -398,7 +399,7 @@ class NBScoreStatistic(BaseStatistic):
                     tol=self.tol,
                 )
                 mu = _mean(beta @ QT)
-                H = gram(mu / (1.0 + mu / theta[:, None]))
+                H = info_gram(mu / (1.0 + mu / theta[:, None]))
                 new.coef_[block], new.converged_[block] = beta, conv
                 new.theta_[block] = theta
                 new.null_info_[block], new.whitener_[block] = H, _whitener(H)
@@ -439,9 +440,7 @@ class NBScoreStatistic(BaseStatistic):
         # The Poisson fit only gives the joint fit a start (means for the moments estimate of
         # theta), so a loose tolerance is enough: the joint fit converges to ``tol`` anyway.
         start = dict(kw, tol=max(self.tol, _START_TOL))
-        beta, _ = _fit_glm(QT, gram, Yb, beta, np.full(k, np.inf), **start)
-        mu = _mean(beta @ QT)
-        theta = _moments_theta(Yb, mu, bounds)
+        beta, theta = fit_nb_start(QT, gram, Yb, beta, bounds, **start)
         beta, theta, conv = _fit_nb(QT, gram, Yb, beta, theta, bounds, _CountTable(Yb), **kw)
         return beta, theta, conv
 
