@@ -90,7 +90,8 @@ def _whitener(H: np.ndarray) -> np.ndarray:
 
 
 def _mean(eta: np.ndarray) -> np.ndarray:
-    return np.exp(np.minimum(eta, _ETA_MAX))
+    mu = np.minimum(eta, _ETA_MAX)
+    return np.exp(mu, out=mu)
 
 
 def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out: np.ndarray | None = None):
@@ -219,7 +220,7 @@ def _subsample(XT, Y, gram):
     return XTs, _Gram(np.ascontiguousarray(XTs.T), gram.dtype), np.ascontiguousarray(Y[:, sub])
 
 
-def fit_nb_start(XT, gram, Y, beta, bounds, *, max_iter, tol):
+def _fit_nb_start(XT, gram, Y, beta, bounds, *, max_iter, tol):
     """A start for :func:`_fit_nb`: the Poisson fit for β and the moments estimate of θ.
 
     On many cells, responses with at least ``_SUB_MIN_NB_NONZERO`` nonzero counts on every
@@ -369,30 +370,35 @@ def _moments_theta(Y, mu, bounds):
 def _nb_terms(Y, eta, mu, theta, table):
     """Everything one Newton iteration of :func:`_fit_nb` needs, from the means of one point.
 
-    With ``r = μ/θ``, ``u = 1 / (1 + r)``, ``s = r u`` and ``a = y + θ`` (per cell):
+    With ``r = μ/θ``, ``u = 1 / (1 + r)`` and ``s = r u = 1 - u`` (per cell):
 
-    - ``ll = Σ y η - Σ a log1p(r) + T(θ)``, the NB log-likelihood up to terms free of β and θ,
-    - ``dll/dθ = -Σ log1p(r) + Σ a s / θ + T'(θ)``,
-    - ``d²ll/dθ² = 2 Σ s / θ - Σ (2 + r) a s u / θ² + T''(θ)``,
-    - ``u``, which turns ``y - μ`` into the score of β, and ``a s u = μ (1 + y/θ) / (1 + μ/θ)²``,
-      the weights of its observed information,
+    - ``ll = Σ y η - Σ (y + θ) log1p(r) + T(θ)``, the NB log-likelihood up to terms free of β
+      and θ,
+    - ``dll/dθ = -Σ log1p(r) + Σ (y + θ) s / θ + T'(θ)``,
+    - ``d²ll/dθ² = 2 Σ s / θ - Σ (2 + r) (y + θ) s u / θ² + T''(θ)``, where
+      ``(2 + r) u = 1 + u``,
+    - ``u``, which turns ``y - μ`` into the score of β, and ``(y + θ) s u = μ (1 + y/θ) /
+      (1 + μ/θ)²``, the weights of its observed information,
 
     where ``T`` sums the gamma-function terms over the table of distinct nonzero counts (they
-    vanish for ``y = 0``).
+    vanish for ``y = 0``). Sums of ``y`` times a term are taken apart from ``θ`` times the term's
+    sum, so that few (responses x cells) temporaries pass through memory.
     """
     thc = theta[:, None]
-    r = mu / thc
-    l1p = np.log1p(r)
-    u = r + 1.0
+    u = np.divide(mu, thc)
+    l1p = np.log1p(u)
+    u += 1.0
     np.reciprocal(u, out=u)
-    a = Y + thc
-    s = r * u
-    ll = np.einsum("ij,ij->i", Y, eta) - np.einsum("ij,ij->i", a, l1p)
-    g = np.einsum("ij,ij->i", a, s) / theta - l1p.sum(axis=1)
-    weights = a * s
+    s = np.subtract(1.0, u)
+    sum_l1p, sum_s = l1p.sum(axis=1), s.sum(axis=1)
+    y_s = np.einsum("ij,ij->i", Y, s)
+    ll = np.einsum("ij,ij->i", Y, eta) - np.einsum("ij,ij->i", Y, l1p) - theta * sum_l1p
+    g = (y_s + theta * sum_s) / theta - sum_l1p
+    weights = np.add(Y, thc, out=l1p)  # l1p is spent
+    weights *= s
+    a_s = y_s + theta * sum_s  # Σ (y + θ) s
     weights *= u
-    r += 2.0
-    h = 2.0 * s.sum(axis=1) / theta - np.einsum("ij,ij->i", weights, r) / theta**2
+    h = 2.0 * sum_s / theta - (weights.sum(axis=1) + a_s) / theta**2
     y = table.value
     t = theta[table.resp]
     ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
@@ -432,14 +438,18 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     eta = beta @ XT
     mu = _mean(eta)
     ll, g, h, u, weights = _nb_terms(Ya, eta, mu, np.exp(phi), ta)
+    previous = np.full(Y.shape[0], np.inf)  # size of each response's last full step
     for _ in range(max_iter):
         b, p = beta[active], phi[active]
         th = np.exp(p)
-        resid = (Ya - mu) * u
-        score = resid @ XT.T
-        # d²ll/dβdφ = Σ q (y - μ) r u² = Σ q (y - μ) u (1 - u), as s = r u = 1 - u.
-        resid *= 1.0 - u
-        cross = resid @ XT.T
+        # The score (y - μ) u and, for d²ll/dβdφ = Σ q (y - μ) r u² = Σ q (y - μ) u (1 - u)
+        # (as s = r u = 1 - u), the cross derivative, in one product with the design.
+        resid = np.empty((2,) + Ya.shape)
+        np.subtract(Ya, mu, out=resid[0])
+        resid[0] *= u
+        np.multiply(resid[0], u, out=resid[1])
+        np.subtract(resid[0], resid[1], out=resid[1])
+        score, cross = (resid.reshape(-1, Ya.shape[1]) @ XT.T).reshape(2, Ya.shape[0], -1)
         both = _solve(
             np.repeat(gram(weights), 2, axis=0),
             np.stack([score, cross], 1).reshape(-1, score.shape[1]),
@@ -462,6 +472,27 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
 
         new_b = b + step_b
         new_p = np.clip(p + step_p, lo, hi)
+        # Converged when the full Newton steps are small (a step shortened by the line search
+        # says nothing about the distance to the optimum): that step is the last, taken
+        # without evaluating the new point (no line search can matter at that scale).
+        size = np.maximum(
+            np.abs(step_b).max(axis=1) / (1.0 + np.abs(new_b).max(axis=1)), np.abs(new_p - p)
+        )
+        # Newton's quadratic convergence: with steps shrinking as size ≈ c · previous², the
+        # next one would be c · size². Below tol, this step is the last.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = size / previous[active] ** 2
+        last = (size <= tol) | (joint & (rate * size**2 <= 0.01 * tol) & (size <= np.sqrt(tol)))
+        if last.any():
+            beta[active[last]], phi[active[last]] = new_b[last], new_p[last]
+            converged[active[last]] = True
+            go = np.flatnonzero(~last)
+            if go.size == 0:
+                break
+            active, Ya, ta = active[go], Ya[go], ta.subset(go)
+            b, p, step_b, step_p, new_b, new_p, ll, size = (
+                v[go] for v in (b, p, step_b, step_p, new_b, new_p, ll, size)
+            )
         new_eta = new_b @ XT
         new_mu = _mean(new_eta)
         new = list(_nb_terms(Ya, new_eta, new_mu, np.exp(new_p), ta))  # ll, g, h, u, weights
@@ -486,13 +517,12 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         # Where no step improves the likelihood the fit is at its (numerical) optimum.
         new_b[bad], new_p[bad] = b[bad], p[bad]
         beta[active], phi[active] = new_b, new_p
-        # Converged when the full Newton steps are small (a step shortened by the line search
-        # says nothing about the distance to the optimum), or when no step improves.
-        done = np.abs(step_b).max(axis=1) <= tol * (1.0 + np.abs(new_b).max(axis=1))
-        done &= np.abs(np.clip(p + step_p, lo, hi) - p) <= tol
-        done[bad] = True
-        converged[active[done]] = True
-        keep = np.flatnonzero(~done)
+        previous[active] = np.where(t == 1.0, size, np.inf)
+        # Also converged where no step improves the likelihood.
+        converged[active[bad]] = True
+        keep = np.ones(active.size, dtype=bool)
+        keep[bad] = False
+        keep = np.flatnonzero(keep)
         if keep.size == 0:
             break
         if keep.size < active.size:

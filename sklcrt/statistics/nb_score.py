@@ -25,12 +25,11 @@ from sklcrt.statistics._nb_fit import (  # noqa: F401  (_CountTable, _nb_terms: 
     _CountTable,
     _fit_glm,
     _fit_nb,
-    fit_nb_start,
+    _fit_nb_start,
     _glm_loglik,
     _Gram,
     _linear_predictor,
     _mean,
-    _moments_theta,
     _nb_terms,
     _response_rows,
     _solve,
@@ -41,7 +40,7 @@ __all__ = ["NBScoreStatistic"]
 
 _LN2 = np.log(2.0)
 # Bytes of one dense (responses x cells) array while fitting; a few such arrays are alive.
-_FIT_BLOCK_BYTES = 4 * 2**20
+_FIT_BLOCK_BYTES = 2 * 2**20
 # Bytes of one run of cells (all responses) while the cached pieces are built.
 _CACHE_ROWS_BYTES = 1 * 2**20
 # A resample whose covariate-adjusted information is below this fraction of its raw
@@ -440,7 +439,7 @@ class NBScoreStatistic(BaseStatistic):
         # The Poisson fit only gives the joint fit a start (means for the moments estimate of
         # theta), so a loose tolerance is enough: the joint fit converges to ``tol`` anyway.
         start = dict(kw, tol=max(self.tol, _START_TOL))
-        beta, theta = fit_nb_start(QT, gram, Yb, beta, bounds, **start)
+        beta, theta = _fit_nb_start(QT, gram, Yb, beta, bounds, **start)
         beta, theta, conv = _fit_nb(QT, gram, Yb, beta, theta, bounds, _CountTable(Yb), **kw)
         return beta, theta, conv
 
@@ -551,7 +550,7 @@ class NBScoreStatistic(BaseStatistic):
 
     def _gather(self, chunk, stacked, pieces):
         if stacked is None:
-            sums = chunk.gather(pieces).reshape(chunk.csr.shape[0], self._n_sums + 2, -1)
+            sums = chunk.gather(pieces).reshape(chunk.n_resamples, self._n_sums + 2, -1)
             return sums[:, 0], sums[:, 1:].transpose(1, 0, 2)
         a, W = pieces
         s_a = np.asarray(chunk.csc @ a)
