@@ -39,13 +39,14 @@ from sklcrt.strata import StratumEncoder
 __all__ = ["CRTResult", "CRTTest"]
 
 
-def _resamples_on_cells(resamples: sp.csr_matrix, cells: np.ndarray, n_cells: int) -> sp.csr_matrix:
+def _resamples_on_cells(resamples, cells: np.ndarray, n_cells: int):
     """Resamples drawn on a subset of the cells, as rows over all ``n_cells`` cells.
 
     Column ``j`` of ``resamples`` is cell ``cells[j]``; ``cells`` is increasing (e.g.
     ``np.flatnonzero(eligible)``), so the mapped column indices stay sorted within every row and
-    the result is canonical CSR, shape ``(n_resamples, n_cells)``; the cells outside ``cells`` are
-    untreated in every resample. Cost ``O(nnz)``.
+    the result is canonical, shape ``(n_resamples, n_cells)``, in the format of ``resamples``
+    (CSR or CSC); the cells outside ``cells`` are untreated in every resample. Cost ``O(nnz)``
+    (CSR) or ``O(n_cells)`` (CSC).
 
     Why the test stays valid: the null model of each response is fitted once on all cells
     without the treatment, so the statistic is a fixed function of the treatment vector, and
@@ -55,6 +56,18 @@ def _resamples_on_cells(resamples: sp.csr_matrix, cells: np.ndarray, n_cells: in
     p-value compares the treated cells with the eligible controls only.
     """
     index_dtype = resamples.indices.dtype if n_cells < 2**31 - 1 else np.int64
+    if resamples.format == "csc":
+        # Columns move to their cells; the other cells get empty columns.
+        counts = np.zeros(n_cells, dtype=np.int64)
+        counts[cells] = np.diff(resamples.indptr)
+        indptr = np.zeros(n_cells + 1, dtype=np.result_type(resamples.indptr.dtype, index_dtype))
+        np.cumsum(counts, out=indptr[1:])
+        out = sp.csc_matrix(
+            (resamples.data, resamples.indices, indptr), shape=(resamples.shape[0], n_cells)
+        )
+        out.has_sorted_indices = True
+        out.has_canonical_format = True
+        return out
     out = sp.csr_matrix(
         (
             resamples.data,
@@ -865,13 +878,23 @@ class _Draws:
         blocks = []
         for start in range(0, n_resamples, self.rows_per_block):
             rows = min(self.rows_per_block, n_resamples - start)
-            resamples = self.treatment.sampler.sample(rows, random_state=rng)
+            # The sampler's own format (CSR or CSC): the statistic takes either.
+            resamples = _draw_resamples(self.treatment.sampler, rows, rng)
             if self.treatment.cells is not None:
                 resamples = _resamples_on_cells(resamples, self.treatment.cells, self.n_cells)
             blocks.append(statistic.evaluate(resamples, columns))
             del resamples
             self.n_blocks += 1
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+
+
+def _draw_resamples(sampler, n_resamples: int, rng):
+    """``sampler.sample(n_resamples, rng)``, in CSC where the sampler builds it so (the same
+    draws: :meth:`BaseSampler._draw`)."""
+    draw = getattr(sampler, "_draw", None)
+    if draw is None:
+        return sampler.sample(n_resamples, random_state=rng)
+    return draw(n_resamples, random_state=rng)
 
 
 class _LinearScore:

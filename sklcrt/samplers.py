@@ -155,6 +155,15 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
             Row ``b`` holds ones at the cells treated in resample ``b``; column indices are sorted
             within each row (canonical format).
         """
+        return _as_csr(self._draw(n_resamples, random_state))
+
+    def _draw(self, n_resamples: int, random_state=None) -> sp.csr_matrix | sp.csc_matrix:
+        """The resamples of :meth:`sample` (the same draws), as canonical CSR or CSC.
+
+        The format is the one the sampler builds at least cost (CSC for
+        :class:`BernoulliSampler`, whose draws come out cell by cell), so that the gather, which
+        reads the resamples cell by cell, does not pay for a conversion to CSR and back.
+        """
         check_is_fitted(self)
         n_resamples = check_int(n_resamples, "n_resamples", min_value=1)
         n_cells = self.n_cells_
@@ -164,6 +173,10 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
                 "resamples in smaller batches."
             )
         rng = as_generator(random_state)
+        return self._sample_any(n_resamples, rng)
+
+    def _sample_any(self, n_resamples: int, rng: np.random.Generator):
+        """The resamples as canonical CSR or CSC (by default :meth:`_sample_matrix`)."""
         return self._sample_matrix(n_resamples, rng)
 
     def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
@@ -285,31 +298,56 @@ def _bernoulli_positions(rng: np.random.Generator, size: int, q: float) -> np.nd
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _cell_major_to_csr(cells, rows, n_resamples: int, n_cells: int) -> sp.csr_matrix:
-    """Canonical CSR of the entries ``(rows, cells)`` given cell by cell: each cell's entries
-    contiguous with increasing rows, the cells in any order."""
+def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int, run_order=None):
+    """Canonical CSC (CSR for few entries) of the entries ``(rows, cells)`` given cell by cell:
+    each cell's entries contiguous with increasing rows, the cells in any order.
+
+    ``run_order``, when given, lists cells in the order their runs appear (cells without
+    entries may be listed too, cells outside it have none): it places the runs from per-cell
+    counts, without a pass over the entries to find where each run starts.
+    """
     nnz = cells.size
     if nnz < 2 * n_cells:
-        # Few draws: sorting their keys costs less than arrays over all cells.
+        # Few draws: sorting their keys costs less than arrays over all cells (and CSR has no
+        # array over all cells).
         return _keys_to_csr(np.sort(rows.astype(np.int64) * n_cells + cells), n_resamples, n_cells)
     index_dtype = np.int32 if max(n_cells, n_resamples, nnz) < 2**31 - 1 else np.int64
+    counts = np.bincount(cells, minlength=n_cells)
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cells, minlength=n_cells), out=indptr[1:])
-    if nnz:
-        first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1])))
-        offset = np.zeros(n_cells, dtype=np.int64)
-        offset[cells[first]] = indptr[cells[first]] - first
-        dest = np.arange(nnz, dtype=np.int64)
-        dest += offset[cells]
-        indices = np.empty(nnz, dtype=index_dtype)
-        indices[dest] = rows
+    np.cumsum(counts, out=indptr[1:])
+    # Each entry's place in CSC order: its run's start there minus the run's start in the input.
+    offset = np.zeros(n_cells, dtype=np.int64)
+    if run_order is not None:
+        run_counts = counts[run_order]
+        run_start = np.cumsum(run_counts)
+        run_start -= run_counts
+        offset[run_order] = indptr[run_order] - run_start
     else:
-        indices = np.empty(0, dtype=index_dtype)
-    csc = sp.csc_matrix(
+        first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1])))
+        offset[cells[first]] = indptr[cells[first]] - first
+    dest = offset[cells]
+    dest += np.arange(nnz, dtype=np.int64)
+    indices = np.empty(nnz, dtype=index_dtype)
+    indices[dest] = rows
+    out = sp.csc_matrix(
         (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
-    csc.has_sorted_indices = True
-    out = csc.tocsr()
+    out.has_sorted_indices = True
+    out.has_canonical_format = True
+    return out
+
+
+def _cell_major_to_csr(cells, rows, n_resamples: int, n_cells: int) -> sp.csr_matrix:
+    """Canonical CSR of the entries ``(rows, cells)`` given cell by cell (see
+    :func:`_cell_major_to_sparse`)."""
+    return _as_csr(_cell_major_to_sparse(cells, rows, n_resamples, n_cells))
+
+
+def _as_csr(R) -> sp.csr_matrix:
+    """Canonical CSR of canonical CSR or CSC resamples (the conversion sorts the rows)."""
+    if R.format == "csr":
+        return R
+    out = R.tocsr()
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out
@@ -596,14 +634,20 @@ class BernoulliSampler(BaseSampler):
         return rows * self.n_cells_ + R.indices
 
     def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
-        """All draws cell by cell (cell-major), scattered into a CSC matrix, then CSR.
+        return _as_csr(self._sample_any(n_resamples, rng))
+
+    def _sample_any(self, n_resamples: int, rng: np.random.Generator):
+        """All draws cell by cell (cell-major), scattered into a canonical CSC matrix (CSR when
+        there are fewer draws than twice the cells).
 
         Within a bucket the (cell, resample) grid is walked cell-major: a dense bucket compares
         one uniform per grid point with ``p_i``; a sparse bucket (largest p ``q <= 1/4``) picks
         the grid points of iid ``Bernoulli(q)`` inclusions by geometric gaps (no duplicates to
         redraw) and keeps each with probability ``p_i / q`` (thinning): exact iid
         ``Bernoulli(p_i)`` draws. Each cell's resamples come out increasing, so the CSC matrix
-        needs no sort, and its conversion to CSR (a counting transpose) sorts the rows.
+        needs no sort; the buckets are walked in the order of ``_groups.members``, which places
+        every cell's run from the counts alone. :meth:`sample` converts it to CSR (a counting
+        transpose sorts the rows); the gather reads it as it is.
         """
         B, n_cells, grp, p, q = (
             n_resamples,
@@ -636,4 +680,4 @@ class BernoulliSampler(BaseSampler):
             cells, rows = np.concatenate(cell_parts), np.concatenate(row_parts)
         else:
             cells = rows = np.empty(0, dtype=np.int64)
-        return _cell_major_to_csr(cells, rows, B, n_cells)
+        return _cell_major_to_sparse(cells, rows, B, n_cells, run_order=grp.members)

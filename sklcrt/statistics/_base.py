@@ -55,48 +55,66 @@ class _Chunk:
     rows : slice
         The resamples (rows of ``R``) in this chunk.
     csr, csc : scipy.sparse matrices of shape (n_in_chunk, n_cells or len(cells))
-        The chunk's resamples; their columns are ``cells`` when the evaluation is restricted to
-        the touched cells.
+        The chunk's resamples (each converted from the other on first use); their columns are
+        ``cells`` when the evaluation is restricted to the touched cells.
     n_in_row : ndarray of shape (n_in_chunk,)
         Treated cells per resample (``xᵀx``).
     cells : ndarray of int or None
         The cells the columns stand for (None: all cells).
     """
 
-    __slots__ = ("rows", "csr", "_csc", "n_in_row", "cells", "plan")
+    __slots__ = ("rows", "_csr", "_csc", "n_in_row", "cells", "plan")
 
-    def __init__(self, rows, csr, cells, plan=None):
+    def __init__(self, rows, csr, cells, plan=None, csc=None):
         self.rows = rows
-        self.csr = csr
-        self._csc = None
-        self.n_in_row = np.diff(csr.indptr).astype(np.float64)
+        self._csr = csr
+        self._csc = csc
+        if csr is not None:
+            self.n_in_row = np.diff(csr.indptr).astype(np.float64)
+        else:
+            self.n_in_row = np.bincount(csc.indices, minlength=csc.shape[0]).astype(np.float64)
         self.cells = cells
         self.plan = plan
+
+    @property
+    def n_resamples(self) -> int:
+        """Resamples in the chunk."""
+        return self.n_in_row.size
+
+    @property
+    def csr(self):
+        """The chunk as canonical CSR (converted on first use)."""
+        if self._csr is None:
+            self._csr = self._csc.tocsr()
+            self._csr.has_sorted_indices = True
+        return self._csr
 
     @property
     def csc(self):
         """The chunk as CSC (converted on first use)."""
         if self._csc is None:
-            self._csc = self.csr.tocsc()
+            self._csc = self._csr.tocsc()
         return self._csc
 
     def gather(self, pieces: np.ndarray) -> np.ndarray:
         """``R_chunk @ pieces`` with the kernel that suits the size of ``pieces``.
 
         Pieces that fit in cache are gathered row by row from the CSR matrix (no conversion);
-        larger ones column by column from the CSC matrix, which streams through them. Both add
-        each output element's terms in increasing cell order (the indices are sorted), so the
-        sums are the same.
+        larger ones, or any held as CSC only, column by column from the CSC matrix, which
+        streams through them. Both add each output element's terms in increasing cell order
+        (the indices are sorted), so the sums are the same.
         """
-        if pieces.shape[0] * pieces.shape[1] * pieces.itemsize <= _CACHED_PIECES_BYTES:
-            return np.asarray(self.csr @ pieces)
+        small = pieces.shape[0] * pieces.shape[1] * pieces.itemsize <= _CACHED_PIECES_BYTES
+        if small and self._csr is not None:
+            return np.asarray(self._csr @ pieces)
         return np.asarray(self.csc @ pieces)
 
 
-def _check_resamples(R, n_cells: int, *, name: str = "R") -> sp.csr_matrix:
-    """Validate a (B, n_cells) 0/1 resample matrix; return it as canonical float64 CSR."""
+def _check_resamples(R, n_cells: int, *, name: str = "R"):
+    """Validate a (B, n_cells) 0/1 resample matrix; return it as canonical float64 CSR (or CSC,
+    when given as CSC: the gather reads it cell by cell)."""
     if sp.issparse(R):
-        R = sp.csr_matrix(R)
+        R = sp.csc_matrix(R) if R.format == "csc" else sp.csr_matrix(R)
     else:
         arr = np.asarray(R)
         if arr.ndim == 1:
@@ -378,7 +396,8 @@ class BaseStatistic(BaseEstimator):
         ----------
         R : sparse matrix of shape (n_resamples, n_cells)
             Resampled treatment vectors, one 0/1 row per resample (CSR as the samplers return
-            it; other sparse formats and dense arrays are converted).
+            it, or CSC, which the gather reads without a conversion; other sparse formats and
+            dense arrays are converted).
         columns : array-like of int or bool of shape (n_responses,), default=None
             Responses to evaluate (indices into the fitted responses, or a boolean mask);
             None means all.
@@ -402,8 +421,11 @@ class BaseStatistic(BaseEstimator):
         """Schedule the gather: blocks of responses x chunks of resamples, into ``out``."""
         G = self.n_responses_
         n_cells = self.n_cells_
-        touched = np.zeros(n_cells, dtype=bool)
-        touched[R.indices] = True
+        if R.format == "csc":
+            touched = np.diff(R.indptr) > 0
+        else:
+            touched = np.zeros(n_cells, dtype=bool)
+            touched[R.indices] = True
         n_touched = int(np.count_nonzero(touched))
         cells = np.flatnonzero(touched) if n_touched < _COMPACT_FRACTION * n_cells else None
 
@@ -552,6 +574,22 @@ class BaseStatistic(BaseEstimator):
     def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int, plan=None):
         """Split the resamples into runs whose gather output stays in cache (a generator)."""
         chunk_rows = max(1, int(chunk_rows))
+        if R.format == "csc":
+            if chunk_rows >= R.shape[0]:
+                # One chunk, gathered as given; the touched cells' columns are the nonempty
+                # ones, so restricting to them only drops the empty columns from indptr.
+                part = R
+                if cells is not None:
+                    indptr = np.concatenate((R.indptr[:1], R.indptr[cells + 1]))
+                    part = sp.csc_matrix(
+                        (R.data, R.indices, indptr), shape=(R.shape[0], cells.size)
+                    )
+                    part.has_sorted_indices = True
+                chunk = _Chunk(slice(0, R.shape[0]), None, cells, plan, csc=part)
+                yield chunk, self._prepare(chunk)
+                return
+            R = R.tocsr()  # runs of rows: cut from CSR (each converted back for the gather)
+            R.has_sorted_indices = True
         if cells is not None:
             position = np.empty(self.n_cells_, dtype=R.indices.dtype)
             position[cells] = np.arange(cells.size, dtype=R.indices.dtype)
