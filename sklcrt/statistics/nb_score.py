@@ -550,7 +550,7 @@ class NBScoreStatistic(BaseStatistic):
 
     def _gather(self, chunk, stacked, pieces):
         if stacked is None:
-            sums = chunk.gather(pieces).reshape(chunk.csr.shape[0], self._n_sums + 2, -1)
+            sums = chunk.gather(pieces).reshape(chunk.n_resamples, self._n_sums + 2, -1)
             return sums[:, 0], sums[:, 1:].transpose(1, 0, 2)
         a, W = pieces
         s_a = np.asarray(chunk.csc @ a)
