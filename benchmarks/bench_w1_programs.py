@@ -239,15 +239,19 @@ def stage_times(inputs, n_units, B):
 
     from sklcrt._random import as_generator, seed_sequence
     from sklcrt.crt import CRTTest
+    from sklcrt.execution import _test_unit
     from sklcrt.inputs import unit_treatment
     from sklcrt.propensity import NewtonLogisticRegression, fit_propensity
     from sklcrt.pvalues import compute_pvalues
     from sklcrt.resampling import resolve_resampling
-    from sklcrt.runners import _strata_inputs, _test_unit, fit_null_model
+    from sklcrt.runners import covariate_values, fit_null_model
+    from sklcrt.strata import factorize_batch
 
     statistic = fit_null_model(inputs)
     template = CRTTest(n_resamples=B, n_resamples_adaptive=0, **RESAMPLING)
-    batch, burden = _strata_inputs(inputs, template)
+    batch, burden = covariate_values(inputs, template)
+    if batch is not None:  # as run_units passes them: codes of the sorted labels
+        batch = factorize_batch(batch, "batch")[0]
     config = resolve_resampling(RESAMPLING["resampling_method"], RESAMPLING["resampling_kwargs"])
     C = inputs["C"]
     cols = np.arange(statistic.n_responses_)

@@ -321,3 +321,35 @@ def test_fit_propensity_errors():
     C_nan[0, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         fit_propensity(NewtonLogisticRegression(), C_nan, x)
+
+
+def test_many_samples_path_reaches_the_same_optimum():
+    # >= 50,000 samples: float32 Hessians and a start from a subsample fit; the optimum is the
+    # one of the plain float64 Newton iterations from the default start, to solver tolerance.
+    from sklcrt import propensity
+
+    rng = np.random.default_rng(5)
+    n = 60_000
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, 4)), rng.integers(0, 2, size=n)])
+    lin = -5.0 + 0.6 * X[:, 1] - 0.4 * X[:, 2] + 0.8 * X[:, 5]
+    y = (lin + rng.logistic(size=n) > 0).astype(int)
+    assert 100 < y.sum() < 1000
+    model = NewtonLogisticRegression().fit(X, y)
+    beta0 = np.zeros(X.shape[1] + 1)
+    beta0[-1] = np.log(y.mean() / (1 - y.mean()))
+    exact, _, converged = propensity._newton(
+        X, y.astype(float), np.ones(n), np.ones(X.shape[1]), beta0, True, 1e-10, 100
+    )
+    assert converged
+    np.testing.assert_allclose(model.coef_[0], exact[:-1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(model.intercept_[0], exact[-1], rtol=0, atol=1e-8)
+    assert model.n_iter_ <= 5
+    # The cached float32 design is rebuilt when the covariates change in place.
+    X2 = X.copy()
+    NewtonLogisticRegression().fit(X2, y)
+    X2[:, 1] *= 2.0
+    refit = NewtonLogisticRegression().fit(X2, y)
+    exact2, _, _ = propensity._newton(
+        X2, y.astype(float), np.ones(n), np.ones(X.shape[1]), beta0, True, 1e-10, 100
+    )
+    np.testing.assert_allclose(refit.coef_[0], exact2[:-1], rtol=0, atol=1e-8)
