@@ -76,6 +76,16 @@ def _solve(H: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.einsum("gij,gj->gi", np.linalg.pinv(H, hermitian=True), b)
 
 
+def _solve_pair(H: np.ndarray, b: np.ndarray, c: np.ndarray):
+    """``H[g]⁻¹ b[g]`` and ``H[g]⁻¹ c[g]`` from one factorisation per system."""
+    rhs = np.stack([b, c], axis=-1)
+    try:
+        both = np.linalg.solve(H, rhs)
+    except np.linalg.LinAlgError:
+        both = np.linalg.pinv(H, hermitian=True) @ rhs
+    return both[..., 0], both[..., 1]
+
+
 def _whitener(H: np.ndarray) -> np.ndarray:
     """Stacked ``M[g]`` with ``M[g]ᵀ M[g] = pinv(H[g])`` (H symmetric positive semi-definite).
 
@@ -323,9 +333,22 @@ class _CountTable:
     """
 
     def __init__(self, Y: np.ndarray):
-        k = Y.shape[0]
         resp, cell = np.nonzero(Y)
-        values = Y[resp, cell]
+        self._tabulate(resp, Y[resp, cell], Y.shape[0])
+
+    @classmethod
+    def from_columns(cls, S) -> _CountTable:
+        """The table of the columns of the sparse (cells x k) matrix ``S`` (no dense pass)."""
+        S = sp.csc_matrix(S)
+        S.sum_duplicates()
+        keep = S.data != 0
+        k = S.shape[1]
+        resp = np.repeat(np.arange(k), np.diff(S.indptr))[keep]
+        table = object.__new__(cls)
+        table._tabulate(resp, S.data[keep], k)
+        return table
+
+    def _tabulate(self, resp, values, k):
         top = values.max() if values.size else 0.0
         if values.size and np.all(values == np.round(values)) and k * (top + 1) <= 5e7:
             base = int(top) + 1
@@ -450,11 +473,7 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         np.multiply(resid[0], u, out=resid[1])
         np.subtract(resid[0], resid[1], out=resid[1])
         score, cross = (resid.reshape(-1, Ya.shape[1]) @ XT.T).reshape(2, Ya.shape[0], -1)
-        both = _solve(
-            np.repeat(gram(weights), 2, axis=0),
-            np.stack([score, cross], 1).reshape(-1, score.shape[1]),
-        ).reshape(score.shape[0], 2, -1)
-        step_b, z = both[:, 0], both[:, 1]
+        step_b, z = _solve_pair(gram(weights), score, cross)
         g_phi = th * g
         h_phi = th * th * h + g_phi
         # The joint Newton step in (β, φ) where the Hessian is negative definite (its Schur

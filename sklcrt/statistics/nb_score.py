@@ -287,9 +287,14 @@ class NBScoreStatistic(BaseStatistic):
         k = max(1, _FIT_BLOCK_BYTES // (8 * n_fit))
 
         def fit_block(block):
-            Yb = _response_rows(Yf, block)
+            table = None
+            if sp.issparse(Yf):  # the count table from the sparse columns: no dense pass
+                S = Yf[:, block]
+                Yb, table = S.T.toarray(), _CountTable.from_columns(S)
+            else:
+                Yb = _response_rows(Yf, block)
             beta = np.outer(np.log(totals[block] / n_fit), ones_coef)
-            beta, theta, conv = self._fit_block(QT, step_gram, Yb, beta, bounds)
+            beta, theta, conv = self._fit_block(QT, step_gram, Yb, beta, bounds, table)
             mu = _mean(beta @ QT)
             return block, beta, theta, conv, info_gram(mu / (1.0 + mu / theta[:, None]))
 
@@ -429,7 +434,7 @@ class NBScoreStatistic(BaseStatistic):
             a[rows] *= inv
         return a, W
 
-    def _fit_block(self, QT, gram, Yb, beta, bounds):
+    def _fit_block(self, QT, gram, Yb, beta, bounds, table=None):
         kw = {"max_iter": self.max_iter, "tol": self.tol}
         k = Yb.shape[0]
         if self.theta is not None:
@@ -440,7 +445,8 @@ class NBScoreStatistic(BaseStatistic):
         # theta), so a loose tolerance is enough: the joint fit converges to ``tol`` anyway.
         start = dict(kw, tol=max(self.tol, _START_TOL))
         beta, theta = _fit_nb_start(QT, gram, Yb, beta, bounds, **start)
-        beta, theta, conv = _fit_nb(QT, gram, Yb, beta, theta, bounds, _CountTable(Yb), **kw)
+        table = _CountTable(Yb) if table is None else table
+        beta, theta, conv = _fit_nb(QT, gram, Yb, beta, theta, bounds, table, **kw)
         return beta, theta, conv
 
     # ---------------------------------------------------------------- evaluate
