@@ -42,7 +42,9 @@ def _edges(values: np.ndarray, n_bins: int, method: str, lo: float, hi: float) -
         vmin, vmax = np.quantile(values, [lo, hi])
         values = np.clip(values, vmin, vmax)
     if method == "quantile":
-        edges = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1))
+        # Sorting first gives the same quantiles (they are order statistics of the same values)
+        # and is several times faster than np.quantile's partitions for many edges.
+        edges = np.quantile(np.sort(values), np.linspace(0.0, 1.0, n_bins + 1))
     else:
         edges = np.linspace(values.min(), values.max(), n_bins + 1)
     edges = np.unique(edges)

@@ -89,6 +89,29 @@ def _factorize_small_ints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] |
     return rank[values].astype(np.int64, copy=False), np.flatnonzero(present).astype(values.dtype)
 
 
+# The last burden binned by _burden_bins: ((settings, a copy of the values), its bins).
+_BURDEN_CACHE: list = []
+
+
+def _burden_bins(burden: np.ndarray, n_bins: int, method: str, clip) -> tuple:
+    """``compute_bins`` of the burden, reused while the same values come back.
+
+    Every unit of a screen bins the same burden of every cell; the values are compared exactly
+    with a copy of the last ones binned (one pass, far cheaper than the quantiles and the
+    assignment), so the bins are always those of the values given.
+    """
+    settings = (int(n_bins), method, tuple(clip))
+    if _BURDEN_CACHE:
+        (cached_settings, values), result = _BURDEN_CACHE[0]
+        if cached_settings == settings and np.array_equal(values, burden):
+            bins, n_eff, edges = result
+            return bins, n_eff, edges.copy()
+    bins, n_eff, edges = compute_bins(burden, n_bins, method, clip)
+    bins.setflags(write=False)  # shared by the units that reuse it
+    _BURDEN_CACHE[:] = [((settings, burden.copy()), (bins, n_eff, edges.copy()))]
+    return bins, n_eff, edges
+
+
 class StratumEncoder(BaseEstimator):
     """Encode (batch, propensity bin, burden bin) into integer stratum ids.
 
@@ -276,7 +299,7 @@ class StratumEncoder(BaseEstimator):
         if burden is None:
             b_bin, n_b, b_edges = np.zeros(p_hat.size, dtype=np.int64), 1, None
         else:
-            b_bin, n_b, b_edges = compute_bins(
+            b_bin, n_b, b_edges = _burden_bins(
                 burden, self.n_burden_bins, self.burden_bin_method, clip
             )
         raw = batch_id * (n_p * n_b) + p_bin * n_b + b_bin
