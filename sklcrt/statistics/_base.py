@@ -63,23 +63,31 @@ class _Chunk:
         The cells the columns stand for (None: all cells).
     """
 
-    __slots__ = ("rows", "_csr", "_csc", "n_in_row", "cells", "plan")
+    __slots__ = ("rows", "_csr", "_csc", "_n_in_row", "cells", "plan")
 
     def __init__(self, rows, csr, cells, plan=None, csc=None):
         self.rows = rows
         self._csr = csr
         self._csc = csc
-        if csr is not None:
-            self.n_in_row = np.diff(csr.indptr).astype(np.float64)
-        else:
-            self.n_in_row = np.bincount(csc.indices, minlength=csc.shape[0]).astype(np.float64)
+        self._n_in_row = None
         self.cells = cells
         self.plan = plan
 
     @property
     def n_resamples(self) -> int:
         """Resamples in the chunk."""
-        return self.n_in_row.size
+        return (self._csr if self._csr is not None else self._csc).shape[0]
+
+    @property
+    def n_in_row(self) -> np.ndarray:
+        """Treated cells per resample (computed on first use)."""
+        if self._n_in_row is None:
+            if self._csr is not None:
+                counts = np.diff(self._csr.indptr)
+            else:
+                counts = np.bincount(self._csc.indices, minlength=self._csc.shape[0])
+            self._n_in_row = counts.astype(np.float64)
+        return self._n_in_row
 
     @property
     def csr(self):
@@ -114,7 +122,8 @@ def _check_resamples(R, n_cells: int, *, name: str = "R"):
     """Validate a (B, n_cells) 0/1 resample matrix; return it as canonical float64 CSR (or CSC,
     when given as CSC: the gather reads it cell by cell)."""
     if sp.issparse(R):
-        R = sp.csc_matrix(R) if R.format == "csc" else sp.csr_matrix(R)
+        if type(R) not in (sp.csr_matrix, sp.csc_matrix):  # (re-wrapping drops the flags)
+            R = sp.csc_matrix(R) if R.format == "csc" else sp.csr_matrix(R)
     else:
         arr = np.asarray(R)
         if arr.ndim == 1:
