@@ -24,7 +24,7 @@ from sklcrt.crt import CRTTest
 from sklcrt.inputs import unit_treatment
 from sklcrt.strata import factorize_batch
 
-__all__ = ["RESULT_COLUMNS", "nonzero_counts", "run_units"]
+__all__ = ["RESULT_COLUMNS", "NonzeroCounts", "nonzero_counts", "run_units"]
 
 #: The columns of every runner's table, one row per requested pair (the runners add ``p_adj``,
 #: ``significant`` and, where the screen has gene symbols, ``response_name``).
@@ -48,27 +48,52 @@ RESULT_COLUMNS = [
 
 
 # ---------------------------------------------------------------------- one unit
+class NonzeroCounts:
+    """Cells with nonzero expression of each response among a unit's treated and control cells.
+
+    Built once per run: the positions of the nonzero counts (row-major) and their counts per
+    response over the control group (all cells when ``control_cells`` is None). A unit then
+    reads only its treated cells' rows, so the pairwise QC of a unit costs the nonzero counts of
+    its cells, not of the screen.
+    """
+
+    def __init__(self, Y, control_cells: np.ndarray | None = None):
+        self.control_cells = control_cells
+        if sp.issparse(Y):
+            csr = sp.csr_matrix(Y, copy=True)
+            csr.sum_duplicates()
+            csr.data = (csr.data != 0).astype(np.int8)
+            csr.eliminate_zeros()
+            self._nz = csr
+        else:
+            self._nz = np.asarray(Y) != 0
+        self.n_responses = Y.shape[1]
+        self._base = self._count(None if control_cells is None else control_cells)
+
+    def _count(self, rows: np.ndarray | None) -> np.ndarray:
+        """Nonzero cells per response among the cells ``rows`` (a boolean mask; None: all)."""
+        if isinstance(self._nz, np.ndarray):
+            sub = self._nz if rows is None else self._nz[rows]
+            return sub.sum(axis=0).astype(np.int64)
+        sub = self._nz if rows is None else self._nz[np.flatnonzero(rows)]
+        return np.bincount(sub.indices, minlength=self.n_responses).astype(np.int64)
+
+    def __call__(self, x: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(treated, control)`` nonzero counts of the responses ``columns``."""
+        treated = self._count(x)
+        # Controls: the control group's cells that are not treated.
+        overlap = treated if self.control_cells is None else self._count(x & self.control_cells)
+        return treated[columns], (self._base - overlap)[columns]
+
+
 def nonzero_counts(
     Y, x: np.ndarray, columns: np.ndarray, eligible: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nonzero-expression cells among treated and control cells for each selected response.
 
     Control cells are the eligible untreated cells (all untreated cells when ``eligible`` is
-    None)."""
-    if sp.issparse(Y):
-        sub = Y[:, columns].tocsc() if not sp.isspmatrix_csc(Y) else Y[:, columns]
-        nz = sub.copy()
-        nz.data = (nz.data != 0).astype(np.int64)
-        if eligible is None:
-            total = np.asarray(nz.sum(axis=0)).ravel()
-        else:
-            total = np.asarray(nz[np.flatnonzero(eligible)].sum(axis=0)).ravel()
-        treated = np.asarray(nz[np.flatnonzero(x)].sum(axis=0)).ravel()
-    else:
-        sub = np.asarray(Y)[:, columns] != 0
-        total = sub.sum(axis=0) if eligible is None else sub[eligible].sum(axis=0)
-        treated = sub[x].sum(axis=0)
-    return treated.astype(np.int64), (total - treated).astype(np.int64)
+    None). For many units, build one :class:`NonzeroCounts` instead."""
+    return NonzeroCounts(Y, eligible)(x, columns)
 
 
 def _test_unit(
@@ -116,7 +141,7 @@ def _test_unit(
     elif inputs["response_kind"] == "counts":
         # A count response needs expression in both arms to have a test (and a finite log2
         # fold change) whatever min_nonzero: with none, the pair is untestable.
-        nz_t, nz_c = nonzero_counts(inputs["Y"], x, columns, eligible)
+        nz_t, nz_c = inputs["nonzero_counts"](x, columns)
         rows["n_nonzero_treated"] = nz_t
         rows["n_nonzero_control"] = nz_c
         need = max(min_nonzero, 1)
@@ -171,9 +196,8 @@ def _unit_inputs(inputs: dict, control_cells: np.ndarray | None = None) -> dict:
     control group's cells (``None``: every other cell, see :func:`_control_cells`)."""
     shared = {k: inputs[k] for k in _UNIT_INPUT_KEYS}
     shared["control_cells"] = control_cells
-    if inputs["response_kind"] == "counts":  # read by the pairwise QC, a few columns per unit
-        Y = inputs["Y"]
-        shared["Y"] = sp.csc_matrix(Y) if sp.issparse(Y) else Y
+    if inputs["response_kind"] == "counts":  # the pairwise QC
+        shared["nonzero_counts"] = NonzeroCounts(inputs["Y"], control_cells)
     if sp.issparse(shared["guides"]):
         shared["guides"] = sp.csc_matrix(shared["guides"])  # a unit reads a few columns
     return shared

@@ -31,7 +31,7 @@ from sklcrt._fingerprint import array_fingerprint, content_fingerprint
 from sklcrt._random import as_generator
 from sklcrt._validation import check_1d_numeric
 from sklcrt.crt import CRTTest
-from sklcrt.execution import RESULT_COLUMNS, nonzero_counts, run_units
+from sklcrt.execution import RESULT_COLUMNS, NonzeroCounts, run_units
 from sklcrt.inputs import prepare_crt_inputs, unit_treatment
 from sklcrt.integration import combine_guides_bonferroni
 from sklcrt.io import store_results
@@ -801,15 +801,14 @@ def pairwise_qc(
     integration = _check_integration(grna_integration, False)
     jobs = _pair_jobs(inputs, pairs, None, None, integration != "union")
     names = np.asarray(inputs["response_names"], dtype=object)
-    Y = sp.csc_matrix(inputs["Y"]) if sp.issparse(inputs["Y"]) else inputs["Y"]
+    counter = NonzeroCounts(inputs["Y"], controls) if inputs["response_kind"] == "counts" else None
     frames = []
     for unit, target, guides, cols in jobs:
         x = unit_treatment(inputs, guides)
-        eligible = None if controls is None else x | controls
         frame = pd.DataFrame({"unit": unit, "grna_target": target, "response": names[cols]})
         frame["n_treated"] = int(x.sum())
         if inputs["response_kind"] == "counts":
-            nz_t, nz_c = nonzero_counts(Y, x, cols, eligible)
+            nz_t, nz_c = counter(x, cols)
             need = max(min_nonzero, 1)
             frame["n_nonzero_treated"], frame["n_nonzero_control"] = nz_t, nz_c
             frame["pass_qc"] = (nz_t >= need) & (nz_c >= need)

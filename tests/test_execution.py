@@ -213,3 +213,32 @@ def test_fitted_statistic_of_another_screen_is_refused(inputs):
     fitted = fit_null_model(prepare_crt_inputs(other))
     with pytest.raises(ValueError, match="fitted on other data"):
         run_gene_loop(inputs, test=None, statistic=fitted, progress=False, n_resamples=19)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("with_controls", [True, False])
+def test_nonzero_counts_match_a_direct_count(sparse, with_controls):
+    # The per-run counter (control-group totals once, treated rows per unit) counts what a
+    # direct count over the treated and the untreated control cells gives, explicit zeros
+    # of a sparse matrix included.
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    dense = rng.poisson(0.4, size=(300, 12)).astype(float)
+    Y = sp.csr_matrix(dense) if sparse else dense
+    if sparse:
+        Y.data[::7] = 0.0  # stored zeros are not expression
+        dense = Y.toarray()
+    controls = rng.random(300) < 0.3 if with_controls else None
+    counter = execution.NonzeroCounts(Y, controls)
+    columns = np.array([0, 3, 4, 11])
+    for _ in range(5):
+        x = rng.random(300) < 0.1
+        control = ~x if controls is None else controls & ~x
+        treated, untreated = counter(x, columns)
+        np.testing.assert_array_equal(treated, (dense[x][:, columns] != 0).sum(axis=0))
+        np.testing.assert_array_equal(untreated, (dense[control][:, columns] != 0).sum(axis=0))
+        eligible = None if controls is None else x | controls
+        np.testing.assert_array_equal(
+            execution.nonzero_counts(Y, x, columns, eligible), (treated, untreated)
+        )
