@@ -298,14 +298,9 @@ def _bernoulli_positions(rng: np.random.Generator, size: int, q: float) -> np.nd
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int, run_order=None):
+def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int) -> sp.spmatrix:
     """Canonical CSC (CSR for few entries) of the entries ``(rows, cells)`` given cell by cell:
-    each cell's entries contiguous with increasing rows, the cells in any order.
-
-    ``run_order``, when given, lists cells in the order their runs appear (cells without
-    entries may be listed too, cells outside it have none): it places the runs from per-cell
-    counts, without a pass over the entries to find where each run starts.
-    """
+    each cell's entries contiguous with increasing rows, the cells in any order."""
     nnz = cells.size
     if nnz < 2 * n_cells:
         # Few draws: sorting their keys costs less than arrays over all cells (and CSR has no
@@ -317,15 +312,37 @@ def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int, run_order
     np.cumsum(counts, out=indptr[1:])
     # Each entry's place in CSC order: its run's start there minus the run's start in the input.
     offset = np.zeros(n_cells, dtype=np.int64)
-    if run_order is not None:
-        run_counts = counts[run_order]
-        run_start = np.cumsum(run_counts)
-        run_start -= run_counts
-        offset[run_order] = indptr[run_order] - run_start
-    else:
-        first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1])))
-        offset[cells[first]] = indptr[cells[first]] - first
+    first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1])))
+    offset[cells[first]] = indptr[cells[first]] - first
     dest = offset[cells]
+    dest += np.arange(nnz, dtype=np.int64)
+    indices = np.empty(nnz, dtype=index_dtype)
+    indices[dest] = rows
+    out = sp.csc_matrix(
+        (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
+    )
+    out.has_sorted_indices = True
+    out.has_canonical_format = True
+    return out
+
+
+def _placed_to_sparse(places, rows, n_resamples: int, n_cells: int, order) -> sp.spmatrix:
+    """Canonical CSC (CSR for few entries) of entries given by their cell's place in ``order``
+    (cells ``order[places]``), ``places`` non-decreasing and rows increasing within a place."""
+    nnz = places.size
+    if nnz < 2 * n_cells:
+        return _cell_major_to_sparse(order[places], rows, n_resamples, n_cells)
+    index_dtype = np.int32 if max(n_cells, n_resamples, nnz) < 2**31 - 1 else np.int64
+    run_counts = np.bincount(places, minlength=order.size)
+    counts = np.zeros(n_cells, dtype=np.int64)
+    counts[order] = run_counts
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    # Each entry's place in CSC order: its run's start there minus the run's start in the input.
+    offset = indptr[order]
+    offset -= np.cumsum(run_counts)
+    offset += run_counts
+    dest = offset[places]
     dest += np.arange(nnz, dtype=np.int64)
     indices = np.empty(nnz, dtype=index_dtype)
     indices[dest] = rows
@@ -656,28 +673,37 @@ class BernoulliSampler(BaseSampler):
             self.p_hat_,
             self._bucket_q,
         )
-        cell_parts, row_parts = [], []
+        # Every draw as (its cell's place in grp.members, its resample): the cells of a
+        # bucket are consecutive there, so a place is the bucket's start plus the local index.
+        place_parts, row_parts = [], []
         for b in range(q.size):
-            members = grp.cells(b)
-            if members.size == 0:
+            start, size = int(grp.starts[b]), int(grp.sizes[b])
+            if size == 0:
                 continue
+            p_b = p[grp.members[start : start + size]]
             if q[b] > _DENSE_RATIO:
                 step = max(1, _BLOCK_ELEMENTS // B)
-                for c0 in range(0, members.size, step):
-                    cells = members[c0 : c0 + step]
-                    c, r = np.nonzero(rng.random((cells.size, B)) < p[cells, None])
-                    cell_parts.append(cells[c])
+                for c0 in range(0, size, step):
+                    c, r = np.nonzero(
+                        rng.random((min(step, size - c0), B)) < p_b[c0 : c0 + step, None]
+                    )
+                    c += start + c0
+                    place_parts.append(c)
                     row_parts.append(r)
                 continue
-            pos = _bernoulli_positions(rng, members.size * B, q[b])
+            pos = _bernoulli_positions(rng, size * B, q[b])
             local = pos // B
-            rows = pos - local * B
-            cells = members[local]
-            keep = rng.random(pos.size) * q[b] < p[cells]
-            cell_parts.append(cells[keep])
-            row_parts.append(rows[keep])
-        if cell_parts:
-            cells, rows = np.concatenate(cell_parts), np.concatenate(row_parts)
+            u = rng.random(pos.size)
+            u *= q[b]
+            keep = u < p_b[local]
+            local = local[keep]
+            pos = pos[keep]
+            pos -= local * B  # the resample
+            local += start
+            place_parts.append(local)
+            row_parts.append(pos)
+        if place_parts:
+            places, rows = np.concatenate(place_parts), np.concatenate(row_parts)
         else:
-            cells = rows = np.empty(0, dtype=np.int64)
-        return _cell_major_to_sparse(cells, rows, B, n_cells, run_order=grp.members)
+            places = rows = np.empty(0, dtype=np.int64)
+        return _placed_to_sparse(places, rows, B, n_cells, grp.members)
