@@ -876,13 +876,19 @@ class _Draws:
     def evaluate(self, statistic, n_resamples: int, columns, rng) -> np.ndarray:
         """Null statistics ``(n_resamples, n_columns)`` of fresh resamples."""
         blocks = []
+        # Several blocks: the statistic keeps its pieces from one block to the next.
+        several = n_resamples > self.rows_per_block and hasattr(statistic, "_evaluate_blocks")
+        memo: dict = {}
         for start in range(0, n_resamples, self.rows_per_block):
             rows = min(self.rows_per_block, n_resamples - start)
             # The sampler's own format (CSR or CSC): the statistic takes either.
             resamples = _draw_resamples(self.treatment.sampler, rows, rng)
             if self.treatment.cells is not None:
                 resamples = _resamples_on_cells(resamples, self.treatment.cells, self.n_cells)
-            blocks.append(statistic.evaluate(resamples, columns))
+            if several:
+                blocks.append(statistic._evaluate_blocks(resamples, columns, memo))
+            else:
+                blocks.append(statistic.evaluate(resamples, columns))
             del resamples
             self.n_blocks += 1
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)

@@ -412,6 +412,32 @@ def test_touched_cells_path_and_observed_agree_with_evaluate(kind):
 
 
 @pytest.mark.parametrize("kind", ["ols", "nb"])
+def test_blocks_of_resamples_reuse_pieces_exactly(kind, monkeypatch):
+    """Blocks evaluated with a shared memo (pieces built once, for all cells) give evaluate's
+    numbers bit for bit, in CSR and in CSC, for blocks touching few or most cells."""
+    rng = np.random.default_rng(14)
+    stat, x = _fitted(kind, rng, n=400)
+    R = _resamples(rng, x, 40)
+    blocks = [R[[3, 17]], R[5:30], R[30:]]
+    for fmt in ("csr", "csc"):
+        memo: dict = {}
+        for cols in (None, [4, 2, 4]):
+            memo = {}
+            for part in blocks:
+                part = part.asformat(fmt)
+                got = stat._evaluate_blocks(part, cols, memo)
+                np.testing.assert_array_equal(got, stat.evaluate(part, cols))
+        assert "pieces" in memo
+    calls = []
+    build = type(stat)._pieces
+    monkeypatch.setattr(type(stat), "_pieces", lambda *a: calls.append(1) or build(*a))
+    memo = {}
+    for part in blocks:
+        stat._evaluate_blocks(part, [1, 3], memo)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["ols", "nb"])
 def test_resample_formats(kind):
     rng = np.random.default_rng(13)
     stat, x = _fitted(kind, rng)

@@ -426,17 +426,38 @@ class BaseStatistic(BaseEstimator):
         with single_threaded_blas():
             return self._evaluate(R, cols, out)
 
-    def _evaluate(self, R, cols, out):
+    def _evaluate_blocks(self, R, columns, memo: dict) -> np.ndarray:
+        """:meth:`evaluate` for one of several blocks of resamples of the same responses.
+
+        ``memo`` (a dict, empty for the first block, then passed again unchanged) keeps the
+        pieces of all cells between the calls when one block of responses holds them all, so
+        they are built once rather than for every block's touched cells. The statistics are
+        those of :meth:`evaluate`: pieces of all cells equal those of a few cells row for row,
+        and both plans add the same products in the same order.
+        """
+        check_is_fitted(self, "n_responses_")
+        cols = self._check_columns(columns)
+        R = _check_resamples(R, self.n_cells_)
+        out = np.empty((R.shape[0], cols.size))
+        if cols.size == 0 or R.shape[0] == 0:
+            return out
+        with single_threaded_blas():
+            return self._evaluate(R, cols, out, memo)
+
+    def _evaluate(self, R, cols, out, memo=None):
         """Schedule the gather: blocks of responses x chunks of resamples, into ``out``."""
         G = self.n_responses_
         n_cells = self.n_cells_
-        if R.format == "csc":
+        if memo is not None:
+            cells = None  # pieces of all cells, to serve every block of resamples
+        elif R.format == "csc":
             touched = np.diff(R.indptr) > 0
         else:
             touched = np.zeros(n_cells, dtype=bool)
             touched[R.indices] = True
-        n_touched = int(np.count_nonzero(touched))
-        cells = np.flatnonzero(touched) if n_touched < _COMPACT_FRACTION * n_cells else None
+        if memo is None:
+            n_touched = int(np.count_nonzero(touched))
+            cells = np.flatnonzero(touched) if n_touched < _COMPACT_FRACTION * n_cells else None
 
         # Work on the distinct selected responses in increasing order (cheaper column copies);
         # gather from the stored pieces of all responses without a copy (then pick the
@@ -450,7 +471,10 @@ class BaseStatistic(BaseEstimator):
             inverse = cols
 
         n_rows = n_cells if cells is None else cells.size
-        plan, per_response = self._plan(n_rows, R.nnz, targets.size, stored is not None)
+        if memo is not None and "plan" in memo:
+            plan, per_response = memo["plan"]  # the plan of the memo's pieces
+        else:
+            plan, per_response = self._plan(n_rows, R.nnz, targets.size, stored is not None)
         if stored is not None:
             k = G
         elif self.block_size is not None:
@@ -469,9 +493,17 @@ class BaseStatistic(BaseEstimator):
         identity = targets.size == cols.size and np.array_equal(targets, cols)
         dest = out if identity else np.empty((R.shape[0], targets.size))
         scratch: dict = {"plan": plan}
+        reuse = memo is not None and stored is None and k >= targets.size
         for start in range(0, targets.size, k):
             block = targets[start : start + k]
-            pieces = stored if stored is not None else self._pieces(cells, block, scratch)
+            if stored is not None:
+                pieces = stored
+            elif reuse and "pieces" in memo:
+                pieces = memo["pieces"]
+            else:
+                pieces = self._pieces(cells, block, scratch)
+                if reuse:
+                    memo["plan"], memo["pieces"] = (plan, per_response), pieces
             for chunk, shared in chunks:
                 sums = self._gather(chunk, shared, pieces)
                 dest[chunk.rows, start : start + block.size] = self._finish(sums, shared, block)
