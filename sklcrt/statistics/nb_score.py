@@ -41,6 +41,8 @@ __all__ = ["NBScoreStatistic"]
 _LN2 = np.log(2.0)
 # Bytes of one dense (responses x cells) array while fitting; a few such arrays are alive.
 _FIT_BLOCK_BYTES = 2 * 2**20
+# Bytes of the per-cell Gram terms of one block of linearized effect fits (treated cells only).
+_EFFECT_BLOCK_BYTES = 16 * 2**20
 # Bytes of one run of cells (all responses) while the cached pieces are built.
 _CACHE_ROWS_BYTES = 1 * 2**20
 # A resample whose covariate-adjusted information is below this fraction of its raw
@@ -590,7 +592,7 @@ class NBScoreStatistic(BaseStatistic):
         if self.effect_fit == "full":
             redo = ok
         else:
-            k = max(1, _FIT_BLOCK_BYTES // (8 * treated.size * (self.rank_ + 2) ** 2))
+            k = max(1, _EFFECT_BLOCK_BYTES // (8 * treated.size * (self.rank_ + 2) ** 2))
             redo = []
             for start in range(0, ok.size, k):
                 pos = ok[start : start + k]
