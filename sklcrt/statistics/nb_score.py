@@ -325,6 +325,7 @@ class NBScoreStatistic(BaseStatistic):
         # most cells) and kept: analyses of pairs build small pieces per block instead.
         self.pieces_cached_ = bool(8 * n_cells * G * 2 <= self.cache_bytes)
         self._cache = None
+        self._Y_rows = None  # a row-major copy of the counts, made on first use (_treated_counts)
 
     def refit(self, fit_cells):
         """The same null model refitted on other cells, warm-started from this fit.
@@ -583,11 +584,26 @@ class NBScoreStatistic(BaseStatistic):
         return z
 
     # ---------------------------------------------------------------- effect
+    def _treated_counts(self, treated):
+        """Rows ``treated`` of the counts, all responses, as a CSC matrix (None: dense Y).
+
+        From a row-major copy of the counts, made once and kept where the pieces of all
+        responses are kept anyway (it is smaller than they are): a unit then reads its treated
+        cells' counts, not every response's column."""
+        if not sp.issparse(self._Y):
+            return None
+        if self.pieces_cached_:
+            if getattr(self, "_Y_rows", None) is None:
+                self._Y_rows = self._Y.tocsr()
+            return self._Y_rows[treated].tocsc()
+        return self._Y[treated]
+
     def _effects(self, x, cols):
         effect = np.full(cols.size, np.nan)
         var = np.full(cols.size, np.nan)
         ok = np.flatnonzero(~self.no_counts_[cols])
         treated = np.flatnonzero(x)
+        y_treated = self._treated_counts(treated)
         full_k = max(1, _FIT_BLOCK_BYTES // (8 * self.n_cells_))
         if self.effect_fit == "full":
             redo = ok
@@ -596,7 +612,7 @@ class NBScoreStatistic(BaseStatistic):
             redo = []
             for start in range(0, ok.size, k):
                 pos = ok[start : start + k]
-                gamma, v, shift = self._effect_linearized(treated, cols[pos])
+                gamma, v, shift = self._effect_linearized(treated, cols[pos], y_treated)
                 effect[pos], var[pos] = gamma, v
                 redo.append(pos[~(shift <= _LINEARIZED_MAX_SHIFT)])
             redo = np.concatenate(redo) if redo else ok[:0]
@@ -634,7 +650,7 @@ class NBScoreStatistic(BaseStatistic):
         info = gram(mu / (1.0 + mu / theta[:, None]))
         return beta[:, -1], self._inverse_last(info)
 
-    def _effect_linearized(self, treated, block):
+    def _effect_linearized(self, treated, block, y_treated=None):
         """γ, Var(γ) and the control shift bound, with the controls expanded around the null fit.
 
         Maximises ``F(δ, γ) = ℓ_T(β₀ + δ, γ) + s_Cᵀδ - ½ δᵀ H_C δ`` over (δ, γ): ``ℓ_T`` is the
@@ -647,7 +663,10 @@ class NBScoreStatistic(BaseStatistic):
         Qt = self.basis_[treated]  # (m, r)
         QtT = np.ascontiguousarray(Qt.T)
         r = Qt.shape[1]
-        y = _response_rows(self._Y, block, treated)  # (k, m)
+        if y_treated is None:
+            y = _response_rows(self._Y, block, treated)  # (k, m)
+        else:  # the treated rows of every response, taken once per unit
+            y = _response_rows(y_treated, block)
         theta = self.theta_[block][:, None]
         eta0 = self.coef_[block] @ QtT
         mu0 = _mean(eta0)
