@@ -117,18 +117,22 @@ def _test_unit(
     # The cells a resample may treat: the unit's cells and the control group (None: all cells).
     eligible = None if controls is None else x | controls
     n_control = x.size - n_treated if eligible is None else int(eligible.sum()) - n_treated
-    rows = pd.DataFrame({"unit": unit, "grna_target": target, "response": names[columns]})
-    rows["n_treated"] = n_treated
-    for col in ("statistic", "effect", "effect_se", "pvalue"):
-        rows[col] = np.nan
-    # "" (not None) for untested pairs, so the table saves to h5ad.
-    rows["pvalue_method"] = ""
-    rows["n_resamples"] = 0
-    rows["n_strata"] = 0
-    rows["n_nonzero_treated"] = -1
-    rows["n_nonzero_control"] = -1
-    pass_qc = np.ones(len(columns), dtype=bool)
-    reason = np.full(len(columns), "", dtype=object)
+    n = len(columns)
+    # Columns as arrays, one DataFrame at the end (per-column frame assignments cost more
+    # than a small unit's test).
+    col = {
+        "statistic": np.full(n, np.nan),
+        "effect": np.full(n, np.nan),
+        "effect_se": np.full(n, np.nan),
+        "pvalue": np.full(n, np.nan),
+        "pvalue_method": np.full(n, "", dtype=object),  # "" (not None): saves to h5ad
+        "n_resamples": np.zeros(n, dtype=np.int64),
+        "n_nonzero_treated": np.full(n, -1, dtype=np.int64),
+        "n_nonzero_control": np.full(n, -1, dtype=np.int64),
+    }
+    n_strata = 0
+    pass_qc = np.ones(n, dtype=bool)
+    reason = np.full(n, "", dtype=object)
 
     if n_treated == 0 or n_control == 0:
         pass_qc[:] = False
@@ -142,8 +146,7 @@ def _test_unit(
         # A count response needs expression in both arms to have a test (and a finite log2
         # fold change) whatever min_nonzero: with none, the pair is untestable.
         nz_t, nz_c = inputs["nonzero_counts"](x, columns)
-        rows["n_nonzero_treated"] = nz_t
-        rows["n_nonzero_control"] = nz_c
+        col["n_nonzero_treated"], col["n_nonzero_control"] = nz_t, nz_c
         need = max(min_nonzero, 1)
         low_t, low_c = nz_t < need, nz_c < need
         pass_qc &= ~(low_t | low_c)
@@ -166,22 +169,30 @@ def _test_unit(
             eligible=eligible,
         )
         ok = np.flatnonzero(pass_qc)
-        rows.loc[ok, "statistic"] = test.statistic_
-        rows.loc[ok, "effect"] = test.effect_
-        rows.loc[ok, "effect_se"] = test.effect_se_
-        rows.loc[ok, "pvalue"] = test.pvalue_
-        rows.loc[ok, "pvalue_method"] = test.pvalue_method_
-        rows.loc[ok, "n_resamples"] = test.n_resamples_
-        rows["n_strata"] = int(test.diagnostics_.get("n_strata", 1))
+        col["statistic"][ok] = test.statistic_
+        col["effect"][ok] = test.effect_
+        col["effect_se"][ok] = test.effect_se_
+        col["pvalue"][ok] = test.pvalue_
+        col["pvalue_method"][ok] = test.pvalue_method_
+        col["n_resamples"][ok] = test.n_resamples_
+        n_strata = int(test.diagnostics_.get("n_strata", 1))
         # A pair whose statistic is undefined (e.g. a constant response) is not a tested pair.
-        undefined = ok[~np.isfinite(rows.loc[ok, "pvalue"].to_numpy(dtype=float))]
+        undefined = ok[~np.isfinite(col["pvalue"][ok])]
         pass_qc[undefined] = False
         reason[undefined] = "the test is undefined for this response (e.g. it does not vary)"
-        rows.loc[undefined, "pvalue_method"] = ""
-        rows.loc[undefined, "n_resamples"] = 0
-    rows["pass_qc"] = pass_qc
-    rows["qc_reason"] = reason
-    return rows[RESULT_COLUMNS]
+        col["pvalue_method"][undefined] = ""
+        col["n_resamples"][undefined] = 0
+    frame = {
+        "unit": np.full(n, unit, dtype=object),
+        "grna_target": np.full(n, target, dtype=object),
+        "response": names[columns],
+        "n_treated": np.full(n, n_treated, dtype=np.int64),
+        **col,
+        "n_strata": np.full(n, n_strata, dtype=np.int64),
+        "pass_qc": pass_qc,
+        "qc_reason": reason,
+    }
+    return pd.DataFrame({name: frame[name] for name in RESULT_COLUMNS})
 
 
 # ---------------------------------------------------------------------- many units
