@@ -60,11 +60,13 @@ class NonzeroCounts:
     def __init__(self, Y, control_cells: np.ndarray | None = None):
         self.control_cells = control_cells
         if sp.issparse(Y):
-            csr = sp.csr_matrix(Y, copy=True)
-            csr.sum_duplicates()
-            csr.data = (csr.data != 0).astype(np.int8)
-            csr.eliminate_zeros()
-            self._nz = csr
+            csr = sp.csr_matrix(Y)  # no copy when Y is CSR already
+            if not (csr.has_canonical_format and np.all(csr.data != 0)):
+                csr = csr.copy()
+                csr.sum_duplicates()
+                csr.data = (csr.data != 0).astype(np.int8)
+                csr.eliminate_zeros()
+            self._nz = csr  # only its positions are read
         else:
             self._nz = np.asarray(Y) != 0
         self.n_responses = Y.shape[1]
