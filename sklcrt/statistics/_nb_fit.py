@@ -104,7 +104,7 @@ def _mean(eta: np.ndarray) -> np.ndarray:
     return np.exp(mu, out=mu)
 
 
-def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out: np.ndarray | None = None):
+def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out=None, term=None):
     """``Q @ coef.T`` (cells x responses), added up one basis column at a time.
 
     Every element is the same sum in the same order whichever rows and responses are computed
@@ -112,7 +112,7 @@ def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out: np.ndarray | None = 
     cells equal the rows of the pieces of all cells, bit for bit.
     """
     out = np.multiply(Q[:, :1], coef[:, 0], out=out)
-    term = np.empty_like(out)
+    term = np.empty_like(out) if term is None else term
     for j in range(1, Q.shape[1]):
         out += np.multiply(Q[:, j : j + 1], coef[:, j], out=term)
     return out

@@ -45,6 +45,7 @@ _FIT_BLOCK_BYTES = 2 * 2**20
 _EFFECT_BLOCK_BYTES = 16 * 2**20
 # Bytes of one run of cells (all responses) while the cached pieces are built.
 _CACHE_ROWS_BYTES = 1 * 2**20
+_PIECE_ROWS_BYTES = 2**16  # a run of rows of one temporary of _build_pieces
 # A resample whose covariate-adjusted information is below this fraction of its raw
 # information (sum of weights) lies (numerically) in the span of the covariates: NaN.
 _COLLINEAR_TOL = 1e-10
@@ -471,21 +472,43 @@ class NBScoreStatistic(BaseStatistic):
             return "stacked", 2
         return "direct", r + 2
 
-    def _build_pieces(self, cells, block, a=None, W=None):
-        """Dense ``a`` and ``W`` of shape (n_rows, len(block)), cell-major."""
+    def _build_pieces(self, cells, block, a=None, W=None, products=None):
+        """Dense ``a`` and ``W`` of shape (n_rows, len(block)), cell-major.
+
+        Computed a run of contiguous cells (rows) at a time, small enough to stay in cache, so
+        the elementwise passes do not stream through memory; every element is computed the same
+        way whatever the runs (``_linear_predictor``'s order per element, ``exp`` of a
+        contiguous array). ``products``: ``(Qs, P)`` to also fill ``P[:, j] = W * Qs[:, j]``
+        (the direct plan's sums of ``W q``) in the same pass.
+        """
         Q = self.basis_ if cells is None else self.basis_[cells]
-        shape = (Q.shape[0], block.size)
-        a = np.empty(shape) if a is None else a
-        W = np.empty(shape) if W is None else W
-        mu = _linear_predictor(Q, self.coef_[block])
-        np.minimum(mu, _ETA_MAX, out=mu)
-        np.exp(mu, out=mu)
-        inv = mu * (1.0 / self.theta_[block])
-        inv += 1.0
-        np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
-        np.multiply(mu, inv, out=W)
-        np.subtract(dense_block(self._Y, block, cells), mu, out=a)
-        a *= inv
+        n, k = Q.shape[0], block.size
+        a = np.empty((n, k)) if a is None else a
+        W = np.empty((n, k)) if W is None else W
+        coef = self.coef_[block]
+        inv_theta = 1.0 / self.theta_[block]
+        Y = dense_block(self._Y, block, cells)
+        step = min(n, max(16, _PIECE_ROWS_BYTES // (8 * max(k, 1))))
+        buf = np.empty((3, step * k))
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            m = (r1 - r0) * k
+            mu = buf[0, :m].reshape(r1 - r0, k)
+            inv = buf[1, :m].reshape(r1 - r0, k)
+            _linear_predictor(Q[r0:r1], coef, out=mu, term=buf[2, :m].reshape(r1 - r0, k))
+            np.minimum(mu, _ETA_MAX, out=mu)
+            np.exp(mu, out=mu)
+            np.multiply(mu, inv_theta, out=inv)
+            inv += 1.0
+            np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
+            w = W[r0:r1]
+            np.multiply(mu, inv, out=w)
+            part = a[r0:r1]
+            np.subtract(Y[r0:r1], mu, out=part)
+            part *= inv
+            if products is not None:
+                Qs, P = products
+                np.multiply(w[:, None, :], Qs[r0:r1, :, None], out=P[r0:r1])
         return a, W
 
     def _score_pieces(self, cols, cells=None):
@@ -512,13 +535,12 @@ class NBScoreStatistic(BaseStatistic):
             if buf is None or buf.size < n * width:
                 buf = scratch["direct"] = np.empty(n * width)
             P = buf[: n * width].reshape(n, self._n_sums + 2, k)
-            if self._cache is None:
-                a, W = self._build_pieces(cells, block, P[:, 0], P[:, 1])
-            else:
-                a, W = self._cached_pieces(cells, block)
-                P[:, 0], P[:, 1] = a, W
             Q = self._sum_basis(cells)
-            np.multiply(P[:, 1, None, :], Q[:, :, None], out=P[:, 2:])
+            if self._cache is None:
+                self._build_pieces(cells, block, P[:, 0], P[:, 1], (Q, P[:, 2:]))
+            else:
+                P[:, 0], P[:, 1] = self._cached_pieces(cells, block)
+                np.multiply(P[:, 1, None, :], Q[:, :, None], out=P[:, 2:])
             return P.reshape(n, width)
         if self._cache is None:
             size = n * k
