@@ -692,12 +692,12 @@ class BernoulliSampler(BaseSampler):
                     row_parts.append(r)
                 continue
             pos = _bernoulli_positions(rng, size * B, q[b])
-            local = pos // B
             u = rng.random(pos.size)
             u *= q[b]
-            keep = u < p_b[local]
-            local = local[keep]
-            pos = pos[keep]
+            # Keep the positions only (they hold the cell and the resample): one compaction,
+            # by indices (cheaper than a boolean mask of unpredictable values).
+            pos = pos.take(np.flatnonzero(u < p_b[pos // B]))
+            local = pos // B
             pos -= local * B  # the resample
             local += start
             place_parts.append(local)
