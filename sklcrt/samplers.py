@@ -317,7 +317,7 @@ def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int) -> sp.spm
     dest = offset[cells]
     dest += np.arange(nnz, dtype=np.int64)
     indices = np.empty(nnz, dtype=index_dtype)
-    indices[dest] = rows
+    indices[dest] = rows.astype(index_dtype, copy=False)
     out = sp.csc_matrix(
         (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
@@ -342,10 +342,10 @@ def _placed_to_sparse(places, rows, n_resamples: int, n_cells: int, order) -> sp
     offset = indptr[order]
     offset -= np.cumsum(run_counts)
     offset += run_counts
-    dest = offset[places]
+    dest = np.repeat(offset, run_counts)  # offset[places]: the places are non-decreasing
     dest += np.arange(nnz, dtype=np.int64)
     indices = np.empty(nnz, dtype=index_dtype)
-    indices[dest] = rows
+    indices[dest] = rows.astype(index_dtype, copy=False)  # a scatter without a cast: faster
     out = sp.csc_matrix(
         (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
