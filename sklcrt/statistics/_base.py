@@ -417,23 +417,17 @@ class BaseStatistic(BaseEstimator):
             Statistics; NaN where the statistic is undefined (e.g. a resample lying in the span
             of the covariates, or a response with no counts).
         """
-        check_is_fitted(self, "n_responses_")
-        cols = self._check_columns(columns)
-        R = _check_resamples(R, self.n_cells_)
-        out = np.empty((R.shape[0], cols.size))
-        if cols.size == 0 or R.shape[0] == 0:
-            return out
-        with single_threaded_blas():
-            return self._evaluate(R, cols, out)
+        return self._evaluate_blocks(R, columns, None)
 
-    def _evaluate_blocks(self, R, columns, memo: dict) -> np.ndarray:
+    def _evaluate_blocks(self, R, columns, memo: dict | None) -> np.ndarray:
         """:meth:`evaluate` for one of several blocks of resamples of the same responses.
 
         ``memo`` (a dict, empty for the first block, then passed again unchanged) keeps the
         pieces of all cells between the calls when one block of responses holds them all, so
-        they are built once rather than for every block's touched cells. The statistics are
-        those of :meth:`evaluate`: pieces of all cells equal those of a few cells row for row,
-        and both plans add the same products in the same order.
+        they are built once rather than for every block's touched cells; ``None`` (a single
+        call) builds the pieces of the touched cells only. The statistics are the same either
+        way: pieces of all cells equal those of a few cells row for row, and both plans add the
+        same products in the same order.
         """
         check_is_fitted(self, "n_responses_")
         cols = self._check_columns(columns)
