@@ -99,9 +99,18 @@ def _whitener(H: np.ndarray) -> np.ndarray:
     return scale[:, :, None] * np.swapaxes(V, 1, 2)
 
 
-def _mean(eta: np.ndarray) -> np.ndarray:
-    mu = np.minimum(eta, _ETA_MAX)
-    return np.exp(mu, out=mu)
+def _by_design(A: np.ndarray, XT: np.ndarray) -> np.ndarray:
+    """``A @ XT.T`` (rows of ``A`` against the design's columns), as ``(XT @ A.T).T``: with
+    few responses and many cells BLAS runs that orientation 1.3-1.8x faster."""
+    return (XT @ A.T).T
+
+
+def _mean(eta: np.ndarray, out=None) -> np.ndarray:
+    """``exp(min(eta, _ETA_MAX))`` (into ``out``, which may be ``eta``)."""
+    # The cap is rarely needed: a max (one read) is cheaper than clamping every element.
+    if eta.size and eta.max() > _ETA_MAX:
+        eta = np.minimum(eta, _ETA_MAX, out=out)
+    return np.exp(eta, out=out)
 
 
 def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out=None, term=None):
@@ -162,7 +171,7 @@ def _fit_glm(XT, gram, Y, beta, theta, *, max_iter, tol, cap_last=None):
     ll = _glm_loglik(Ya, eta, mu, tha)
     for _ in range(max_iter):
         denom = 1.0 + mu / tha
-        score = ((Ya - mu) / denom) @ XT.T  # (ka, p)
+        score = _by_design((Ya - mu) / denom, XT)  # (ka, p)
         # Newton steps: the observed information's weights mu (1 + y/theta) / (1 + mu/theta)^2
         # are positive for the NB2 log link, so it converges quadratically where Fisher
         # scoring (weights mu / (1 + mu/theta)) is only linear. Poisson: both are mu.
@@ -282,14 +291,14 @@ def _fit_poisson(XT, gram, Y, beta, *, max_iter, tol):
         fit, ok = _fit_poisson(XTs, gs, Ys, beta, max_iter=max_iter, tol=tol)
         use = ok & (np.count_nonzero(Ys, axis=1) >= _SUB_MIN_NONZERO)
         beta[use] = fit[use]
-    c = Y @ XT.T  # (k, p)
+    c = _by_design(Y, XT)  # (k, p)
     converged = np.zeros(Y.shape[0], dtype=bool)
     active = np.arange(Y.shape[0])
     ca = c
     mu = _mean(beta @ XT)
     ll = np.einsum("ij,ij->i", beta, c) - mu.sum(axis=1)
     for _ in range(max_iter):
-        score = ca - mu @ XT.T
+        score = ca - _by_design(mu, XT)
         step = _solve(gram(mu), score)
         b = beta[active]
         new_b = b + step
@@ -433,12 +442,13 @@ def _nb_terms(Y, eta, mu, theta, table):
 def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     """Joint maximum likelihood of ``(beta, theta)`` per response, by simultaneous Newton steps.
 
-    Every iteration takes, from the same means, the joint Newton step in ``(beta, φ = log θ)``
-    (observed information: the weights ``mu (1 + y/θ) / (1 + mu/θ)²`` of ``beta``'s block are
-    positive for the NB2 log link, and the cross derivative ``Σ q (y - μ) μθ / (θ + μ)²`` couples
-    the two), solved by eliminating ``beta`` (two right-hand sides per Gram matrix) and with the
-    step in φ capped at 2 (a factor e² in θ). Where the joint Hessian is not negative definite
-    (its Schur complement in φ is not positive), the step is the Newton step in ``beta`` for the
+    Every iteration takes, from the same means, the joint Newton step in ``(beta, α = 1/θ)``, or
+    in ``(beta, φ = log θ)`` where the first is not defined. The observed information's weights
+    ``mu (1 + y/θ) / (1 + mu/θ)²`` of ``beta``'s block are positive for the NB2 log link, and the
+    cross derivative ``Σ q (y - μ) μθ / (θ + μ)²`` couples the two; the step is solved by
+    eliminating ``beta`` (two right-hand sides per Gram matrix), with the step in φ capped at 2
+    (a factor e² in θ). Where neither joint Hessian is negative definite (their Schur
+    complements in α and φ are not positive), the step is the Newton step in ``beta`` for the
     current θ and an ascent step of 1 in φ in the gradient's direction. Both are halved until the
     log-likelihood does not decrease. θ is clamped to ``bounds`` (a response without
     overdispersion runs to the upper bound, i.e. near-Poisson). The joint step converges
@@ -472,22 +482,35 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         resid[0] *= u
         np.multiply(resid[0], u, out=resid[1])
         np.subtract(resid[0], resid[1], out=resid[1])
-        score, cross = (resid.reshape(-1, Ya.shape[1]) @ XT.T).reshape(2, Ya.shape[0], -1)
+        score, cross = _by_design(resid.reshape(-1, Ya.shape[1]), XT).reshape(2, Ya.shape[0], -1)
         step_b, z = _solve_pair(gram(weights), score, cross)
         g_phi = th * g
         h_phi = th * th * h + g_phi
-        # The joint Newton step in (β, φ) where the Hessian is negative definite (its Schur
-        # complement in φ, -h_φ - cᵀH⁻¹c, is positive): quadratic convergence. Elsewhere the
-        # step in β for the current θ and an ascent step of 1 in φ.
+        # The joint Newton step where the Hessian is negative definite: quadratic convergence.
+        # In (β, α = 1/θ) where its Schur complement in α is positive and the step keeps α > 0,
+        # else in (β, φ) where that one's, -h_φ - cᵀH⁻¹c, is. Most genes of a screen have θ well
+        # above their means, where the likelihood is close to quadratic in α and Newton in φ
+        # undershoots (Gasperini: 4.7 -> 4.1 passes over the cells per gene). In α = e^{-φ}:
+        # g_α = -θ g_φ, h_α = θ² (h_φ + g_φ), c_α = -θ c, so with d = g_φ + cᵀH⁻¹s the step is
+        # Δα/α = -ρ, ρ = d / (schur_φ - g_φ), i.e. Δφ = -log(1 - ρ), and Δβ = H⁻¹s + ρ H⁻¹c.
+        # Elsewhere the step in β for the current θ and an ascent step of 1 in φ.
         schur = -h_phi - np.einsum("ij,ij->i", cross, z)
-        joint = schur > 0
-        step_p = np.where(
-            joint,
-            (g_phi + np.einsum("ij,ij->i", cross, step_b)) / np.where(joint, schur, 1.0),
-            np.sign(g_phi),
-        )
+        d = g_phi + np.einsum("ij,ij->i", cross, step_b)
+        schur_a = schur - g_phi
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = d / schur_a
+        in_alpha = (schur_a > 0) & (rho < 1.0)
+        joint = in_alpha | (schur > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step_p = np.where(
+                in_alpha,
+                -np.log1p(-np.where(in_alpha, rho, 0.0)),
+                np.where(joint, d / np.where(joint, schur, 1.0), np.sign(g_phi)),
+            )
         step_p = np.clip(step_p, -2.0, 2.0)
-        step_b = step_b + np.where(joint, step_p, 0.0)[:, None] * z
+        # β's part of the joint step, for the (capped) step in φ: ρ = 1 - e^{-Δφ} in α.
+        coupled = np.where(in_alpha, -np.expm1(-step_p), np.where(joint, step_p, 0.0))
+        step_b = step_b + coupled[:, None] * z
 
         new_b = b + step_b
         new_p = np.clip(p + step_p, lo, hi)
@@ -498,10 +521,10 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             np.abs(step_b).max(axis=1) / (1.0 + np.abs(new_b).max(axis=1)), np.abs(new_p - p)
         )
         # Newton's quadratic convergence: with steps shrinking as size ≈ c · previous², the
-        # next one would be c · size². Below tol, this step is the last.
+        # next one would be c · size². Below tol / 10, this step is the last.
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = size / previous[active] ** 2
-        last = (size <= tol) | (joint & (rate * size**2 <= 0.01 * tol) & (size <= np.sqrt(tol)))
+        last = (size <= tol) | (joint & (rate * size**2 <= 0.1 * tol) & (size <= np.sqrt(tol)))
         if last.any():
             beta[active[last]], phi[active[last]] = new_b[last], new_p[last]
             converged[active[last]] = True

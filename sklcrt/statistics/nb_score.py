@@ -428,8 +428,7 @@ class NBScoreStatistic(BaseStatistic):
         step = max(1, _CACHE_ROWS_BYTES // (8 * G))
         for start in range(0, self.n_cells_, step):
             rows = slice(start, min(self.n_cells_, start + step))
-            mu = np.minimum(W[rows], _ETA_MAX)
-            np.exp(mu, out=mu)
+            mu = _mean(W[rows])
             inv = mu * inv_theta
             inv += 1.0
             np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
@@ -496,8 +495,7 @@ class NBScoreStatistic(BaseStatistic):
             mu = buf[0, :m].reshape(r1 - r0, k)
             inv = buf[1, :m].reshape(r1 - r0, k)
             _linear_predictor(Q[r0:r1], coef, out=mu, term=buf[2, :m].reshape(r1 - r0, k))
-            np.minimum(mu, _ETA_MAX, out=mu)
-            np.exp(mu, out=mu)
+            _mean(mu, out=mu)
             np.multiply(mu, inv_theta, out=inv)
             inv += 1.0
             np.reciprocal(inv, out=inv)  # 1 / (1 + mu/theta)
