@@ -287,6 +287,21 @@ def check_rank_on(Q: np.ndarray, rows: np.ndarray) -> None:
         )
 
 
+def take_block(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``values[np.ix_(rows, cols)]`` of a C-contiguous 2-D array, by the faster of two copies.
+
+    Few columns: element by element (``np.ix_``), which touches only the selected entries.
+    Many: the rows first (contiguous runs), then the columns; when ``cols`` is every column in
+    order, the row copy is the answer. Either way the values are the same.
+    """
+    if 3 * cols.size <= values.shape[1]:
+        return values[np.ix_(rows, cols)]
+    sub = np.take(values, rows, axis=0)
+    if cols.size == values.shape[1] and np.array_equal(cols, np.arange(cols.size)):
+        return sub
+    return np.take(sub, cols, axis=1)
+
+
 def dense_block(Y, block, rows=None) -> np.ndarray:
     """Dense float64 (n_rows, len(block)) slice of a dense array or CSC matrix."""
     if sp.issparse(Y):

@@ -256,11 +256,13 @@ def _fit_nb_start(XT, gram, Y, beta, bounds, *, max_iter, tol):
         rich = np.flatnonzero(np.count_nonzero(Ys, axis=1) >= _SUB_MIN_NB_NONZERO)
         if rich.size:
             Yr = Ys[rich]
-            b, _ = _fit_glm(XTs, gs, Yr, beta[rich], np.full(rich.size, np.inf),
-                            max_iter=max_iter, tol=tol)
+            b, _ = _fit_glm(
+                XTs, gs, Yr, beta[rich], np.full(rich.size, np.inf), max_iter=max_iter, tol=tol
+            )
             th = _moments_theta(Yr, _mean(b @ XTs), bounds)
-            b, th, ok = _fit_nb(XTs, gs, Yr, b, th, bounds, _CountTable(Yr),
-                                max_iter=max_iter, tol=tol)
+            b, th, ok = _fit_nb(
+                XTs, gs, Yr, b, th, bounds, _CountTable(Yr), max_iter=max_iter, tol=tol
+            )
             use = rich[ok]
             beta = beta.copy()
             beta[use], theta[use] = b[ok], th[ok]
@@ -268,8 +270,9 @@ def _fit_nb_start(XT, gram, Y, beta, bounds, *, max_iter, tol):
     rest = np.flatnonzero(todo)
     if rest.size:
         Yr = Y[rest]
-        b, _ = _fit_glm(XT, gram, Yr, beta[rest], np.full(rest.size, np.inf),
-                        max_iter=max_iter, tol=tol)
+        b, _ = _fit_glm(
+            XT, gram, Yr, beta[rest], np.full(rest.size, np.inf), max_iter=max_iter, tol=tol
+        )
         beta = beta.copy()
         beta[rest], theta[rest] = b, _moments_theta(Yr, _mean(b @ XT), bounds)
     return beta, theta

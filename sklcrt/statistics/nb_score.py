@@ -18,6 +18,7 @@ from sklcrt.statistics._base import (
     check_fit_cells,
     check_rank_on,
     dense_block,
+    take_block,
 )
 from sklcrt.statistics._nb_fit import (  # noqa: F401  (_CountTable, _nb_terms: tests)
     _ETA_MAX,
@@ -516,7 +517,7 @@ class NBScoreStatistic(BaseStatistic):
         if cache is not None:
             if cells is None:
                 return np.take(cache[0], cols, axis=1)
-            return np.take(np.take(cache[0], cells, axis=0), cols, axis=1)  # rows first
+            return take_block(cache[0], cells, cols)
         return self._build_pieces(cells, cols)[0]
 
     def _stored_pieces(self):
@@ -554,7 +555,7 @@ class NBScoreStatistic(BaseStatistic):
     def _cached_pieces(self, cells, block):
         if cells is None:
             return tuple(np.take(part, block, axis=1) for part in self._cache)
-        return tuple(part[np.ix_(cells, block)] for part in self._cache)
+        return tuple(take_block(part, cells, block) for part in self._cache)
 
     def _prepare(self, chunk):
         """``[R; R diag(q_1); ...; R diag(q_r)]`` as CSC: one gather of W gives ΣW and ΣWq.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sklcrt.statistics._base import BaseStatistic
+from sklcrt.statistics._base import BaseStatistic, take_block
 
 __all__ = ["OLSStatistic"]
 
@@ -112,13 +112,13 @@ class OLSStatistic(BaseStatistic):
     def _pieces(self, cells, block, scratch):
         if cells is None:
             return np.take(self.residuals_, block, axis=1)
-        return _rows_then_columns(self.residuals_, cells, block)
+        return take_block(self.residuals_, cells, block)
 
     def _score_pieces(self, cols, cells=None):
         """``ỹ``: ``xᵀỹ = β(x) d(x)``, the numerator of β and of the t statistic."""
         if cells is None:
             return np.take(self.residuals_, cols, axis=1)
-        return np.take(np.take(self.residuals_, cells, axis=0), cols, axis=1)  # rows first
+        return take_block(self.residuals_, cells, cols)
 
     def _prepare(self, chunk):
         """``d = xᵀx - ‖Qᵀx‖²`` of every resample (shared by all responses); NaN if collinear."""
@@ -146,21 +146,9 @@ class OLSStatistic(BaseStatistic):
         if not d > _COLLINEAR_TOL * max(xtx, 1.0):
             nan = np.full(cols.size, np.nan)
             return nan, nan.copy()
-        s = _rows_then_columns(self.residuals_, np.flatnonzero(x), cols).sum(axis=0)
+        s = take_block(self.residuals_, np.flatnonzero(x), cols).sum(axis=0)
         beta = s / d
         with np.errstate(invalid="ignore", divide="ignore"):
             rss = np.maximum(self.rss_null_[cols] - s * s / d, 0.0)
             se = np.sqrt(rss / self.df_resid_ / d)
         return beta, se
-
-
-def _rows_then_columns(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``values[np.ix_(rows, cols)]`` (C-contiguous, the same values), several times faster.
-
-    The rows are copied first (contiguous runs), then the columns; when ``cols`` is every column
-    in order, the row copy is the answer. ``np.ix_`` indexes element by element.
-    """
-    sub = np.take(values, rows, axis=0)
-    if cols.size == values.shape[1] and np.array_equal(cols, np.arange(cols.size)):
-        return sub
-    return np.take(sub, cols, axis=1)
