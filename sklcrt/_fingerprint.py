@@ -81,8 +81,9 @@ def array_fingerprint(arr: np.ndarray) -> str:
 
     Parameters
     ----------
-    arr : ndarray
-        An array that is not changed in place while it is in use.
+    arr : ndarray or sparse matrix
+        An array that is not changed in place while it is in use (a screen's covariates or
+        responses, fingerprinted by every runner call that reuses a fitted null model).
 
     Returns
     -------

@@ -27,7 +27,7 @@ from scipy import stats
 from sklearn.base import clone
 
 from sklcrt._choices import CONTROL_GROUPS, GRNA_INTEGRATIONS
-from sklcrt._fingerprint import array_fingerprint, content_fingerprint
+from sklcrt._fingerprint import array_fingerprint
 from sklcrt._random import as_generator
 from sklcrt._validation import check_1d_numeric
 from sklcrt.crt import CRTTest
@@ -188,7 +188,7 @@ def fit_null_model(inputs: dict, statistic=None, n_jobs=None, *, fit_cells=None,
             getattr(statistic, "responses_fingerprint_", None),
             getattr(statistic, "covariates_fingerprint_", None),
         )
-        here = (content_fingerprint(inputs["Y"]), array_fingerprint(inputs["C"]))
+        here = (array_fingerprint(inputs["Y"]), array_fingerprint(inputs["C"]))
         fitted_cells = getattr(statistic, "fit_cells_", None)
         same_cells = (fitted_cells is None and fit_cells is None) or (
             fitted_cells is not None
