@@ -286,6 +286,38 @@ def test_nb_terms_are_the_likelihood_and_its_derivatives():
     np.testing.assert_allclose(weights, mu * (1.0 + Y / th) / (1.0 + mu / th) ** 2)
 
 
+def test_nb_point_in_runs_of_cells_equals_whole_rows(monkeypatch):
+    # One pass of the NB fit takes the cells a run at a time: its sums equal those of the terms
+    # of whole rows (the oracle), with runs that split the cells unevenly, and with or without
+    # the table of pairwise products behind the Gram matrices.
+    import sklcrt.statistics._nb_fit as fit_module
+
+    rng = np.random.default_rng(21)
+    n, thetas = 1000, np.array([0.7, 3.0, 40.0])
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, 2))])
+    XT = np.ascontiguousarray(X.T)
+    beta = np.array([[0.2, 0.3, -0.1], [1.0, -0.2, 0.1], [-0.5, 0.1, 0.4]])
+    eta = beta @ XT
+    th = thetas[:, None]
+    Y = rng.negative_binomial(th, th / (th + np.exp(eta))).astype(float)
+    table = _CountTable(Y)
+    mu = np.exp(eta)
+    ll, g, h, u, weights = _nb_terms(Y, eta, mu, thetas, table)
+    resid = (Y - mu) * u
+    score, cross = resid @ X, (resid * (1.0 - u)) @ X
+    H = np.einsum("gi,ia,ib->gab", weights, X, X)
+    monkeypatch.setattr(fit_module, "_PASS_MIN_CELLS", 1)
+    for pass_bytes in (2**30, 8 * 3 * 300):  # one run; runs of 300 cells (the last 100)
+        monkeypatch.setattr(fit_module, "_PASS_BYTES", pass_bytes)
+        for pair_bytes in (2**30, 0):
+            monkeypatch.setattr(fit_module, "_PAIR_BYTES", pair_bytes)
+            gram = fit_module._Gram(X)
+            assert (gram.pairs is None) == (pair_bytes == 0)
+            got = fit_module._nb_point(XT, gram, Y, beta, thetas, table)
+            for a, b in zip(got, (ll, g, h, score, cross, H), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-9)
+
+
 def test_nb_fit_of_a_response_does_not_depend_on_the_others(monkeypatch):
     # Each response converges on its own, so fitting it alone, in a smaller block, with other
     # responses or in parallel threads gives the same null model.

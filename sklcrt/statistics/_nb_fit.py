@@ -16,6 +16,10 @@ _ETA_MAX = 700.0
 # (cells x p(p+1)/2).
 _PAIR_BYTES = 256 * 2**20
 _MAX_HALVINGS = 30
+# One pass of the NB fit takes the cells a run at a time: about this many bytes per
+# (responses x run) temporary (cache-resident), and at least this many cells.
+_PASS_BYTES = 2**18
+_PASS_MIN_CELLS = 256
 # The Poisson fit on more than _SUB_FACTOR * _SUB_MIN_CELLS cells starts from the fit on every
 # _SUB_FACTOR-th cell (for responses with at least _SUB_MIN_NONZERO nonzero counts there).
 _SUB_FACTOR = 8
@@ -56,13 +60,20 @@ class _Gram:
 
     def __call__(self, W: np.ndarray) -> np.ndarray:
         """Gram matrices (k, p, p), in double precision, for the weights ``W`` (k, n)."""
-        k, p = W.shape[0], self.p
-        H = np.empty((k, p, p))
+        return self.expand(self.partial(W, slice(None)))
+
+    def partial(self, W: np.ndarray, cells: slice) -> np.ndarray:
+        """The upper triangles (k, p(p+1)/2) of the Gram matrices of the rows ``cells`` of
+        ``X`` for their weights ``W`` (k, len(cells)), in double precision."""
         if self.pairs is None:
-            for g in range(k):
-                H[g] = (self.X.T * W[g]) @ self.X
-            return H
-        flat = W.astype(self.dtype, copy=False) @ self.pairs  # (k, P)
+            X = self.X[cells]
+            return np.stack([((X.T * w) @ X)[self.iu] for w in W]).reshape(W.shape[0], -1)
+        flat = W.astype(self.dtype, copy=False) @ self.pairs[cells]
+        return flat.astype(np.float64, copy=False)
+
+    def expand(self, flat: np.ndarray) -> np.ndarray:
+        """Symmetric (k, p, p) matrices from their upper triangles (k, p(p+1)/2)."""
+        H = np.empty((flat.shape[0], self.p, self.p))
         H[:, self.iu[0], self.iu[1]] = flat
         H[:, self.iu[1], self.iu[0]] = flat
         return H
@@ -416,9 +427,18 @@ def _nb_terms(Y, eta, mu, theta, table):
       (1 + μ/θ)²``, the weights of its observed information,
 
     where ``T`` sums the gamma-function terms over the table of distinct nonzero counts (they
-    vanish for ``y = 0``). Sums of ``y`` times a term are taken apart from ``θ`` times the term's
-    sum, so that few (responses x cells) temporaries pass through memory.
+    vanish for ``y = 0``): :func:`_table_terms`. The sums over cells are
+    :func:`_cell_terms`'s.
     """
+    ll, g, h, u, weights = _cell_terms(Y, eta, mu, theta)
+    t_ll, t_g, t_h = _table_terms(theta, table)
+    return ll + t_ll, g + t_g, h + t_h, u, weights
+
+
+def _cell_terms(Y, eta, mu, theta):
+    """The sums over cells of :func:`_nb_terms` (``ll``, ``g``, ``h`` without ``T``), ``u``
+    and the weights. Sums of ``y`` times a term are taken apart from ``θ`` times the term's
+    sum, so that few (responses x cells) temporaries pass through memory."""
     thc = theta[:, None]
     u = np.divide(mu, thc)
     l1p = np.log1p(u)
@@ -434,12 +454,58 @@ def _nb_terms(Y, eta, mu, theta, table):
     a_s = y_s + theta * sum_s  # Σ (y + θ) s
     weights *= u
     h = 2.0 * sum_s / theta - (weights.sum(axis=1) + a_s) / theta**2
+    return ll, g, h, u, weights
+
+
+def _table_terms(theta, table):
+    """``T(θ)``, ``T'(θ)`` and ``T''(θ)``: the gamma-function terms, summed over the table."""
     y = table.value
     t = theta[table.resp]
-    ll += table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t))
-    g += table.sum(psi(y + t) - psi(t) - y / t)
-    h += table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2)
-    return ll, g, h, u, weights
+    return (
+        table.sum(gammaln(y + t) - gammaln(t) - y * np.log(t)),
+        table.sum(psi(y + t) - psi(t) - y / t),
+        table.sum(polygamma(1, y + t) - polygamma(1, t) + y / t**2),
+    )
+
+
+def _nb_point(XT, gram, Y, beta, theta, table):
+    """The NB log-likelihood, its derivatives in θ, the score and cross derivative of β, and
+    the Gram matrices of the observed information, at ``(beta, theta)``: one pass.
+
+    The cells are taken a cache-sized run at a time (linear predictor, means, the terms of
+    :func:`_cell_terms`, their products with the design and their Gram matrices in one go),
+    so no (responses x cells) temporary leaves the cache: about twice as fast as whole-row
+    passes on 40,000 cells. Returns ``ll, g, h`` (k,), ``score, cross`` (k, p), ``H`` (k, p, p).
+    """
+    k, n = Y.shape
+    p = XT.shape[0]
+    ll, g, h = np.zeros(k), np.zeros(k), np.zeros(k)
+    products = np.zeros((p, 2 * k))
+    flat = None
+    step = max(_PASS_MIN_CELLS, _PASS_BYTES // (8 * max(k, 1)))
+    resid = np.empty((2 * k, min(step, n)))
+    for c0 in range(0, n, step):
+        cells = slice(c0, min(n, c0 + step))
+        XTc, Yc = XT[:, cells], Y[:, cells]
+        eta = beta @ XTc
+        mu = _mean(eta)
+        l_c, g_c, h_c, u, weights = _cell_terms(Yc, eta, mu, theta)
+        ll += l_c
+        g += g_c
+        h += h_c
+        # The score (y - μ) u and, for d²ll/dβdφ = Σ q (y - μ) r u² = Σ q (y - μ) u (1 - u)
+        # (as s = r u = 1 - u), the cross derivative, in one product with the design.
+        r = resid[:, : mu.shape[1]]
+        np.subtract(Yc, mu, out=r[:k])
+        r[:k] *= u
+        np.multiply(r[:k], u, out=r[k:])
+        np.subtract(r[:k], r[k:], out=r[k:])
+        products += XTc @ r.T
+        part = gram.partial(weights, cells)
+        flat = part if flat is None else flat + part
+    t_ll, t_g, t_h = _table_terms(theta, table)
+    score, cross = products.T.reshape(2, k, p)
+    return ll + t_ll, g + t_g, h + t_h, score, cross, gram.expand(flat)
 
 
 def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
@@ -471,22 +537,12 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     converged = np.zeros(Y.shape[0], dtype=bool)
     active = np.arange(Y.shape[0])
     Ya, ta = Y, table
-    eta = beta @ XT
-    mu = _mean(eta)
-    ll, g, h, u, weights = _nb_terms(Ya, eta, mu, np.exp(phi), ta)
+    ll, g, h, score, cross, H = _nb_point(XT, gram, Ya, beta, np.exp(phi), ta)
     previous = np.full(Y.shape[0], np.inf)  # size of each response's last full step
     for _ in range(max_iter):
         b, p = beta[active], phi[active]
         th = np.exp(p)
-        # The score (y - μ) u and, for d²ll/dβdφ = Σ q (y - μ) r u² = Σ q (y - μ) u (1 - u)
-        # (as s = r u = 1 - u), the cross derivative, in one product with the design.
-        resid = np.empty((2,) + Ya.shape)
-        np.subtract(Ya, mu, out=resid[0])
-        resid[0] *= u
-        np.multiply(resid[0], u, out=resid[1])
-        np.subtract(resid[0], resid[1], out=resid[1])
-        score, cross = _by_design(resid.reshape(-1, Ya.shape[1]), XT).reshape(2, Ya.shape[0], -1)
-        step_b, z = _solve_pair(gram(weights), score, cross)
+        step_b, z = _solve_pair(H, score, cross)
         g_phi = th * g
         h_phi = th * th * h + g_phi
         # The joint Newton step where the Hessian is negative definite: quadratic convergence.
@@ -538,9 +594,8 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             b, p, step_b, step_p, new_b, new_p, ll, size = (
                 v[go] for v in (b, p, step_b, step_p, new_b, new_p, ll, size)
             )
-        new_eta = new_b @ XT
-        new_mu = _mean(new_eta)
-        new = list(_nb_terms(Ya, new_eta, new_mu, np.exp(new_p), ta))  # ll, g, h, u, weights
+        # ll, g, h, score, cross, H
+        new = list(_nb_point(XT, gram, Ya, new_b, np.exp(new_p), ta))
         new_ll = new[0]
         bad = np.flatnonzero(~(new_ll >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll))
         t = np.ones(active.size)
@@ -550,12 +605,10 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             t[bad] *= 0.5
             cand_b = b[bad] + t[bad, None] * step_b[bad]
             cand_p = np.clip(p[bad] + t[bad] * step_p[bad], lo, hi)
-            cand_eta = cand_b @ XT
-            cand_mu = _mean(cand_eta)
-            cand = _nb_terms(Ya[bad], cand_eta, cand_mu, np.exp(cand_p), ta.subset(bad))
+            cand = _nb_point(XT, gram, Ya[bad], cand_b, np.exp(cand_p), ta.subset(bad))
             ok = cand[0] >= ll[bad] - 1e-12 * np.abs(ll[bad])
             acc = bad[ok]
-            new_b[acc], new_p[acc], new_mu[acc] = cand_b[ok], cand_p[ok], cand_mu[ok]
+            new_b[acc], new_p[acc] = cand_b[ok], cand_p[ok]
             for part, cand_part in zip(new, cand, strict=True):
                 part[acc] = cand_part[ok]
             bad = bad[~ok]
@@ -575,8 +628,7 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             Ya, ta = Ya[keep], ta.subset(keep)
         else:
             keep = slice(None)
-        mu = new_mu[keep]
-        ll, g, h, u, weights = (part[keep] for part in new)
+        ll, g, h, score, cross, H = (part[keep] for part in new)
     return beta, np.clip(np.exp(phi), bounds[0], bounds[1]), converged
 
 

@@ -41,7 +41,7 @@ __all__ = ["NBScoreStatistic"]
 
 _LN2 = np.log(2.0)
 # Bytes of one dense (responses x cells) array while fitting; a few such arrays are alive.
-_FIT_BLOCK_BYTES = 2 * 2**20
+_FIT_BLOCK_BYTES = 4 * 2**20
 # Bytes of the per-cell Gram terms of one block of linearized effect fits (treated cells only).
 _EFFECT_BLOCK_BYTES = 16 * 2**20
 # Bytes of one run of cells (all responses) while the cached pieces are built.
