@@ -61,6 +61,10 @@ _MAX_HALVINGS = 40
 _START_SCALE = 4.0
 # Responses per block: about this many bytes per dense (cells x block) temporary.
 _BLOCK_BYTES = 8 * 2**20
+# A CGF evaluation takes whole strata about this many bytes (and cells) at a time, so that
+# its temporaries stay in cache.
+_RUN_BYTES = 2**18
+_RUN_MIN_CELLS = 256
 # Relative tolerances: lattice detection, support edge, zero variance.
 _LATTICE_TOL = 1e-7
 _EDGE_TOL = 1e-9
@@ -769,6 +773,8 @@ class _Conditional:
             "A": centred,
             "sumA": np.add.reduceat(centred, starts, axis=1),  # 0 up to rounding
             "starts": starts,
+            "cell_starts": np.asarray(starts, dtype=np.int64),
+            "n_cells": int(centred.shape[1]),
             "n": n,
             "ni": n.astype(np.int64),
             "m": m,
@@ -818,30 +824,57 @@ class _Conditional:
             out["D"] += h
         big = self.parts.get("big")
         if big is not None:
-            starts, ni = big["starts"], big["ni"]
-            Ab = sub(big["A"])
             lamT = lam.T  # (responses, strata)
-            z = np.repeat(lamT, ni, axis=1)
-            ta = Ab * tc
-            z += ta
-            sp, pi, v = _logistic_parts(z, out=ta)
+            S = lamT.shape[1]
+            sp_s, pi_s, V, C = (np.empty((k, S)) for _ in range(4))
+            gt, D = np.zeros(k), np.zeros(k)
+            # Whole strata a cache-sized run of cells at a time: every per-stratum sum is the
+            # same as over all cells at once; only the totals over strata are added up by run.
+            for c0, c1, s0, s1, starts in _runs(big["cell_starts"], big["n_cells"], k):
+                Ab = big["A"][:, c0:c1] if cols is None else big["A"][cols, c0:c1]
+                z = np.repeat(lamT[:, s0:s1], big["ni"][s0:s1], axis=1)
+                ta = Ab * tc
+                z += ta
+                sp, pi, v = _logistic_parts(z, out=ta)
+                sp_s[:, s0:s1] = np.add.reduceat(sp, starts, axis=1)
+                gt += np.einsum("ij,ij->i", Ab, pi)
+                pi_s[:, s0:s1] = np.add.reduceat(pi, starts, axis=1)
+                V[:, s0:s1] = np.add.reduceat(v, starts, axis=1)
+                Av = np.multiply(Ab, v, out=v)
+                D += np.einsum("ij,ij->i", Av, Ab)
+                C[:, s0:s1] = np.add.reduceat(Av, starts, axis=1)
             # K(t, λ) - K(0, λ0) - t·0 - m·(λ - λ0), per stratum from the sum of softplus:
             # Σ_i z_i = n λ + t Σ_i a_i (the pieces are centred in each stratum).
-            sp_s = np.add.reduceat(sp, starts, axis=1)
             sp_s -= big["n"] * big["sp0"]
             sp_s -= big["m"] * (lamT - big["lam0"])
             sp_s -= big["pi0"] * sub(big["sumA"]) * tc
             out["K"] += sp_s.sum(1)
-            out["gt"] += np.einsum("ij,ij->i", Ab, pi)
-            out["gl"] = (np.add.reduceat(pi, starts, axis=1) - big["m"]).T
-            V = np.add.reduceat(v, starts, axis=1)
-            Av = np.multiply(Ab, v, out=v)
-            out["D"] += np.einsum("ij,ij->i", Av, Ab)
-            out["C"] = np.add.reduceat(Av, starts, axis=1).T
+            out["gt"] += gt
+            out["gl"] = (pi_s - big["m"]).T
+            out["D"] += D
+            out["C"] = C.T
             out["V"] = V.T
             with np.errstate(divide="ignore"):
                 out["log_ratio"] += (np.log(V) - big["logV0"]).sum(1)
         return out
+
+
+def _runs(stratum_starts, n_cells, k):
+    """Runs of whole consecutive strata, about ``_RUN_BYTES`` per (k x cells) temporary:
+    ``(c0, c1, s0, s1, starts)`` with cells ``c0:c1``, strata ``s0:s1`` and the strata's
+    starts within the run (a stratum larger than a run is a run of its own)."""
+    step = max(_RUN_MIN_CELLS, _RUN_BYTES // (8 * max(k, 1)))
+    ends = np.append(stratum_starts[1:], n_cells)
+    out, s0 = [], 0
+    n_strata = stratum_starts.size
+    while s0 < n_strata:
+        c0 = int(stratum_starts[s0])
+        # the last stratum that ends within the run (at least one)
+        s1 = max(s0 + 1, int(np.searchsorted(ends, c0 + step, side="right")))
+        c1 = int(ends[s1 - 1])
+        out.append((c0, c1, s0, s1, stratum_starts[s0:s1] - c0))
+        s0 = s1
+    return out
 
 
 def _dp_cgf(dp, t):
