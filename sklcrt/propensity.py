@@ -36,6 +36,9 @@ _CHUNK_ROWS = 16384
 # _SUBSAMPLE_MIN_COMMON in all) to a loose tolerance, and start from its optimum: the full fit then
 # needs two or three Newton iterations instead of six or seven, to the same optimum.
 _SUBSAMPLE_MIN_SAMPLES = 50_000
+# Fits on at least this many samples take their Newton directions from single-precision
+# Hessians (3x faster at 40,000 x 7); smaller ones keep double precision throughout.
+_FLOAT32_MIN_SAMPLES = 8192
 _SUBSAMPLE_PER_RARE = 16
 _SUBSAMPLE_MIN_COMMON = 8192
 _SUBSAMPLE_TOL = 1e-5
@@ -195,13 +198,11 @@ class NewtonLogisticRegression(ClassifierMixin, BaseEstimator):
 
         with single_threaded_blas():
             design32 = None
-            if n_samples >= _SUBSAMPLE_MIN_SAMPLES:
+            if n_samples >= _FLOAT32_MIN_SAMPLES:
                 design32 = _float32_design(X, self.fit_intercept)
-                if not warm:
-                    start = _subsample_start(
-                        X, target, w, penalty, self.fit_intercept, self.max_iter
-                    )
-                    beta = beta if start is None else start
+            if n_samples >= _SUBSAMPLE_MIN_SAMPLES and not warm:
+                start = _subsample_start(X, target, w, penalty, self.fit_intercept, self.max_iter)
+                beta = beta if start is None else start
             beta, n_iter, converged = _newton(
                 X,
                 target,

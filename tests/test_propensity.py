@@ -323,6 +323,29 @@ def test_fit_propensity_errors():
         fit_propensity(NewtonLogisticRegression(), C_nan, x)
 
 
+def test_float32_hessians_reach_the_same_optimum():
+    # 8,192 to 50,000 samples: float32 Hessians (no subsample start) steer the same Newton
+    # iterations to the optimum of the float64 ones, to solver tolerance.
+    from sklcrt import propensity
+
+    rng = np.random.default_rng(6)
+    n = 20_000
+    assert propensity._FLOAT32_MIN_SAMPLES <= n < propensity._SUBSAMPLE_MIN_SAMPLES
+    X = np.column_stack([rng.normal(size=(n, 3)), rng.integers(0, 2, size=n)])
+    lin = -4.0 + 0.7 * X[:, 0] - 0.3 * X[:, 1] + 0.9 * X[:, 3]
+    y = (lin + rng.logistic(size=n) > 0).astype(int)
+    model = NewtonLogisticRegression().fit(X, y)
+    beta0 = np.zeros(X.shape[1] + 1)
+    beta0[-1] = np.log(y.mean() / (1 - y.mean()))
+    exact, n_exact, converged = propensity._newton(
+        X, y.astype(float), np.ones(n), np.ones(X.shape[1]), beta0, True, 1e-10, 100
+    )
+    assert converged
+    np.testing.assert_allclose(model.coef_[0], exact[:-1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(model.intercept_[0], exact[-1], rtol=0, atol=1e-8)
+    assert model.n_iter_ <= n_exact + 1
+
+
 def test_many_samples_path_reaches_the_same_optimum():
     # >= 50,000 samples: float32 Hessians and a start from a subsample fit; the optimum is the
     # one of the plain float64 Newton iterations from the default start, to solver tolerance.
