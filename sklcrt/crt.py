@@ -153,6 +153,10 @@ _STRING_API_COMPONENTS = ("encoder", "sampler")
 # Bytes held per treated entry of a block of resamples: the sampler's int64 keys, then the CSR
 # matrix's float64 data and int32 indices.
 _BYTES_PER_TREATED_ENTRY = 20
+# Resamples are drawn in sampler calls of the size a block has under the default
+# memory_budget_mb: a function of the unit's treated count only, so that the random draws do
+# not depend on the budget (a smaller budget evaluates a call's resamples in smaller blocks).
+_STREAM_BUDGET_MB = 1024
 
 
 class CRTTest(BaseEstimator):
@@ -232,13 +236,13 @@ class CRTTest(BaseEstimator):
     store_null : bool, default=False
         Keep the first-stage null statistics in ``result_.null_distribution``.
     memory_budget_mb : float, default=1024
-        Memory for one unit's resamples and null statistics, in MiB. Resamples are drawn and
-        evaluated in blocks of a quarter of it, so peak memory does not grow with
-        ``n_resamples`` or the treated fraction; null statistics (``n_resamples`` x responses
-        float64) that cannot fit in it are refused before any work. The blocks depend only on
-        this budget and the unit's treated count, so results do not depend on ``n_jobs`` or
-        chunking; a budget so small that a unit's resamples need several blocks changes its
-        random draws (like another seed).
+        Memory for one unit's resamples and null statistics, in MiB. Resamples are evaluated
+        in blocks of a quarter of it, so peak memory does not grow with ``n_resamples`` or the
+        treated fraction; null statistics (``n_resamples`` x responses float64) that cannot fit
+        in it are refused before any work. The resamples are drawn in calls of the size of a
+        block under the default budget (at most 256 MiB of draws, however small the budget):
+        their number depends only on the unit's treated count, so results do not depend on
+        this budget, ``n_jobs`` or chunking.
     random_state : int, SeedSequence or None, default=None
         Seeds the resamples.
 
@@ -644,8 +648,9 @@ class CRTTest(BaseEstimator):
         rng = as_generator(self.random_state)
         observed = statistic.observed(x, columns=columns)
         n_columns = statistic.n_responses_ if columns is None else columns.size
-        rows_per_block = self._rows_per_block(int(observed["n_treated"]), n_columns)
-        draw = _Draws(treatment, x.size, rows_per_block)
+        n_treated = int(observed["n_treated"])
+        rows_per_block = self._rows_per_block(n_treated, n_columns)
+        draw = _Draws(treatment, x.size, rows_per_block, _rows_per_call(n_treated))
         if self.pvalue_method == "saddlepoint":
             pvalue, methods, n_used = self._saddlepoint(statistic, treatment, x, columns, draw, rng)
             second = np.zeros(pvalue.shape, dtype=bool)
@@ -735,9 +740,7 @@ class CRTTest(BaseEstimator):
     def _rows_per_block(self, n_treated: int, n_columns: int) -> int:
         """Resamples per block within the memory budget; refuses null statistics that cannot
         fit in it, before any work."""
-        budget = self._null_statistics_fit(n_columns)
-        per_row = _BYTES_PER_TREATED_ENTRY * max(n_treated, 1)
-        return max(1, int(budget / 4 // per_row))
+        return _rows_within(self._null_statistics_fit(n_columns), n_treated)
 
     def _null_statistics_fit(self, n_columns: int) -> float:
         """The memory budget in bytes; raises if the null statistics of ``n_columns`` responses
@@ -864,33 +867,53 @@ def _fit_treatment(parts: _Components, propensity, C, x, batch, burden, eligible
     return _Treatment(sampler, encoder, model, p_hat, strata, cells)
 
 
-class _Draws:
-    """Resamples of a fitted treatment model, drawn and evaluated block by block."""
+def _rows_within(budget_bytes: float, n_treated: int) -> int:
+    """Resamples of ``n_treated`` treated cells that a quarter of ``budget_bytes`` holds."""
+    per_row = _BYTES_PER_TREATED_ENTRY * max(n_treated, 1)
+    return max(1, int(budget_bytes / 4 // per_row))
 
-    def __init__(self, treatment: _Treatment, n_cells: int, rows_per_block: int):
+
+def _rows_per_call(n_treated: int) -> int:
+    """Resamples per sampler call: a block under the default budget (``_STREAM_BUDGET_MB``)."""
+    return _rows_within(float(_STREAM_BUDGET_MB) * 2**20, n_treated)
+
+
+class _Draws:
+    """Resamples of a fitted treatment model, drawn call by call and evaluated block by block.
+
+    The sampler is called for ``rows_per_call`` resamples at a time (the last call for the rest),
+    whatever the memory budget, so the draws are the same for every budget; a call's resamples
+    are evaluated in blocks of at most ``rows_per_block``.
+    """
+
+    def __init__(self, treatment: _Treatment, n_cells: int, rows_per_block: int, rows_per_call):
         self.treatment = treatment
         self.n_cells = n_cells
         self.rows_per_block = rows_per_block
+        self.rows_per_call = rows_per_call
         self.n_blocks = 0
 
     def evaluate(self, statistic, n_resamples: int, columns, rng) -> np.ndarray:
         """Null statistics ``(n_resamples, n_columns)`` of fresh resamples."""
         blocks = []
+        block_rows = min(self.rows_per_block, self.rows_per_call)
         # Several blocks: the statistic keeps its pieces from one block to the next.
-        several = n_resamples > self.rows_per_block and hasattr(statistic, "_evaluate_blocks")
+        several = n_resamples > block_rows and hasattr(statistic, "_evaluate_blocks")
         memo: dict = {}
-        for start in range(0, n_resamples, self.rows_per_block):
-            rows = min(self.rows_per_block, n_resamples - start)
+        for start in range(0, n_resamples, self.rows_per_call):
+            rows = min(self.rows_per_call, n_resamples - start)
             # The sampler's own format (CSR or CSC): the statistic takes either.
             resamples = _draw_resamples(self.treatment.sampler, rows, rng)
             if self.treatment.cells is not None:
                 resamples = _resamples_on_cells(resamples, self.treatment.cells, self.n_cells)
-            if several:
-                blocks.append(statistic._evaluate_blocks(resamples, columns, memo))
-            else:
-                blocks.append(statistic.evaluate(resamples, columns))
+            for r0 in range(0, rows, block_rows):
+                block = resamples if rows <= block_rows else resamples[r0 : r0 + block_rows]
+                if several:
+                    blocks.append(statistic._evaluate_blocks(block, columns, memo))
+                else:
+                    blocks.append(statistic.evaluate(block, columns))
+                self.n_blocks += 1
             del resamples
-            self.n_blocks += 1
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
 
 

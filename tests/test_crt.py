@@ -587,3 +587,41 @@ def test_result_is_shaped_like_scipys_and_old_names_warn():
         CRTTest(n_resamples=19, n_resamples_adaptive=0, random_state=0).fit(C, x, Y=Y)
     with pytest.raises(ValueError, match="n_resamples=1000000000"):
         CRTTest(n_resamples=10**9).check_params()
+
+
+@pytest.mark.parametrize("method", ["bernoulli_index", "stratified_perm"])
+@pytest.mark.parametrize("statistic", ["ols", "nb"])
+def test_results_do_not_depend_on_the_memory_budget(monkeypatch, method, statistic):
+    # Resamples are drawn in calls whose size depends on the treated count only; the budget
+    # only sets how many of a call's resamples are evaluated at once. With calls of about 12
+    # resamples (a small stream budget), budgets that evaluate 1, 3 or every resample of a
+    # call at once give the same null statistics, stage-2 draws and p-values.
+    import sklcrt.crt as crt_module
+
+    C, batch, burden, Y, rng = _confounded_null(n=600, g=4, seed=3, counts=statistic == "nb")
+    x = _unit(C, rng)
+    n_treated = int(x.sum())
+    per_row = crt_module._BYTES_PER_TREATED_ENTRY * n_treated
+    monkeypatch.setattr(crt_module, "_STREAM_BUDGET_MB", 4 * 12 * per_row / 2**20)
+    assert crt_module._rows_per_call(n_treated) == 12
+    results = []
+    for rows in (1, 3, 12, 1000):
+        budget = 4 * rows * per_row / 2**20
+        test = CRTTest(
+            statistic=OLSStatistic() if statistic == "ols" else NBScoreStatistic(),
+            resampling_method=method,
+            n_resamples=59,
+            n_resamples_adaptive=199,
+            adaptive_threshold=0.5,
+            store_null=True,
+            memory_budget_mb=max(budget, 8 * 199 * 4 / 2**20),
+            random_state=7,
+        )
+        test.fit(C, x, responses=Y, batch=batch)
+        results.append(test)
+    first = results[0]
+    assert first.diagnostics_["n_blocks"] > results[-1].diagnostics_["n_blocks"]
+    assert (first.n_resamples_ == 199).any()  # some responses went to the second stage
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.null_distribution_, first.null_distribution_)
+        np.testing.assert_array_equal(other.pvalue_, first.pvalue_)
