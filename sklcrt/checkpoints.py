@@ -81,9 +81,9 @@ def _canonical(value):
 
 
 def _irrelevant(name: str) -> bool:
-    """Parameters that do not change results (threads, verbosity): not fingerprinted, so a run
-    resumes with another ``n_jobs``."""
-    return name.rpartition("__")[2] in ("n_jobs", "verbose")
+    """Parameters that do not change results (threads, verbosity, the memory budget): not
+    fingerprinted, so a run resumes with another ``n_jobs`` or ``memory_budget_mb``."""
+    return name.rpartition("__")[2] in ("n_jobs", "verbose", "memory_budget_mb")
 
 
 def _class_name(obj) -> str:
