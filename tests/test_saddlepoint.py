@@ -333,6 +333,32 @@ def test_screened_pvalues_match_the_saddlepoint(mean, kind, monkeypatch):
     assert np.all(np.abs(p / p_lr - 1) < 0.01), np.c_[p, p_lr][differ]
 
 
+def test_cgf_in_runs_of_strata_equals_one_run(monkeypatch):
+    # The conditional CGF is evaluated on whole strata a run of cells at a time: runs of a few
+    # strata, and runs smaller than a stratum (a stratum is then a run of its own), give the
+    # p-values of a single run to rounding.
+    import sklcrt.saddlepoint as sp_mod
+
+    rng = np.random.default_rng(61)
+    n, G = 3000, 12
+    a, C = _nb_pieces(rng, n, 0.5, G)
+    p_hat = special.expit(-2.5 + 0.8 * C[:, 0])
+    x = (rng.random(n) < p_hat).astype(float)
+    codes = np.digitize(p_hat, np.quantile(p_hat, np.linspace(0, 1, 31)[1:-1]))
+    s = x @ a + np.linspace(-4, 4, G) * np.sqrt((p_hat * (1 - p_hat)) @ a**2)
+    monkeypatch.setattr(sp_mod, "_SCREEN_REL_ERR", -1.0)  # every column solved
+    one, methods = saddlepoint_pvalues(a, s, x=x, strata=codes)
+    assert np.all(methods == "saddlepoint")
+    monkeypatch.setattr(sp_mod, "_RUN_MIN_CELLS", 1)
+    for run_bytes in (8 * G * 300, 8 * G * 20):  # a few strata per run; runs below a stratum
+        monkeypatch.setattr(sp_mod, "_RUN_BYTES", run_bytes)
+        runs = sp_mod._runs(np.arange(0, 3000, 100), 3000, G)
+        assert 1 < len(runs) and runs[-1][1] == 3000
+        p, _ = saddlepoint_pvalues(a, s, x=x, strata=codes)
+        # (near the mean Lugannani-Rice's 1/u - 1/w amplifies rounding: 1e-11 there)
+        np.testing.assert_allclose(p, one, rtol=1e-9)
+
+
 # ---------------------------------------------------------------- calibration
 
 
