@@ -286,6 +286,17 @@ def test_nb_terms_are_the_likelihood_and_its_derivatives():
     np.testing.assert_allclose(weights, mu * (1.0 + Y / th) / (1.0 + mu / th) ** 2)
 
 
+@pytest.mark.parametrize("cols", [[7], [3, 1], [0, 2, 5, 6, 9], list(range(10)), [9, 0, 4, 4]])
+def test_take_block_is_the_ix_block(cols):
+    # Element by element for a few columns, rows first for many: the same values either way,
+    # in the order asked (repeats included), C-contiguous.
+    values = np.random.default_rng(0).normal(size=(50, 10))
+    rows, cols = np.array([49, 0, 7, 7, 3]), np.array(cols)
+    got = base_module.take_block(values, rows, cols)
+    np.testing.assert_array_equal(got, values[np.ix_(rows, cols)])
+    assert got.flags["C_CONTIGUOUS"]
+
+
 def test_nb_point_in_runs_of_cells_equals_whole_rows(monkeypatch):
     # One pass of the NB fit takes the cells a run at a time: its sums equal those of the terms
     # of whole rows (the oracle), with runs that split the cells unevenly, and with or without
