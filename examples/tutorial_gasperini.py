@@ -64,8 +64,12 @@ def n_pairs_pass_qc(inputs: dict, pairs: pd.DataFrame, min_nonzero: int = 7) -> 
 def main(argv=None):
     parser = base_parser(__doc__.splitlines()[0])
     parser.set_defaults(out=ROOT / "docs" / "_static" / "tutorial")
-    parser.add_argument("--report", type=Path, default=None,
-                        help="also write the whole output folder (tables, figures, summary.json)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="also write the whole output folder (tables, figures, summary.json)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
@@ -95,8 +99,10 @@ def main(argv=None):
     )
     shipped = pd.DataFrame(screen.uns["positive_control_pairs"])
     key = ["grna_target", "response_id"]
-    same = shipped[key].sort_values(key, ignore_index=True).equals(
-        positive_pairs[key].sort_values(key, ignore_index=True)
+    same = (
+        shipped[key]
+        .sort_values(key, ignore_index=True)
+        .equals(positive_pairs[key].sort_values(key, ignore_index=True))
     )
     print(f"positive controls: {len(positive_pairs)} pairs, the shipped ones: {same}")
     discovery_pairs = pd.DataFrame(screen.uns["discovery_pairs"])

@@ -228,7 +228,7 @@ def test_user_guide_own_sampler_runs_and_prints_what_it_shows(capsys):
 
 @pytest.mark.slow
 def test_user_guide_whole_screen_runs_and_does_what_it_says(tmp_path, monkeypatch, capsys):
-    """"A whole screen, step by step" runs as written, on simulated data, and its text holds."""
+    """The guide's "A whole screen, step by step" runs as written; its text holds."""
     import matplotlib.pyplot as plt
 
     from sklcrt.io import load_results

@@ -89,9 +89,7 @@ def test_without_pass_column_every_finite_p_counts_and_ties_take_the_first():
         (pd.DataFrame({"unit": ["g"], "grna_target": ["A"], "pvalue": [0.1]}), r"\['response'\]"),
         (pd.DataFrame(columns=["unit", "grna_target", "response", "pvalue"]), "is empty"),
         (
-            pd.DataFrame(
-                {"unit": ["g"], "grna_target": ["A"], "response": ["X"], "pvalue": [1.5]}
-            ),
+            pd.DataFrame({"unit": ["g"], "grna_target": ["A"], "response": ["X"], "pvalue": [1.5]}),
             "outside",
         ),
         ([1, 2], "must be a pandas DataFrame"),
