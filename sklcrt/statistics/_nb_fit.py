@@ -615,7 +615,9 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         # Where no step improves the likelihood the fit is at its (numerical) optimum.
         new_b[bad], new_p[bad] = b[bad], p[bad]
         beta[active], phi[active] = new_b, new_p
-        previous[active] = np.where(t == 1.0, size, np.inf)
+        # A shortened step says nothing of the contraction: 0 makes the next rate infinite
+        # (no prediction), so that step is the last only if it is below tol.
+        previous[active] = np.where(t == 1.0, size, 0.0)
         # Also converged where no step improves the likelihood.
         converged[active[bad]] = True
         keep = np.ones(active.size, dtype=bool)
