@@ -153,10 +153,10 @@ _STRING_API_COMPONENTS = ("encoder", "sampler")
 # Bytes held per treated entry of a block of resamples: the sampler's int64 keys, then the CSR
 # matrix's float64 data and int32 indices.
 _BYTES_PER_TREATED_ENTRY = 20
-# Resamples are drawn in sampler calls of the size a block has under the default
-# memory_budget_mb: a function of the unit's treated count only, so that the random draws do
-# not depend on the budget (a smaller budget evaluates a call's resamples in smaller blocks).
-_STREAM_BUDGET_MB = 1024
+# The default memory_budget_mb. Resamples are drawn in sampler calls of the size a block has
+# under it: a function of the unit's treated count only, so that the random draws do not
+# depend on the budget (a smaller budget evaluates a call's resamples in smaller blocks).
+_DEFAULT_BUDGET_MB = 1024
 
 
 class CRTTest(BaseEstimator):
@@ -344,7 +344,7 @@ class CRTTest(BaseEstimator):
         alternative="two-sided",
         pvalue_method="skew_normal",
         store_null=False,
-        memory_budget_mb=1024,
+        memory_budget_mb=_DEFAULT_BUDGET_MB,
         random_state=None,
     ):
         self.statistic = statistic
@@ -874,8 +874,8 @@ def _rows_within(budget_bytes: float, n_treated: int) -> int:
 
 
 def _rows_per_call(n_treated: int) -> int:
-    """Resamples per sampler call: a block under the default budget (``_STREAM_BUDGET_MB``)."""
-    return _rows_within(float(_STREAM_BUDGET_MB) * 2**20, n_treated)
+    """Resamples per sampler call: a block under the default budget (``_DEFAULT_BUDGET_MB``)."""
+    return _rows_within(float(_DEFAULT_BUDGET_MB) * 2**20, n_treated)
 
 
 class _Draws:
@@ -886,7 +886,9 @@ class _Draws:
     are evaluated in blocks of at most ``rows_per_block``.
     """
 
-    def __init__(self, treatment: _Treatment, n_cells: int, rows_per_block: int, rows_per_call):
+    def __init__(
+        self, treatment: _Treatment, n_cells: int, rows_per_block: int, rows_per_call: int
+    ):
         self.treatment = treatment
         self.n_cells = n_cells
         self.rows_per_block = rows_per_block

@@ -773,8 +773,6 @@ class _Conditional:
             "A": centred,
             "sumA": np.add.reduceat(centred, starts, axis=1),  # 0 up to rounding
             "starts": starts,
-            "cell_starts": np.asarray(starts, dtype=np.int64),
-            "n_cells": int(centred.shape[1]),
             "n": n,
             "ni": n.astype(np.int64),
             "m": m,
@@ -830,7 +828,7 @@ class _Conditional:
             gt, D = np.zeros(k), np.zeros(k)
             # Whole strata a cache-sized run of cells at a time: every per-stratum sum is the
             # same as over all cells at once; only the totals over strata are added up by run.
-            for c0, c1, s0, s1, starts in _runs(big["cell_starts"], big["n_cells"], k):
+            for c0, c1, s0, s1, starts in _runs(big["starts"], big["A"].shape[1], k):
                 Ab = big["A"][:, c0:c1] if cols is None else big["A"][cols, c0:c1]
                 z = np.repeat(lamT[:, s0:s1], big["ni"][s0:s1], axis=1)
                 ta = Ab * tc

@@ -602,7 +602,7 @@ def test_results_do_not_depend_on_the_memory_budget(monkeypatch, method, statist
     x = _unit(C, rng)
     n_treated = int(x.sum())
     per_row = crt_module._BYTES_PER_TREATED_ENTRY * n_treated
-    monkeypatch.setattr(crt_module, "_STREAM_BUDGET_MB", 4 * 12 * per_row / 2**20)
+    monkeypatch.setattr(crt_module, "_DEFAULT_BUDGET_MB", 4 * 12 * per_row / 2**20)
     assert crt_module._rows_per_call(n_treated) == 12
     results = []
     for rows in (1, 3, 12, 1000):

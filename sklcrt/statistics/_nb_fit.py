@@ -480,7 +480,7 @@ def _nb_point(XT, gram, Y, beta, theta, table):
     k, n = Y.shape
     p = XT.shape[0]
     ll, g, h = np.zeros(k), np.zeros(k), np.zeros(k)
-    products = np.zeros((p, 2 * k))
+    products = np.zeros((2 * k, p))
     flat = None
     step = max(_PASS_MIN_CELLS, _PASS_BYTES // (8 * max(k, 1)))
     resid = np.empty((2 * k, min(step, n)))
@@ -500,11 +500,11 @@ def _nb_point(XT, gram, Y, beta, theta, table):
         r[:k] *= u
         np.multiply(r[:k], u, out=r[k:])
         np.subtract(r[:k], r[k:], out=r[k:])
-        products += XTc @ r.T
+        products += _by_design(r, XTc)
         part = gram.partial(weights, cells)
         flat = part if flat is None else flat + part
     t_ll, t_g, t_h = _table_terms(theta, table)
-    score, cross = products.T.reshape(2, k, p)
+    score, cross = products.reshape(2, k, p)
     return ll + t_ll, g + t_g, h + t_h, score, cross, gram.expand(flat)
 
 
