@@ -250,26 +250,17 @@ def test_empty_directory_of_another_run_is_reused(inputs, full, tmp_path):
     _exact(_first_run(inputs, ckpt), full["gene_loop"])
 
 
-def test_resume_with_other_n_jobs(inputs, full, tmp_path, monkeypatch):
+# Settings that do not change results: a run resumes with them, and (the budget: a few
+# resamples per block) a run without a checkpoint gives the same table.
+@pytest.mark.parametrize("setting", [{"n_jobs": 2}, {"memory_budget_mb": 0.05}])
+def test_resume_with_settings_that_keep_results(inputs, full, tmp_path, monkeypatch, setting):
     ckpt = tmp_path / "ckpt"
     _first_run(inputs, ckpt)
     calls = _counting(monkeypatch)
-    resumed = run_gene_loop(inputs, checkpoint_dir=str(ckpt), n_jobs=2, **TEST)
+    resumed = run_gene_loop(inputs, checkpoint_dir=str(ckpt), **setting, **TEST)
     assert calls == []
     _exact(resumed, full["gene_loop"])
-
-
-def test_resume_with_other_memory_budget(inputs, full, tmp_path, monkeypatch):
-    # The budget does not change results (the draws do not depend on it), so a run resumes.
-    ckpt = tmp_path / "ckpt"
-    _first_run(inputs, ckpt)
-    calls = _counting(monkeypatch)
-    resumed = run_gene_loop(inputs, checkpoint_dir=str(ckpt), memory_budget_mb=0.05, **TEST)
-    assert calls == []
-    _exact(resumed, full["gene_loop"])
-    # ... and a run without a checkpoint gives the same table with that budget (a few
-    # resamples per block).
-    _exact(run_gene_loop(inputs, memory_budget_mb=0.05, **TEST), full["gene_loop"])
+    _exact(run_gene_loop(inputs, **setting, **TEST), full["gene_loop"])
 
 
 def test_leftover_temporary_file_is_ignored(inputs, full, tmp_path):

@@ -323,6 +323,24 @@ def test_fit_propensity_errors():
         fit_propensity(NewtonLogisticRegression(), C_nan, x)
 
 
+def _plain_newton(X, y):
+    """The float64 Newton iterations from the default start, to 1e-10: (beta, n_iter)."""
+    from sklcrt import propensity
+
+    beta0 = np.zeros(X.shape[1] + 1)
+    beta0[-1] = np.log(y.mean() / (1 - y.mean()))
+    exact, n_iter, converged = propensity._newton(
+        X, y.astype(float), np.ones(X.shape[0]), np.ones(X.shape[1]), beta0, True, 1e-10, 100
+    )
+    assert converged
+    return exact, n_iter
+
+
+def _assert_same_optimum(model, exact):
+    np.testing.assert_allclose(model.coef_[0], exact[:-1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(model.intercept_[0], exact[-1], rtol=0, atol=1e-8)
+
+
 def test_float32_hessians_reach_the_same_optimum():
     # 8,192 to 50,000 samples: float32 Hessians (no subsample start) steer the same Newton
     # iterations to the optimum of the float64 ones, to solver tolerance.
@@ -335,22 +353,14 @@ def test_float32_hessians_reach_the_same_optimum():
     lin = -4.0 + 0.7 * X[:, 0] - 0.3 * X[:, 1] + 0.9 * X[:, 3]
     y = (lin + rng.logistic(size=n) > 0).astype(int)
     model = NewtonLogisticRegression().fit(X, y)
-    beta0 = np.zeros(X.shape[1] + 1)
-    beta0[-1] = np.log(y.mean() / (1 - y.mean()))
-    exact, n_exact, converged = propensity._newton(
-        X, y.astype(float), np.ones(n), np.ones(X.shape[1]), beta0, True, 1e-10, 100
-    )
-    assert converged
-    np.testing.assert_allclose(model.coef_[0], exact[:-1], rtol=0, atol=1e-8)
-    np.testing.assert_allclose(model.intercept_[0], exact[-1], rtol=0, atol=1e-8)
+    exact, n_exact = _plain_newton(X, y)
+    _assert_same_optimum(model, exact)
     assert model.n_iter_ <= n_exact + 1
 
 
 def test_many_samples_path_reaches_the_same_optimum():
     # >= 50,000 samples: float32 Hessians and a start from a subsample fit; the optimum is the
     # one of the plain float64 Newton iterations from the default start, to solver tolerance.
-    from sklcrt import propensity
-
     rng = np.random.default_rng(5)
     n = 60_000
     X = np.column_stack([np.ones(n), rng.normal(size=(n, 4)), rng.integers(0, 2, size=n)])
@@ -358,21 +368,11 @@ def test_many_samples_path_reaches_the_same_optimum():
     y = (lin + rng.logistic(size=n) > 0).astype(int)
     assert 100 < y.sum() < 1000
     model = NewtonLogisticRegression().fit(X, y)
-    beta0 = np.zeros(X.shape[1] + 1)
-    beta0[-1] = np.log(y.mean() / (1 - y.mean()))
-    exact, _, converged = propensity._newton(
-        X, y.astype(float), np.ones(n), np.ones(X.shape[1]), beta0, True, 1e-10, 100
-    )
-    assert converged
-    np.testing.assert_allclose(model.coef_[0], exact[:-1], rtol=0, atol=1e-8)
-    np.testing.assert_allclose(model.intercept_[0], exact[-1], rtol=0, atol=1e-8)
+    _assert_same_optimum(model, _plain_newton(X, y)[0])
     assert model.n_iter_ <= 5
     # The cached float32 design is rebuilt when the covariates change in place.
     X2 = X.copy()
     NewtonLogisticRegression().fit(X2, y)
     X2[:, 1] *= 2.0
     refit = NewtonLogisticRegression().fit(X2, y)
-    exact2, _, _ = propensity._newton(
-        X2, y.astype(float), np.ones(n), np.ones(X.shape[1]), beta0, True, 1e-10, 100
-    )
-    np.testing.assert_allclose(refit.coef_[0], exact2[:-1], rtol=0, atol=1e-8)
+    _assert_same_optimum(refit, _plain_newton(X2, y)[0])
