@@ -21,7 +21,6 @@ from sklcrt.statistics._base import (
     take_block,
 )
 from sklcrt.statistics._nb_fit import (  # noqa: F401  (_CountTable, _nb_terms: tests)
-    _ETA_MAX,
     _MAX_HALVINGS,
     _CountTable,
     _fit_glm,
