@@ -31,7 +31,7 @@ from sklcrt.pvalues import (
     empirical_pvalues,
 )
 from sklcrt.resampling import SAMPLERS, resolve_resampling
-from sklcrt.saddlepoint import FALLBACK, saddlepoint_pvalues
+from sklcrt.saddlepoint import FALLBACK, _reading_order, saddlepoint_pvalues
 from sklcrt.samplers import BaseSampler, BernoulliSampler
 from sklcrt.statistics import OLSStatistic
 from sklcrt.strata import StratumEncoder
@@ -718,6 +718,10 @@ class CRTTest(BaseEstimator):
         rows, laws = _saddlepoint_rows(treatment, x)
         # Only the cells whose treatment can change under the null (and, for the CRT, those
         # always treated) are read: the others add the same constant to S and to its null.
+        # They are taken in the order the saddlepoint reads them (no second copy).
+        order = _reading_order(**laws)
+        if order.size == rows.size:
+            rows, laws = rows[order], {key: value[order] for key, value in laws.items()}
         a = statistic.score_pieces(columns, cells=rows)
         observed = x[rows].astype(np.float64) @ a
         pvalue, methods = saddlepoint_pvalues(a, observed, alternative=self.alternative, **laws)

@@ -162,7 +162,8 @@ def saddlepoint_pvalues(
         model_cls, setup = _Conditional, _conditional_setup(codes, x)
     # Only the cells that can change, or that add a constant, are read again: one row gather.
     rows, setup = _compact(setup)
-    A = A[rows]
+    if not (rows.size == A.shape[0] and _is_range(rows)):  # already in this order: no copy
+        A = A[rows]
     # One pass over the cells for every response: exact null cumulants, lattice spans and the
     # two-term Edgeworth tails where the bound on their next terms allows (most null pairs);
     # the others get the saddlepoint.
@@ -322,6 +323,21 @@ def _two_sided(upper, lower, alternative):
     return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
 
 
+def _is_range(idx, start=0) -> bool:
+    """Whether ``idx`` is ``start, start + 1, ...`` (a slice of that many rows)."""
+    return idx.size == 0 or (
+        idx[0] == start and idx[-1] == start + idx.size - 1 and bool(np.all(np.diff(idx) == 1))
+    )
+
+
+def _take_rows(A, rows, r0, r1):
+    """``A[rows[r0:r1]]``, a view where those rows are consecutive."""
+    idx = rows[r0:r1]
+    if idx.size and idx[-1] - idx[0] == idx.size - 1 and _is_range(idx, int(idx[0])):
+        return A[idx[0] : idx[-1] + 1]
+    return A[idx]
+
+
 def _chunks(n_rows, n_cols):
     """Row ranges of about ``_SCREEN_BYTES`` per (rows x n_cols) chunk (cache-resident)."""
     step = max(16, _SCREEN_BYTES // (8 * max(n_cols, 1)))
@@ -351,7 +367,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         var, kappa3, kappa4, gross4 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
         dmax = np.zeros(k)
         for r0, r1 in _chunks(rows.size, k):
-            X = A[rows[r0:r1]]
+            X = _take_rows(A, rows, r0, r1)
             mean += pf[r0:r1] @ X
             X2 = X * X
             var += q[r0:r1] @ X2
@@ -373,7 +389,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         P4 = np.zeros((S, k))
         Pmax, Pmin = np.full((S, k), -np.inf), np.full((S, k), np.inf)
         for r0, r1 in _chunks(rows.size, k):
-            X = A[rows[r0:r1]]
+            X = _take_rows(A, rows, r0, r1)
             c = codes[r0:r1]
             starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
             ids = c[starts]
@@ -637,11 +653,27 @@ def _conditional_setup(codes, x):
         }
         n_used += cells.size
     out["n_cells"] = n_used
-    act = np.flatnonzero(cell_cls >= 0)
-    act = act[np.argsort(codes[act], kind="stable")]
-    _, act_codes = np.unique(codes[act], return_inverse=True)
-    out["active"] = {"cells": act, "codes": act_codes, "m": treated[np.unique(codes[act])]}
+    # The active cells in the order of the parts (each stratum's cells contiguous), which
+    # _compact places first: the screen reads them as slices.
+    act = np.concatenate([out[name]["cells"] for name in ("one", "dp", "big")])
+    ids, act_codes = np.unique(codes[act], return_inverse=True)
+    out["active"] = {"cells": act, "codes": act_codes, "m": treated[ids]}
     return out
+
+
+def _reading_order(p_hat=None, strata=None, x=None) -> np.ndarray:
+    """The rows :func:`saddlepoint_pvalues` reads for these laws, in the order it reads them.
+
+    Pieces (and laws) given in this order and restricted to these rows are read in place, with
+    no copy; the p-values are the same up to the rounding of sums in another order.
+    """
+    if p_hat is not None:
+        setup = _bernoulli_setup(np.asarray(p_hat, dtype=np.float64))
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        codes = np.zeros(x.size, np.int64) if strata is None else np.asarray(strata, np.int64)
+        setup = _conditional_setup(codes, x)
+    return _compact(setup)[0]
 
 
 def _compact(setup):
@@ -730,16 +762,18 @@ class _Conditional:
         column: called only for the few columns whose saddlepoint runs off to the edge).
         """
         codes, m = self._active["codes"], self._active["m"]
-        starts = np.concatenate(([0], np.cumsum(np.bincount(codes))[:-1]))
-        rank = np.arange(codes.size) - starts[codes]
+        n_s = np.bincount(codes)
+        # Ranks within each stratum once the cells are sorted by stratum (then by value).
+        by_stratum = np.sort(codes)
+        starts = np.concatenate(([0], np.cumsum(n_s)[:-1]))
+        rank = np.arange(codes.size) - starts[by_stratum]
+        low, high = rank < m[by_stratum], rank >= (n_s - m)[by_stratum]
         lower, upper = np.zeros(cols.size), np.zeros(cols.size)
         for j, c in enumerate(cols):  # loop over the flagged columns, not over cells
             vals = self._AT[c, self._active["cells"]]
-            order = np.lexsort((vals, codes))  # by stratum, then increasing value
-            sorted_vals = vals[order]
-            n_s = np.bincount(codes)
-            lower[j] = sorted_vals[rank < m[codes]].sum()
-            upper[j] = sorted_vals[rank >= (n_s - m)[codes]].sum()
+            sorted_vals = vals[np.lexsort((vals, codes))]  # by stratum, then increasing value
+            lower[j] = sorted_vals[low].sum()
+            upper[j] = sorted_vals[high].sum()
         mean_active = self.mean[cols] - self.offset[cols]
         return lower - mean_active, upper - mean_active
 

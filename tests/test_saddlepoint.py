@@ -499,3 +499,62 @@ def test_invalid_inputs():
         saddlepoint_pvalues(a, [1.0, 1.0], p_hat=np.full(10, 1.3))
     with pytest.raises(ValueError, match="lattice"):
         saddlepoint_pvalues(a, x=x, lattice=-1.0)
+
+
+def _mixed_strata(rng, n_cells=900):
+    """Interleaved strata of every class: one treated cell, one left out, small (exact DP),
+    large (Skovgaard), every cell treated, none treated, and never-treated cells (-1)."""
+    sizes = [40, 35, 8, 6, 300, 250, 12, 30]
+    m = [1, 34, 3, 2, 60, 100, 12, 0]
+    codes = np.repeat(np.arange(len(sizes)), sizes)
+    x = np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for n, k in zip(sizes, m, strict=True)])
+    codes = np.r_[codes, np.full(n_cells - codes.size, -1)]
+    x = np.r_[x, np.zeros(n_cells - x.size)]
+    order = rng.permutation(n_cells)
+    return codes[order], x[order]
+
+
+def test_pieces_in_the_reading_order_give_the_same_pvalues():
+    from sklcrt.saddlepoint import _reading_order
+
+    rng = np.random.default_rng(21)
+    codes, x = _mixed_strata(rng)
+    a = rng.gamma(0.5, size=(codes.size, 5))
+    s = x @ a + np.linspace(-4, 4, 5)
+    p, m = saddlepoint_pvalues(a, s, x=x, strata=codes)
+    order = _reading_order(x=x, strata=codes)
+    assert np.all(codes[order] >= 0) and np.unique(order).size == order.size
+    # The cells it leaves out (never treated, or strata none of whose cells are treated)
+    # add nothing to S.
+    left_out = np.setdiff1d(np.arange(codes.size), order)
+    assert np.all(x[left_out] == 0)
+    p2, m2 = saddlepoint_pvalues(a[order], s, x=x[order], strata=codes[order])
+    assert m2.tolist() == m.tolist()
+    np.testing.assert_allclose(p2, p, rtol=1e-10)
+    # The CRT reads the cells with 0 < p_hat < 1, then those always treated.
+    p_hat = rng.uniform(0.01, 0.3, codes.size)
+    p_hat[:20], p_hat[20:30] = 0.0, 1.0
+    order = _reading_order(p_hat=p_hat)
+    assert np.array_equal(order, np.r_[np.arange(30, codes.size), np.arange(20, 30)])
+
+
+def test_support_edges_of_interleaved_strata():
+    from sklcrt.saddlepoint import _compact, _Conditional, _conditional_setup
+
+    rng = np.random.default_rng(22)
+    codes, x = _mixed_strata(rng)
+    a = rng.normal(size=(codes.size, 3))
+    rows, setup = _compact(_conditional_setup(codes, x))
+    model = _Conditional(setup, np.ascontiguousarray(a[rows].T))
+    lower, upper = model.support_edges(np.arange(3))
+    low_ref, high_ref = np.zeros(3), np.zeros(3)
+    for s in np.unique(codes[codes >= 0]):
+        cells = codes == s
+        n_s, m_s = int(cells.sum()), int(x[cells].sum())
+        if 0 < m_s < n_s:
+            vals = np.sort(a[cells], axis=0)
+            low_ref += vals[:m_s].sum(axis=0)
+            high_ref += vals[n_s - m_s :].sum(axis=0)
+    active_mean = model.mean - model.offset
+    np.testing.assert_allclose(lower, low_ref - active_mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(upper, high_ref - active_mean, rtol=1e-12, atol=1e-12)
