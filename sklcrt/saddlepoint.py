@@ -162,8 +162,8 @@ def saddlepoint_pvalues(
         model_cls, setup = _Conditional, _conditional_setup(codes, x)
     # Only the cells that can change, or that add a constant, are read again: one row gather.
     rows, setup = _compact(setup)
-    if not (rows.size == A.shape[0] and _is_range(rows)):  # already in this order: no copy
-        A = A[rows]
+    if not (rows.size == A.shape[0] and isinstance(_consecutive(rows), slice)):
+        A = A[rows]  # else the pieces are already in this order: no copy
     # One pass over the cells for every response: exact null cumulants, lattice spans and the
     # two-term Edgeworth tails where the bound on their next terms allows (most null pairs);
     # the others get the saddlepoint.
@@ -323,19 +323,12 @@ def _two_sided(upper, lower, alternative):
     return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
 
 
-def _is_range(idx, start=0) -> bool:
-    """Whether ``idx`` is ``start, start + 1, ...`` (a slice of that many rows)."""
-    return idx.size == 0 or (
-        idx[0] == start and idx[-1] == start + idx.size - 1 and bool(np.all(np.diff(idx) == 1))
-    )
-
-
-def _take_rows(A, rows, r0, r1):
-    """``A[rows[r0:r1]]``, a view where those rows are consecutive."""
-    idx = rows[r0:r1]
-    if idx.size and idx[-1] - idx[0] == idx.size - 1 and _is_range(idx, int(idx[0])):
-        return A[idx[0] : idx[-1] + 1]
-    return A[idx]
+def _consecutive(idx):
+    """``idx`` as a slice where it is a consecutive increasing range (indexing by it is then a
+    view, not a copy), else ``idx`` itself."""
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def _chunks(n_rows, n_cols):
@@ -367,7 +360,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         var, kappa3, kappa4, gross4 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
         dmax = np.zeros(k)
         for r0, r1 in _chunks(rows.size, k):
-            X = _take_rows(A, rows, r0, r1)
+            X = A[_consecutive(rows[r0:r1])]
             mean += pf[r0:r1] @ X
             X2 = X * X
             var += q[r0:r1] @ X2
@@ -389,7 +382,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         P4 = np.zeros((S, k))
         Pmax, Pmin = np.full((S, k), -np.inf), np.full((S, k), np.inf)
         for r0, r1 in _chunks(rows.size, k):
-            X = _take_rows(A, rows, r0, r1)
+            X = A[_consecutive(rows[r0:r1])]
             c = codes[r0:r1]
             starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
             ids = c[starts]
@@ -711,9 +704,7 @@ def _compact(setup):
 
 def _take_cells(AT, idx):
     """``AT[:, idx]``, a view where ``idx`` is a contiguous increasing range."""
-    if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
-        return AT[:, idx[0] : idx[-1] + 1]
-    return AT[:, idx]
+    return AT[:, _consecutive(idx)]
 
 
 class _Conditional:
