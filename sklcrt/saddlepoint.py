@@ -77,6 +77,7 @@ _SCREEN_CANCEL = 1e-8
 _LATTICE_SAMPLE = 256
 _LATTICE_DENOMINATOR = 12
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+_CRAMER_K = 1.086435  # Cramér's bound on Hermite functions (see _edgeworth2_error)
 # |t| max|a| beyond which the support edges are checked (see _tails_at).
 _RUNAWAY = 20.0
 
@@ -343,7 +344,7 @@ def _screen(kind, setup, A, s_obs, lattice):
     One chunked pass over the cells that can change (power sums per stratum, or weighted
     sums for the CRT): the exact mean and second to fourth cumulants of ``S*`` (for draws
     without replacement from the inclusion probabilities, see :func:`_srs_kappa4_weights`),
-    the largest centred piece ``d`` and ``Σ q a⁴``. The two-term Edgeworth expansion (with the
+    and a bound on ``|κ₅|``. The two-term Edgeworth expansion (with the
     continuity correction on a lattice) is used (``easy``) where the size of its next terms
     (:func:`_edgeworth2_error`) is below ``_SCREEN_REL_ERR`` of the smaller tail and
     ``|z| <= _SCREEN_Z_MAX``. Everything else (and any column the pass cannot
@@ -357,8 +358,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         w3 = q * (1.0 - 2.0 * pf)
         w4 = q * (1.0 - 6.0 * q)
         mean = A[setup["ones"]].sum(axis=0)
-        var, kappa3, kappa4, gross4 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
-        dmax = np.zeros(k)
+        var, kappa3, kappa4, abs5 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
         for r0, r1 in _chunks(rows.size, k):
             X = A[_consecutive(rows[r0:r1])]
             mean += pf[r0:r1] @ X
@@ -368,8 +368,9 @@ def _screen(kind, setup, A, s_obs, lattice):
             kappa3 += w3[r0:r1] @ X3
             X2 *= X2
             kappa4 += w4[r0:r1] @ X2
-            gross4 += q[r0:r1] @ X2
-            np.maximum(dmax, np.abs(X).max(axis=0), out=dmax)
+            X3 = np.abs(X, out=X3)
+            X3 *= X2
+            abs5 += q[r0:r1] @ X3  # bounds |κ₅|: |κ₅(Bernoulli)| <= q
         gross = var
         sample = A[rows[:_LATTICE_SAMPLE]]
     else:
@@ -408,11 +409,13 @@ def _screen(kind, setup, A, s_obs, lattice):
             p4c = P4 - 4.0 * abar * P3 + 6.0 * abar**2 * P2 - 3.0 * n[:, None] * abar**4
             c4a, c4b = _srs_kappa4_weights(n, m)
             kappa4 = c4a @ p4c + c4b @ (p2c * p2c)
-            gross4 = (m * (n - m) / (n * n)) @ p4c
             gross = c2 @ P2
-            dmax = np.maximum(Pmax - abar, abar - Pmin).max(axis=0)
+            # Σ_s f_s (1 - f_s) d_s Σ_{i∈s} d_i⁴, d_s the stratum's largest centred piece,
+            # bounds the same sum of |d|⁵ (the Bernoulli bound with f_s = m_s / n_s)
+            d_s = np.maximum(Pmax - abar, abar - Pmin)
+            abs5 = np.einsum("s,sk,sk->k", m * (n - m) / (n * n), d_s, p4c)
         else:
-            var = kappa3 = kappa4 = gross4 = gross = dmax = np.zeros(k)
+            var = kappa3 = kappa4 = gross = abs5 = np.zeros(k)
         sample = A[rows[:_LATTICE_SAMPLE]]
         c = codes[:_LATTICE_SAMPLE]
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
@@ -424,8 +427,7 @@ def _screen(kind, setup, A, s_obs, lattice):
         s_c = s_obs - mean
         gamma = kappa3 / (var * sd)
         excess = kappa4 / (var * var)
-        # bounds the standardised fifth cumulant: |κ₅| <= d Σ q a⁴ for independent terms
-        kappa5_bound = dmax * gross4 / (var * var * sd)
+        kappa5_bound = abs5 / (var * var * sd)  # >= |κ₅| / σ⁵
         lat2 = (span / sd) ** 2
         z_up = (s_c - 0.5 * span) / sd  # continuity correction (span 0: none)
         z_lo = (s_c + 0.5 * span) / sd
@@ -479,24 +481,29 @@ def _edgeworth2_upper(z, gamma, excess):
 def _edgeworth2_error(z, gamma, excess, kappa5, lat2):
     """The size of the terms after the two-term Edgeworth expansion.
 
-    ``φ(z) (ρ₅/120 |He₄| + |γ κ₄|/144 |He₆| + |γ|³/1296 |He₈| + (h/σ)²/24 (1 + |z|))``, with
-    ``ρ₅ >= |κ₅| / σ⁵`` a bound on the standardised fifth cumulant (``d Σ q a⁴ / σ⁵``, ``d``
-    the largest centred piece: a bound for independent Bernoulli terms, and the same form
-    with ``q = f (1 - f)`` per stratum for draws without replacement) and the Hermite
-    polynomials bounded by their absolute coefficients (no credit for their zeros).
+    ``ρ₅/120 |He₄ φ| + |γ κ₄|/144 |He₆ φ| + |γ|³/1296 |He₈ φ| + φ(z) (h/σ)²/24 (1 + |z|)``
+    at ``z``, with ``ρ₅ >= |κ₅| / σ⁵`` a bound on the standardised fifth cumulant (``Σ q |a|⁵
+    / σ⁵`` for independent Bernoulli terms; the same form with ``q = f (1 - f)`` per stratum
+    for draws without replacement) and ``|He_n(z) φ(z)|`` bounded without credit for the zeros
+    of ``He_n``: by the absolute coefficients, or by Cramér's inequality ``|He_n(z)| <=
+    k √(n!) e^{z²/4}`` (``k = 1.086435``, Abramowitz & Stegun 22.14.17), whichever is smaller.
     """
     az = np.abs(z)
     z2 = az * az
     phi = np.exp(-0.5 * z2 - _LOG_SQRT_2PI)
-    he4 = z2 * z2 + 6.0 * z2 + 3.0
-    he6 = z2 * z2 * z2 + 15.0 * z2 * z2 + 45.0 * z2 + 15.0
-    he8 = z2**4 + 28.0 * z2**3 + 210.0 * z2 * z2 + 420.0 * z2 + 105.0
+    cramer = _CRAMER_K * np.exp(-0.25 * z2 - _LOG_SQRT_2PI)
+    he4 = np.minimum(phi * (z2 * z2 + 6.0 * z2 + 3.0), cramer * np.sqrt(24.0))
+    he6 = np.minimum(phi * (z2**3 + 15.0 * z2 * z2 + 45.0 * z2 + 15.0), cramer * np.sqrt(720.0))
+    he8 = np.minimum(
+        phi * (z2**4 + 28.0 * z2**3 + 210.0 * z2 * z2 + 420.0 * z2 + 105.0),
+        cramer * np.sqrt(40320.0),
+    )
     ag = np.abs(gamma)
-    return phi * (
+    return (
         kappa5 / 120.0 * he4
         + ag * np.abs(excess) / 144.0 * he6
         + ag**3 / 1296.0 * he8
-        + lat2 / 24.0 * (1.0 + az)
+        + phi * lat2 / 24.0 * (1.0 + az)
     )
 
 

@@ -304,6 +304,28 @@ def test_fourth_cumulant_without_replacement_is_exact(n, m):
     assert got == pytest.approx(exact, rel=1e-9, abs=1e-12 * (d**2).sum() ** 2)
 
 
+def test_edgeworth_error_bounds_the_hermite_terms():
+    # The next terms' size bounds |He_n(z) φ(z)| everywhere (no credit for the zeros of He_n),
+    # and Cramér's inequality makes it tighter than the absolute coefficients at 1 <= |z| <= 2.5.
+    from numpy.polynomial import hermite_e
+
+    from sklcrt.saddlepoint import _edgeworth2_error
+
+    z = np.linspace(-12, 12, 4801)
+    phi = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    zero = np.zeros_like(z)
+    for n, args in [(4, (zero, zero, 120.0 * np.ones_like(z))), (8, (np.ones_like(z), zero, zero))]:
+        hermite = np.abs(hermite_e.hermeval(z, np.eye(n + 1)[n])) * phi
+        scale = 1.0 if n == 4 else 1296.0
+        bound = scale * _edgeworth2_error(z, *args, zero)
+        assert np.all(bound >= hermite * (1 - 1e-12)), z[bound < hermite][:5]
+        coefficients = np.abs(hermite_e.herme2poly(np.eye(n + 1)[n]))
+        by_coefficients = np.polynomial.polynomial.polyval(np.abs(z), coefficients) * phi
+        near = (np.abs(z) >= 1) & (np.abs(z) <= 2.5)
+        assert np.all(bound <= by_coefficients * (1 + 1e-12))
+        assert np.all(bound[near] < 0.8 * by_coefficients[near])
+
+
 @pytest.mark.parametrize("mean", [3.0, 0.3])  # dense and sparse counts
 @pytest.mark.parametrize("kind", ["stratified", "bernoulli"])
 def test_screened_pvalues_match_the_saddlepoint(mean, kind, monkeypatch):
