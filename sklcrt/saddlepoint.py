@@ -76,6 +76,7 @@ _SCREEN_CANCEL = 1e-8
 # Lattice detection looks at the first cells first; denominators tried on them.
 _LATTICE_SAMPLE = 256
 _LATTICE_DENOMINATOR = 12
+_LATTICE_PROBE = 8
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 _CRAMER_K = 1.086435  # Cramér's bound on Hermite functions (see _edgeworth2_error)
 # |t| max|a| beyond which the support edges are checked (see _tails_at).
@@ -381,21 +382,28 @@ def _screen(kind, setup, A, s_obs, lattice):
         S = n.size
         P1, P2, P3 = np.zeros((S, k)), np.zeros((S, k)), np.zeros((S, k))
         P4 = np.zeros((S, k))
-        Pmax, Pmin = np.full((S, k), -np.inf), np.full((S, k), np.inf)
-        for r0, r1 in _chunks(rows.size, k):
-            X = A[_consecutive(rows[r0:r1])]
-            c = codes[r0:r1]
-            starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-            ids = c[starts]
-            X2 = X * X
+        Pabs = np.zeros((S, k))
+        segments = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # strata's first cells
+        whole = _consecutive(rows)
+        chunks = _chunks(rows.size, k)
+        buf2, buf3 = (np.empty((chunks[0][1] if chunks else 0, k)) for _ in range(2))
+        for r0, r1 in chunks:
+            if isinstance(whole, slice):
+                X = A[whole.start + r0 : whole.start + r1]
+            else:
+                X = A[rows[r0:r1]]
+            lo, hi = np.searchsorted(segments, [r0 + 1, r1])  # the strata starting inside
+            starts = np.concatenate(([0], segments[lo:hi] - r0))
+            ids = codes[r0 + starts]
+            X2 = np.multiply(X, X, out=buf2[: r1 - r0])
             P1[ids] += np.add.reduceat(X, starts, axis=0)
             P2[ids] += np.add.reduceat(X2, starts, axis=0)
-            X3 = X2 * X
+            X3 = np.multiply(X2, X, out=buf3[: r1 - r0])
             P3[ids] += np.add.reduceat(X3, starts, axis=0)
             X2 *= X2
             P4[ids] += np.add.reduceat(X2, starts, axis=0)
-            Pmax[ids] = np.maximum(Pmax[ids], np.maximum.reduceat(X, starts, axis=0))
-            Pmin[ids] = np.minimum(Pmin[ids], np.minimum.reduceat(X, starts, axis=0))
+            X3 = np.abs(X, out=X3)
+            Pabs[ids] = np.maximum(Pabs[ids], np.maximum.reduceat(X3, starts, axis=0))
         mean = A[setup["full_cells"]].sum(axis=0)
         if S:
             abar = P1 / n[:, None]
@@ -412,7 +420,7 @@ def _screen(kind, setup, A, s_obs, lattice):
             gross = c2 @ P2
             # Σ_s f_s (1 - f_s) d_s Σ_{i∈s} d_i⁴, d_s the stratum's largest centred piece,
             # bounds the same sum of |d|⁵ (the Bernoulli bound with f_s = m_s / n_s)
-            d_s = np.maximum(Pmax - abar, abar - Pmin)
+            d_s = Pabs + np.abs(abar)
             abs5 = np.einsum("s,sk,sk->k", m * (n - m) / (n * n), d_s, p4c)
         else:
             var = kappa3 = kappa4 = gross = abs5 = np.zeros(k)
@@ -531,25 +539,37 @@ def _maybe_lattice(d):
     """Per column: could values containing ``d`` lie on a lattice? (False: certainly not.)"""
     if d.shape[0] == 0:
         return np.ones(d.shape[1], dtype=bool)
-
-    def on_grid(dd):
-        r = np.rint(dd)
-        return np.all(np.abs(dd - r) <= _LATTICE_TOL * np.maximum(1.0, np.abs(dd)), axis=0)
-
-    maybe = on_grid(d)
-    top = np.abs(d).max(axis=0)
-    nz = np.where(np.abs(d) > _LATTICE_TOL * top, np.abs(d), np.inf)
-    h0 = nz.min(axis=0)
-    has = np.isfinite(h0)
-    todo = ~maybe & has
-    for den in range(1, _LATTICE_DENOMINATOR + 1):
-        if not todo.any():
-            break
-        idx = np.flatnonzero(todo)
-        ok = on_grid(d[:, idx] * (den / h0[idx]))
-        maybe[idx[ok]] = True
-        todo[idx[ok]] = False
+    absd = np.abs(d)
+    top = absd.max(axis=0)
+    h0 = np.where(absd > _LATTICE_TOL * top, absd, np.inf).min(axis=0)  # smallest nonzero
+    # The same grids on the first rows first: continuous values fail there.
+    maybe = _on_a_grid(d[:_LATTICE_PROBE], h0)
+    if maybe.any():
+        maybe[maybe] = _on_a_grid(d[:, maybe], h0[maybe])
     return maybe
+
+
+def _on_a_grid(d, h0):
+    """Per column: are all values integers, or integer multiples of ``h0 / den`` for some
+    ``den <= _LATTICE_DENOMINATOR``?"""
+
+    def on_grid(dd, axis):
+        r = np.rint(dd)
+        return np.all(np.abs(dd - r) <= _LATTICE_TOL * np.maximum(1.0, np.abs(dd)), axis=axis)
+
+    ok = on_grid(d, 0)
+    idx = np.flatnonzero(~ok & np.isfinite(h0))
+    if idx.size and d.shape[0] <= _LATTICE_PROBE:  # a few rows: every grid at once
+        scale = np.arange(1.0, _LATTICE_DENOMINATOR + 1.0)[:, None] / h0[idx]
+        ok[idx] = on_grid(d[:, idx] * scale[:, None, :], 1).any(axis=0)
+        return ok
+    for den in range(1, _LATTICE_DENOMINATOR + 1):
+        if idx.size == 0:
+            break
+        on = on_grid(d[:, idx] * (den / h0[idx]), 0)
+        ok[idx[on]] = True
+        idx = idx[~on]
+    return ok
 
 
 class _Bernoulli:

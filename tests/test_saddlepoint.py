@@ -580,3 +580,27 @@ def test_support_edges_of_interleaved_strata():
     active_mean = model.mean - model.offset
     np.testing.assert_allclose(lower, low_ref - active_mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(upper, high_ref - active_mean, rtol=1e-12, atol=1e-12)
+
+
+def test_lattice_detection_per_column():
+    # Integers, multiples of a step (the smallest difference over a small denominator), and
+    # values off any grid, including a column on a grid in its first rows only.
+    from sklcrt.saddlepoint import _LATTICE_PROBE, _maybe_lattice
+
+    rng = np.random.default_rng(83)
+    n = 256
+    ints = rng.integers(-20, 21, n).astype(float)
+    ints[0] = 1.0
+    steps = rng.integers(-9, 10, n) * 0.37
+    steps[:2] = 0.37 * np.array([3.0, 1.0])
+    thirds = rng.integers(-9, 10, n) * (0.37 / 3)
+    thirds[:2] = 0.37 * np.array([1.0, 2.0 / 3])  # smallest |d| is 2 steps: denominator 2
+    late = ints.copy()
+    late[_LATTICE_PROBE + 5] += 0.5e-3  # on the integers in the first rows only
+    d = np.column_stack([ints, steps, thirds, rng.normal(size=n), late, np.zeros(n)])
+    expected = [True, True, True, False, False, True]
+    assert _maybe_lattice(d).tolist() == expected
+    # the same columns in any order, alone or together
+    order = rng.permutation(d.shape[1])
+    assert _maybe_lattice(d[:, order]).tolist() == [expected[i] for i in order]
+    assert [bool(_maybe_lattice(d[:, [j]])[0]) for j in range(d.shape[1])] == expected
