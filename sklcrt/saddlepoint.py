@@ -78,6 +78,7 @@ _LATTICE_SAMPLE = 256
 _LATTICE_DENOMINATOR = 12
 _LATTICE_PROBE = 8
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+_EXP_SAFE = 700.0  # exp(z) is finite below 709.78
 _CRAMER_K = 1.086435  # Cramér's bound on Hermite functions (see _edgeworth2_error)
 # |t| max|a| beyond which the support edges are checked (see _tails_at).
 _RUNAWAY = 20.0
@@ -268,18 +269,30 @@ def _check_inputs(a, observed, p_hat, strata, x, lattice, alternative):
 def _logistic_parts(z, out=None):
     """``softplus(z)``, ``expit(z)`` and ``expit(z) (1 - expit(z))`` from one exp.
 
-    ``out``: a scratch array like ``z`` (overwritten, returned as ``softplus``)."""
-    e = np.abs(z, out=out)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
+    ``out``: a scratch array like ``z`` (overwritten, returned as ``softplus``). From
+    ``e = exp(z)``: ``expit = e / (1 + e)``, its derivative ``expit / (1 + e)`` and
+    ``softplus = log1p(e)``, each to a few ulp (``e`` underflowing to 0 gives the limits);
+    only where ``e`` could overflow (``z > _EXP_SAFE``, a saddlepoint running off to an edge)
+    the softplus is written as ``z + log1p(e^-z)``.
+    """
+    if z.size and z.max() > _EXP_SAFE:
+        e = np.abs(z, out=out)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # exp(-|z|)
+        inv = e + 1.0
+        np.reciprocal(inv, out=inv)
+        pi = e * inv  # expit(-|z|)
+        v = pi * inv
+        np.copyto(pi, inv, where=z >= 0)
+        sp = np.log1p(e, out=e)
+        sp += np.maximum(z, 0.0, out=inv)
+        return sp, pi, v
+    e = np.exp(z, out=out)
     inv = e + 1.0
     np.reciprocal(inv, out=inv)
-    pi = e * inv  # expit(-|z|)
-    v = pi * inv
-    np.copyto(pi, inv, where=z >= 0)
-    sp = np.log1p(e, out=e)
-    sp += np.maximum(z, 0.0, out=inv)
-    return sp, pi, v
+    pi = e * inv
+    v = np.multiply(pi, inv, out=inv)
+    return np.log1p(e, out=e), pi, v
 
 
 def _segment_sum(values, starts):
