@@ -346,10 +346,20 @@ def _consecutive(idx):
     return idx
 
 
-def _chunks(n_rows, n_cols):
-    """Row ranges of about ``_SCREEN_BYTES`` per (rows x n_cols) chunk (cache-resident)."""
+def _chunks(rows, n_cols):
+    """``(r0, r1, index)``: positions ``r0:r1`` of ``rows`` and the index of their rows (a
+    slice where ``rows`` is consecutive), about ``_SCREEN_BYTES`` per (rows x n_cols) chunk
+    (cache-resident)."""
     step = max(16, _SCREEN_BYTES // (8 * max(n_cols, 1)))
-    return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+    whole = _consecutive(rows)
+    out = []
+    for r0 in range(0, rows.size, step):
+        r1 = min(r0 + step, rows.size)
+        if isinstance(whole, slice):
+            out.append((r0, r1, slice(whole.start + r0, whole.start + r1)))
+        else:
+            out.append((r0, r1, rows[r0:r1]))
+    return out
 
 
 def _screen(kind, setup, A, s_obs, lattice):
@@ -373,8 +383,8 @@ def _screen(kind, setup, A, s_obs, lattice):
         w4 = q * (1.0 - 6.0 * q)
         mean = A[setup["ones"]].sum(axis=0)
         var, kappa3, kappa4, abs5 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
-        for r0, r1 in _chunks(rows.size, k):
-            X = A[_consecutive(rows[r0:r1])]
+        for r0, r1, index in _chunks(rows, k):
+            X = A[index]
             mean += pf[r0:r1] @ X
             X2 = X * X
             var += q[r0:r1] @ X2
@@ -397,14 +407,10 @@ def _screen(kind, setup, A, s_obs, lattice):
         P4 = np.zeros((S, k))
         Pabs = np.zeros((S, k))
         segments = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # strata's first cells
-        whole = _consecutive(rows)
-        chunks = _chunks(rows.size, k)
+        chunks = _chunks(rows, k)
         buf2, buf3 = (np.empty((chunks[0][1] if chunks else 0, k)) for _ in range(2))
-        for r0, r1 in chunks:
-            if isinstance(whole, slice):
-                X = A[whole.start + r0 : whole.start + r1]
-            else:
-                X = A[rows[r0:r1]]
+        for r0, r1, index in chunks:
+            X = A[index]
             lo, hi = np.searchsorted(segments, [r0 + 1, r1])  # the strata starting inside
             starts = np.concatenate(([0], segments[lo:hi] - r0))
             ids = codes[r0 + starts]
@@ -431,8 +437,9 @@ def _screen(kind, setup, A, s_obs, lattice):
             c4a, c4b = _srs_kappa4_weights(n, m)
             kappa4 = c4a @ p4c + c4b @ (p2c * p2c)
             gross = c2 @ P2
-            # Σ_s f_s (1 - f_s) d_s Σ_{i∈s} d_i⁴, d_s the stratum's largest centred piece,
-            # bounds the same sum of |d|⁵ (the Bernoulli bound with f_s = m_s / n_s)
+            # Σ_s f_s (1 - f_s) d_s Σ_{i∈s} d_i⁴, with d_s = max |a| + |ā_s| at least the
+            # stratum's largest centred piece, bounds the same sum of |d|⁵ (the Bernoulli
+            # bound with f_s = m_s / n_s)
             d_s = Pabs + np.abs(abar)
             abs5 = np.einsum("s,sk,sk->k", m * (n - m) / (n * n), d_s, p4c)
         else:

@@ -593,8 +593,8 @@ def test_lattice_detection_per_column():
     ints[0] = 1.0
     steps = rng.integers(-9, 10, n) * 0.37
     steps[:2] = 0.37 * np.array([3.0, 1.0])
-    thirds = rng.integers(-9, 10, n) * (0.37 / 3)
-    thirds[:2] = 0.37 * np.array([1.0, 2.0 / 3])  # smallest |d| is 2 steps: denominator 2
+    # smallest nonzero |d| is 2 steps and odd multiples occur: the grid is that over 2
+    thirds = rng.choice([-5.0, -3.0, -2.0, 0.0, 2.0, 3.0, 5.0], n) * (0.37 / 3)
     late = ints.copy()
     late[_LATTICE_PROBE + 5] += 0.5e-3  # on the integers in the first rows only
     d = np.column_stack([ints, steps, thirds, rng.normal(size=n), late, np.zeros(n)])
