@@ -1047,7 +1047,9 @@ def _check_covariates(X) -> np.ndarray:
             )
     if sp.issparse(X):
         X = X.toarray()
-    C = np.asarray(X, dtype=np.float64)
+    # astype(copy=False), not asarray(dtype=): the caller's float64 array itself (asarray makes a
+    # view where the dtype object differs, e.g. after unpickling), so its fingerprint is cached.
+    C = np.asarray(X).astype(np.float64, copy=False)
     if C.ndim == 1:
         C = C[:, None]
     if C.ndim != 2:

@@ -287,6 +287,8 @@ def _bernoulli_positions(rng: np.random.Generator, size: int, q: float) -> np.nd
         gaps *= scale
         np.ceil(gaps, out=gaps)
         np.maximum(gaps, 1.0, out=gaps)  # E = 0 (probability ~2**-53) would repeat a point
+        # A gap past the end ends the walk; capped, a tiny q (scale ~1/q) cannot overflow int64.
+        np.minimum(gaps, float(size + 1), out=gaps)
         pos = np.cumsum(gaps.astype(np.int64))
         pos += last
         if pos[-1] >= size:
@@ -629,10 +631,13 @@ class BernoulliSampler(BaseSampler):
         positive = p > 0
         level = np.full(p.size, -1, dtype=np.int64)
         level[positive] = np.floor(-_BUCKETS_PER_OCTAVE * np.log2(p[positive])).astype(np.int64)
-        levels, codes = np.unique(level[positive], return_inverse=True)
+        # The occupied levels, in increasing order, and each cell's rank among them (what
+        # np.unique(return_inverse=True) gives, without its sort: levels are small integers).
+        occupied = np.bincount(level[positive]) > 0
+        codes = (np.cumsum(occupied) - 1)[level[positive]]
         bucket = np.full(p.size, -1, dtype=np.int64)
         bucket[positive] = codes
-        n_buckets = int(levels.size)
+        n_buckets = int(np.count_nonzero(occupied))
         q = np.zeros(n_buckets)
         np.maximum.at(q, codes, p[positive])
         self._groups = _Groups(bucket, n_buckets)

@@ -331,6 +331,16 @@ def test_bernoulli_degenerate_propensities():
     np.testing.assert_array_equal(R.toarray(), [[1.0, 0.0]] * 3)
 
 
+def test_bernoulli_tiny_propensities_end():
+    """A propensity so small that its geometric gaps exceed int64 (scale ~1/p) draws nothing
+    there and returns (it used to loop forever on the overflowed gaps)."""
+    p_hat = [1e-300, 1e-19, 1.0, 0.5]
+    R = BernoulliSampler().fit([0, 0, 1, 1], p_hat=p_hat).sample(200, random_state=0)
+    dense = R.toarray()
+    assert dense[:, :2].sum() == 0 and dense[:, 2].sum() == 200
+    assert 60 < dense[:, 3].sum() < 140  # Binomial(200, 0.5): mean 100, sd 7.1
+
+
 # ---------------------------------------------------------------- draw kernels
 
 

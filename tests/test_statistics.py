@@ -329,6 +329,68 @@ def test_nb_point_in_runs_of_cells_equals_whole_rows(monkeypatch):
                 np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-9)
 
 
+def test_nb_point_in_single_precision_is_close():
+    # The float32 pass that takes Newton's first steps: the same sums within float32 rounding
+    # (about 1e-6 relative on 3,000 cells), far closer than the steps it is used for (> 0.1).
+    import sklcrt.statistics._nb_fit as fit_module
+
+    rng = np.random.default_rng(22)
+    n, thetas = 3000, np.array([0.7, 3.0, 40.0])
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, 2))])
+    XT = np.ascontiguousarray(X.T)
+    beta = np.array([[0.2, 0.3, -0.1], [1.0, -0.2, 0.1], [-0.5, 0.1, 0.4]])
+    th = thetas[:, None]
+    mu = np.exp(beta @ XT)
+    Y = rng.negative_binomial(th, th / (th + mu)).astype(float)
+    table = _CountTable(Y)
+    gram = fit_module._Gram(X, np.float32)
+    double = fit_module._nb_point(XT, gram, Y, beta, thetas, table)
+    single = fit_module._nb_point(
+        XT.astype(np.float32), gram, Y.astype(np.float32), beta, thetas, table, single=True
+    )
+    for a, b in zip(single, double, strict=True):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max())
+
+
+def test_nb_fit_from_float32_steps_is_the_double_fit(monkeypatch):
+    # Newton's first steps from float32 passes (large steps), its last from double ones: the
+    # same optimum as an all-double fit, also for near-Poisson responses (a flat likelihood
+    # in θ, where float32 noise could otherwise steer the steps; once Newton's points are
+    # double they stay double).
+    import sklcrt.statistics._nb_fit as fit_module
+
+    rng = np.random.default_rng(23)
+    thetas = np.array([0.5, 2.0, 10.0, 1e6])
+    C = _covariates(rng, 5000)
+    mu = np.exp(0.5 + 0.4 * C[:, :1] - 0.3 * C[:, 2:3] + rng.normal(0, 0.5, thetas.size))
+    Y = rng.negative_binomial(thetas, thetas / (thetas + mu)).astype(float)
+    # Underdispersed counts (binomial): θ's likelihood rises to the upper bound, flat there.
+    Y = np.column_stack([Y, rng.binomial(4, np.clip(mu / 8, 0, 1)).astype(float)])
+    passes = []
+    point = fit_module._nb_point
+
+    def recorded(XT, gram, Yb, beta, theta, table, single=False):
+        if XT.shape[1] == Y.shape[0] and Yb.shape[0] == 1:  # the full data, one response
+            passes.append(single)
+        return point(XT, gram, Yb, beta, theta, table, single)
+
+    monkeypatch.setattr(fit_module, "_nb_point", recorded)
+    for g in range(Y.shape[1]):  # one response at a time: its passes in order
+        passes.clear()
+        alone = NBScoreStatistic().fit(Y[:, [g]], C)
+        assert alone.converged_.all() and passes[0] and not passes[-1]
+        assert passes == sorted(passes, reverse=True)  # float32, then double only
+    monkeypatch.setattr(fit_module, "_nb_point", point)
+    mixed = NBScoreStatistic().fit(Y, C)
+    monkeypatch.setattr(fit_module, "_SINGLE_ABOVE", np.inf)  # every pass double
+    double = NBScoreStatistic().fit(Y, C)
+    assert mixed.converged_.all() and double.converged_.all()
+    assert double.theta_[-2] > 100 and np.isclose(double.theta_[-1], 1e3)  # near Poisson; bound
+    np.testing.assert_allclose(mixed.theta_, double.theta_, rtol=1e-7)
+    np.testing.assert_allclose(mixed.coef_, double.coef_, rtol=1e-7, atol=1e-9)
+
+
 def test_nb_fit_of_a_response_does_not_depend_on_the_others(monkeypatch):
     # Each response converges on its own, so fitting it alone, in a smaller block, with other
     # responses or in parallel threads gives the same null model.
