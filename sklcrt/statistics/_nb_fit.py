@@ -17,9 +17,10 @@ _ETA_MAX_SINGLE = 80.0  # the same in float32 (exp overflows above 88.7)
 # (cells x p(p+1)/2).
 _PAIR_BYTES = 256 * 2**20
 _MAX_HALVINGS = 30
-# _fit_nb evaluates a point in float32 (:func:`_nb_point`'s ``single``) when the step to it is
-# larger than this: its Newton step is then accurate to about 1e-4 of its size, which does not
-# matter for such steps, and the points near the optimum are double.
+# _fit_nb evaluates its first point in float32 (:func:`_nb_point`'s ``single``), and the next
+# ones as long as every step so far is larger than this: a float32 point's Newton step is
+# accurate to about 1e-4 of its size, which does not matter for such steps; the points near the
+# optimum are double.
 _SINGLE_ABOVE = 0.1
 # Relative slack of the line search where a float32 log-likelihood is compared (its error is
 # about 1e-6 relative; the double one compares within 1e-12).
@@ -493,7 +494,8 @@ def _nb_point(XT, gram, Y, beta, theta, table, single=False):
     passes on 40,000 cells. Returns ``ll, g, h`` (k,), ``score, cross`` (k, p), ``H`` (k, p, p).
 
     ``single``: ``XT`` and ``Y`` are float32, and the terms of every cell are computed in single
-    precision (about twice as fast; the sums over runs and the count table's terms stay double).
+    precision (a pass costs about 0.63x of a double one; the sums over runs and the count
+    table's terms stay double).
     Accurate to about 1e-6 relative: enough for Newton's first steps, not for its last
     (:func:`_fit_nb`).
     """
@@ -559,30 +561,38 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
     converged = np.zeros(Y.shape[0], dtype=bool)
     active = np.arange(Y.shape[0])
     XT32 = XT.astype(np.float32)
-    Ya, Ya32 = Y, Y.astype(np.float32)  # the active responses' counts
+    # The active responses' counts and table; the float32 counts only while some point is.
+    Ya, Ya32, ta = Y, Y.astype(np.float32), table
 
     def point(rows, b, p, single):
-        """``_nb_point`` at ``(b, e^p)`` of the active responses ``rows`` (None: all), each
-        in float32 where ``single``."""
-        if single.all() or not single.any():
-            sub = ta if rows is None else ta.subset(rows)
-            if single.all():
-                Yr = Ya32 if rows is None else Ya32[rows]
-                return list(_nb_point(XT32, gram, Yr, b, np.exp(p), sub, single=True))
-            Yr = Ya if rows is None else Ya[rows]
-            return list(_nb_point(XT, gram, Yr, b, np.exp(p), sub))
-        rows = np.arange(Ya.shape[0]) if rows is None else rows
-        idx = (np.flatnonzero(single), np.flatnonzero(~single))
-        out = None
-        for i in idx:
-            part = point(rows[i], b[i], p[i], single[i])
-            if out is None:
-                out = [np.empty((rows.size,) + v.shape[1:]) for v in part]
+        """``_nb_point`` at ``(b, e^p)`` of the active responses ``rows`` (None: all of them),
+        in float32 where ``single``, else in double: one call per precision."""
+        parts = []
+        for flag in (True, False):
+            i = np.flatnonzero(single == flag)
+            if i.size == 0:
+                continue
+            whole = rows is None and i.size == single.size  # no copy of the counts
+            r = i if rows is None else rows[i]
+            counts = Ya32 if flag else Ya
+            part = _nb_point(
+                XT32 if flag else XT,
+                gram,
+                counts if whole else counts[r],
+                b[i],
+                np.exp(p[i]),
+                ta if whole else ta.subset(r),
+                single=flag,
+            )
+            if i.size == single.size:
+                return list(part)
+            parts.append((i, part))
+        out = [np.empty((single.size,) + v.shape[1:]) for v in parts[0][1]]
+        for i, part in parts:
             for o, v in zip(out, part, strict=True):
                 o[i] = v
         return out
 
-    ta = table
     # The first point in float32 (a start from the subsample or the Poisson fit is 0.05-0.5
     # off in φ, so Newton's first step is large); the points from the first step of at most
     # _SINGLE_ABOVE on are double, and a response stops only from a double point.
@@ -641,7 +651,8 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
             go = np.flatnonzero(~last)
             if go.size == 0:
                 break
-            active, ta, Ya, Ya32 = active[go], ta.subset(go), Ya[go], Ya32[go]
+            active, ta, Ya = active[go], ta.subset(go), Ya[go]
+            Ya32 = None if Ya32 is None else Ya32[go]
             b, p, step_b, step_p, new_b, new_p, ll, size, single = (
                 v[go] for v in (b, p, step_b, step_p, new_b, new_p, ll, size, single)
             )
@@ -676,6 +687,8 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         new_b[bad], new_p[bad] = b[bad], p[bad]
         beta[active], phi[active] = new_b, new_p
         single = new_single
+        if not single.any():
+            Ya32 = None  # every later point is double
         # A shortened step says nothing of the contraction: 0 makes the next rate infinite
         # (no prediction), so that step is the last only if it is below tol.
         previous[active] = np.where(t == 1.0, size, 0.0)
@@ -687,8 +700,8 @@ def _fit_nb(XT, gram, Y, beta, theta, bounds, table, *, max_iter, tol):
         if keep.size == 0:
             break
         if keep.size < active.size:
-            active, ta, single = active[keep], ta.subset(keep), single[keep]
-            Ya, Ya32 = Ya[keep], Ya32[keep]
+            active, ta, single, Ya = active[keep], ta.subset(keep), single[keep], Ya[keep]
+            Ya32 = None if Ya32 is None else Ya32[keep]
         else:
             keep = slice(None)
         ll, g, h, score, cross, H = (part[keep] for part in new)
