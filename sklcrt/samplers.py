@@ -58,6 +58,8 @@ _DENSE_RATIO = 0.25
 _BUCKETS_PER_OCTAVE = 4
 # Dense draws are made in row blocks of about this many random numbers (bounded memory).
 _BLOCK_ELEMENTS = 1 << 22
+# Expected candidates per geometric walk of a sparse Bernoulli bucket (see _sample_any).
+_WALK_DRAWS = 1 << 19
 
 
 class BaseSampler(BaseEstimator, metaclass=ABCMeta):
@@ -328,26 +330,43 @@ def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int) -> sp.spm
     return out
 
 
-def _placed_to_sparse(places, rows, n_resamples: int, n_cells: int, order) -> sp.spmatrix:
-    """Canonical CSC (CSR for few entries) of entries given by their cell's place in ``order``
-    (cells ``order[places]``), ``places`` non-decreasing and rows increasing within a place."""
-    nnz = places.size
+def _runs_to_sparse(runs, n_resamples: int, n_cells: int, order) -> sp.spmatrix:
+    """Canonical CSC (CSR for few entries) of draws given in runs of consecutive places.
+
+    Each run ``(start, size, local, rows)`` holds entries of the cells ``order[start + local]``
+    (``local`` in ``range(size)``, non-decreasing, rows increasing within a cell). Every run's
+    rows are scattered straight to their CSC positions: no concatenation of all draws and no
+    array of destinations over all of them (both cost more than the scatter itself).
+    """
+    nnz = sum(run[3].size for run in runs)
     if nnz < 2 * n_cells:
+        if not runs:
+            return _cell_major_to_sparse(
+                np.empty(0, np.int64), np.empty(0, np.int64), n_resamples, n_cells
+            )
+        places = np.concatenate([run[0] + run[2] for run in runs])
+        rows = np.concatenate([run[3] for run in runs])
         return _cell_major_to_sparse(order[places], rows, n_resamples, n_cells)
     index_dtype = np.int32 if max(n_cells, n_resamples, nnz) < 2**31 - 1 else np.int64
-    run_counts = np.bincount(places, minlength=order.size)
+    # A run's cells are non-decreasing: its counts from the boundaries of each cell's entries.
+    run_counts = [
+        np.diff(np.searchsorted(local, np.arange(size + 1))) for _, size, local, _ in runs
+    ]
     counts = np.zeros(n_cells, dtype=np.int64)
-    counts[order] = run_counts
+    for (start, size, _, _), rc in zip(runs, run_counts, strict=True):
+        counts[order[start : start + size]] = rc
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    # Each entry's place in CSC order: its run's start there minus the run's start in the input.
-    offset = indptr[order]
-    offset -= np.cumsum(run_counts)
-    offset += run_counts
-    dest = np.repeat(offset, run_counts)  # offset[places]: the places are non-decreasing
-    dest += np.arange(nnz, dtype=np.int64)
     indices = np.empty(nnz, dtype=index_dtype)
-    indices[dest] = rows.astype(index_dtype, copy=False)  # a scatter without a cast: faster
+    ramp = np.arange(max(run[3].size for run in runs), dtype=np.int64)
+    for (start, size, local, rows), rc in zip(runs, run_counts, strict=True):
+        # The k-th entry of a run goes to its cell's start in CSC plus its rank in the cell's
+        # run: k minus the number of the run's entries before that cell.
+        offset = indptr[order[start : start + size]]
+        offset[1:] -= np.cumsum(rc[:-1])
+        dest = offset.take(local)
+        dest += ramp[: local.size]
+        indices[dest] = rows.astype(index_dtype, copy=False)
     out = sp.csc_matrix(
         (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
@@ -666,10 +685,11 @@ class BernoulliSampler(BaseSampler):
         one uniform per grid point with ``p_i``; a sparse bucket (largest p ``q <= 1/4``) picks
         the grid points of iid ``Bernoulli(q)`` inclusions by geometric gaps (no duplicates to
         redraw) and keeps each with probability ``p_i / q`` (thinning): exact iid
-        ``Bernoulli(p_i)`` draws. Each cell's resamples come out increasing, so the CSC matrix
-        needs no sort; the buckets are walked in the order of ``_groups.members``, which places
-        every cell's run from the counts alone. :meth:`sample` converts it to CSR (a counting
-        transpose sorts the rows); the gather reads it as it is.
+        ``Bernoulli(p_i)`` draws. A large bucket is walked in runs of its cells of about
+        ``_WALK_DRAWS`` candidates, whose arrays stay in cache. Each cell's resamples come out
+        increasing, so the CSC matrix needs no sort: every run's draws are scattered to their
+        places from the cells' counts (:func:`_runs_to_sparse`). :meth:`sample` converts it to
+        CSR (a counting transpose sorts the rows); the gather reads it as it is.
         """
         B, n_cells, grp, p, q = (
             n_resamples,
@@ -678,9 +698,9 @@ class BernoulliSampler(BaseSampler):
             self.p_hat_,
             self._bucket_q,
         )
-        # Every draw as (its cell's place in grp.members, its resample): the cells of a
-        # bucket are consecutive there, so a place is the bucket's start plus the local index.
-        place_parts, row_parts = [], []
+        # Every bucket's draws as (local index of the cell in the bucket, resample), cell by
+        # cell: the cells of a bucket are consecutive in grp.members.
+        runs = []
         for b in range(q.size):
             start, size = int(grp.starts[b]), int(grp.sizes[b])
             if size == 0:
@@ -692,23 +712,23 @@ class BernoulliSampler(BaseSampler):
                     c, r = np.nonzero(
                         rng.random((min(step, size - c0), B)) < p_b[c0 : c0 + step, None]
                     )
-                    c += start + c0
-                    place_parts.append(c)
-                    row_parts.append(r)
+                    runs.append((start + c0, min(step, size - c0), c, r))
                 continue
-            pos = _bernoulli_positions(rng, size * B, q[b])
-            u = rng.random(pos.size)
-            u *= q[b]
-            # Keep the positions only (they hold the cell and the resample): one compaction,
-            # by indices (cheaper than a boolean mask of unpredictable values).
-            pos = pos.take(np.flatnonzero(u < p_b[pos // B]))
-            local = pos // B
-            pos -= local * B  # the resample
-            local += start
-            place_parts.append(local)
-            row_parts.append(pos)
-        if place_parts:
-            places, rows = np.concatenate(place_parts), np.concatenate(row_parts)
-        else:
-            places = rows = np.empty(0, dtype=np.int64)
-        return _placed_to_sparse(places, rows, B, n_cells, grp.members)
+            # Large buckets are walked in runs of cells with about _WALK_DRAWS candidates each,
+            # so that the walk's arrays stay in cache (the law is the same: the grid points are
+            # iid, and a run of cells is a run of the grid).
+            step = max(1, int(_WALK_DRAWS / (B * q[b])))
+            for c0 in range(0, size, step):
+                n_c = min(step, size - c0)
+                pos = _bernoulli_positions(rng, n_c * B, q[b])
+                u = rng.random(pos.size)
+                u *= q[b]
+                local = pos // B
+                # One compaction by indices (cheaper than a boolean mask of unpredictable
+                # values).
+                kept = np.flatnonzero(u < p_b[c0 : c0 + n_c][local])
+                local = local.take(kept)
+                rows = np.multiply(local, B)
+                np.subtract(pos.take(kept), rows, out=rows)  # the resample
+                runs.append((start + c0, n_c, local, rows))
+        return _runs_to_sparse(runs, B, n_cells, grp.members)

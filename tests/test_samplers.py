@@ -215,7 +215,11 @@ def test_permutation_ignores_strata_and_keeps_the_total():
 # ---------------------------------------------------------------- Bernoulli
 
 
-def test_bernoulli_frequencies_match_p_hat():
+@pytest.mark.parametrize("walk_draws", [None, 64])
+def test_bernoulli_frequencies_match_p_hat(walk_draws, monkeypatch):
+    """Inclusion frequencies are p_hat, also when each bucket's walk is cut into short runs."""
+    if walk_draws is not None:
+        monkeypatch.setattr(samplers_module, "_WALK_DRAWS", walk_draws)
     rng = np.random.default_rng(0)
     p_hat = np.concatenate(
         [
@@ -233,8 +237,12 @@ def test_bernoulli_frequencies_match_p_hat():
     assert freq[0] == 0 and freq[1] == B
 
 
-def test_bernoulli_draws_are_independent():
-    """Treated counts vary like a sum of independent Bernoullis, and joint patterns factorize."""
+@pytest.mark.parametrize("walk_draws", [None, 64])
+def test_bernoulli_draws_are_independent(walk_draws, monkeypatch):
+    """Treated counts vary like a sum of independent Bernoullis, and joint patterns factorize
+    (also across the runs a bucket's walk is cut into: 64 draws are about 20 cells here)."""
+    if walk_draws is not None:
+        monkeypatch.setattr(samplers_module, "_WALK_DRAWS", walk_draws)
     rng = np.random.default_rng(1)
     p_hat = np.r_[0.1, 0.1, 0.095, rng.beta(1, 30, 2000)]  # the first three share a bucket
     B = 6000
@@ -361,6 +369,30 @@ def test_bernoulli_positions_are_iid_inclusions():
     # every position equally likely: the first and last fifths hit alike
     first, last = hits[: size // 5].sum(), hits[-size // 5 :].sum()
     assert abs(first - last) < 5 * np.sqrt(first + last)
+
+
+@pytest.mark.parametrize("n_cells", [30, 3_000])
+def test_runs_to_sparse_is_canonical(n_cells):
+    """Runs of places (cells in any order across runs) give the canonical matrix of the draws."""
+    rng = np.random.default_rng(2)
+    B = 40
+    dense = rng.random((B, n_cells)) < 0.3
+    order = rng.permutation(n_cells)  # the places' cells
+    runs, start = [], 0
+    for size in np.diff(
+        np.r_[0, np.sort(rng.choice(np.arange(1, n_cells), 5, replace=False)), n_cells]
+    ):
+        local, rows = np.nonzero(dense[:, order[start : start + size]].T)
+        runs.append((start, int(size), local, rows))
+        start += size
+    R = samplers_module._runs_to_sparse(runs, B, n_cells, order)
+    assert R.has_canonical_format and R.format == ("csc" if R.nnz >= 2 * n_cells else "csr")
+    R = R.tocsc()
+    assert all(
+        np.all(np.diff(R.indices[a:b]) > 0)
+        for a, b in zip(R.indptr[:-1], R.indptr[1:], strict=True)
+    )
+    np.testing.assert_array_equal(R.toarray(), dense.astype(float))
 
 
 @pytest.mark.parametrize("n_cells", [50, 5_000])
