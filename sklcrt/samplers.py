@@ -457,39 +457,38 @@ class _WithinStrataPermutation(BaseSampler):
         return frac[self.strata_]
 
     def _sample_keys(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-        n_cells, grp = self.n_cells_, self._groups
-        parts = []
-        for s in self._dense_strata:
-            cells, m_s = grp.cells(s), int(self.n_treated_per_stratum_[s])
+        n_cells, grp, m = self.n_cells_, self._groups, self.n_treated_per_stratum_
+        dense, sparse = self._dense_strata, self._sparse_strata
+        # Every resample treats m_s cells of every stratum: one row of slots per resample, the
+        # dense strata's first, sorted row by row at the end (cheaper than one global sort).
+        width = int(m[dense].sum()) + self._sparse_slot_strata.size
+        keys = np.empty((n_resamples, width), dtype=np.int64)
+        col = 0
+        for s in dense:
+            cells, m_s = grp.cells(s), int(m[s])
             for r0, r1 in _row_blocks(n_resamples, cells.size):
                 if m_s == cells.size:
-                    chosen = np.broadcast_to(cells, (r1 - r0, m_s))
+                    keys[r0:r1, col : col + m_s] = cells
                 else:
                     u = rng.random((r1 - r0, cells.size))
-                    chosen = cells[np.argpartition(u, m_s - 1, axis=1)[:, :m_s]]
-                parts.append((np.arange(r0, r1)[:, None] * n_cells + chosen).ravel())
-        slots = self._sparse_slot_strata
-        if slots.size:
-            # Every resample has these slots: per stratum one draw of B x m_s integers with the
-            # stratum's size as the (scalar) bound, much cheaper than a bound per slot.
-            keys = np.empty((n_resamples, slots.size), dtype=np.int64)
-            col = 0
-            m = self.n_treated_per_stratum_
-            for s in self._sparse_strata:
-                m_s = int(m[s])
-                pos = rng.integers(0, int(grp.sizes[s]), size=(n_resamples, m_s))
-                pos += int(grp.starts[s])
-                keys[:, col : col + m_s] = grp.members[pos]
-                col += m_s
-            keys += np.arange(n_resamples, dtype=np.int64)[:, None] * n_cells
-            keys = keys.ravel()
-            sparse_keys = _draw_distinct(rng, keys, n_cells, grp, row_width=slots.size)
-            if not parts:
-                return sparse_keys
-            parts.append(sparse_keys)
-        if not parts:
+                    keys[r0:r1, col : col + m_s] = cells[
+                        np.argpartition(u, m_s - 1, axis=1)[:, :m_s]
+                    ]
+            col += m_s
+        # Sparse strata: per stratum one draw of B x m_s integers with the stratum's size as the
+        # (scalar) bound, much cheaper than a bound per slot; duplicates are redrawn below.
+        for s in sparse:
+            m_s = int(m[s])
+            pos = rng.integers(0, int(grp.sizes[s]), size=(n_resamples, m_s))
+            pos += int(grp.starts[s])
+            keys[:, col : col + m_s] = grp.members[pos]
+            col += m_s
+        if width == 0:
             return np.empty(0, dtype=np.int64)
-        return np.sort(np.concatenate(parts))
+        keys += np.arange(n_resamples, dtype=np.int64)[:, None] * n_cells
+        # A dense stratum's cells are distinct and no stratum shares a cell with another, so
+        # every duplicate is one of a sparse stratum: the redraws are those of its slots alone.
+        return _draw_distinct(rng, keys.ravel(), n_cells, grp, row_width=width)
 
 
 class StratifiedPermutationSampler(_WithinStrataPermutation):
