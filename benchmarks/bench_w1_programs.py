@@ -239,7 +239,7 @@ def stage_times(inputs, n_units, B):
 
     from sklcrt._random import as_generator, seed_sequence
     from sklcrt.crt import CRTTest
-    from sklcrt.execution import _test_unit
+    from sklcrt.execution import _test_unit, _unit_inputs
     from sklcrt.inputs import unit_treatment
     from sklcrt.propensity import NewtonLogisticRegression, fit_propensity
     from sklcrt.pvalues import compute_pvalues
@@ -248,6 +248,7 @@ def stage_times(inputs, n_units, B):
     from sklcrt.strata import factorize_batch
 
     statistic = fit_null_model(inputs)
+    inputs = {**inputs, **_unit_inputs(inputs)}  # as run_units passes them: the guides as CSC
     template = CRTTest(n_resamples=B, n_resamples_adaptive=0, **RESAMPLING)
     batch, burden = covariate_values(inputs, template)
     if batch is not None:  # as run_units passes them: codes of the sorted labels

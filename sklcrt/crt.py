@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from sklearn import config_context
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -855,7 +856,9 @@ def _fit_treatment(parts: _Components, propensity, C, x, batch, burden, eligible
     model = None
     if "p_hat" in parts.needs:
         model = NewtonLogisticRegression() if propensity is None else clone(propensity)
-        p_hat = fit_propensity(model, C, x)
+        # C is checked finite (fit's _check_covariates): the model need not check it again.
+        with config_context(assume_finite=True):
+            p_hat = fit_propensity(model, C, x)
     strata = None
     encoder = parts.encoder
     if encoder is not None:
@@ -1054,6 +1057,8 @@ def _check_covariates(X) -> np.ndarray:
         C = C[:, None]
     if C.ndim != 2:
         raise ValueError(f"X (covariates) must be 2-D (cells x covariates), got shape {C.shape}.")
-    if not np.all(np.isfinite(C)):
+    # A finite sum means no NaN or inf (one pass of additions, no boolean array per unit);
+    # only a non-finite sum needs the elementwise check (it may be an overflow).
+    if not np.isfinite(C.sum()) and not np.all(np.isfinite(C)):
         raise ValueError("X (covariates) contains NaN or infinite values; sklcrt never imputes.")
     return C

@@ -553,6 +553,21 @@ def fit_propensity(classifier, C, x, clip: float = 1e-6) -> np.ndarray:
     check_has_both_arms(x, "x")
     check_same_length(C=C, x=x)
     classifier.fit(C, x.astype(np.int64))
+    if type(classifier) is NewtonLogisticRegression:
+        # The column of class 1 alone (predict_proba's own numbers): one pass of exp, not two.
+        p_hat = special.expit(classifier.decision_function(C))
+    else:
+        p_hat = _positive_proba(classifier, C, x.size)
+    if not np.all(np.isfinite(p_hat)):
+        raise ValueError(
+            f"classifier {type(classifier).__name__} returned non-finite probabilities; check C "
+            "for extreme or non-finite values."
+        )
+    return np.clip(p_hat, clip, 1.0 - clip, out=p_hat)
+
+
+def _positive_proba(classifier, C, n_cells: int) -> np.ndarray:
+    """The column of ``classifier.predict_proba(C)`` for class 1 (checked), as float64."""
     proba = np.asarray(classifier.predict_proba(C))
     classes = getattr(classifier, "classes_", None)
     if classes is None:
@@ -561,16 +576,10 @@ def fit_propensity(classifier, C, x, clip: float = 1e-6) -> np.ndarray:
             "of predict_proba for class 1 is unknown."
         )
     column = np.flatnonzero(np.asarray(classes) == 1)
-    if column.size != 1 or proba.ndim != 2 or proba.shape != (x.size, len(classes)):
+    if column.size != 1 or proba.ndim != 2 or proba.shape != (n_cells, len(classes)):
         raise ValueError(
             f"classifier {type(classifier).__name__} must predict_proba one column per class "
             f"with class 1 among classes_, got classes_={list(classes)} and predict_proba shape "
             f"{proba.shape}."
         )
-    p_hat = proba[:, column[0]].astype(np.float64)
-    if not np.all(np.isfinite(p_hat)):
-        raise ValueError(
-            f"classifier {type(classifier).__name__} returned non-finite probabilities; check C "
-            "for extreme or non-finite values."
-        )
-    return np.clip(p_hat, clip, 1.0 - clip)
+    return proba[:, column[0]].astype(np.float64)
