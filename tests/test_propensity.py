@@ -376,3 +376,31 @@ def test_many_samples_path_reaches_the_same_optimum():
     X2[:, 1] *= 2.0
     refit = NewtonLogisticRegression().fit(X2, y)
     _assert_same_optimum(refit, _plain_newton(X2, y)[0])
+
+
+@pytest.mark.parametrize("n", [20_000, 60_000])
+def test_float32_points_then_double_points_to_the_same_optimum(n, monkeypatch):
+    # With float32 Hessians the start and the points after large steps are float32 passes; the
+    # fit stops only at a double point (possibly by the predicted-step rule), at the optimum of
+    # the plain float64 iterations to within a hundredth of the tolerance's bound.
+    from sklcrt import propensity
+
+    rng = np.random.default_rng(11)
+    X = np.column_stack([rng.normal(size=(n, 4)), rng.integers(0, 2, size=n)])
+    lin = -4.5 + 0.8 * X[:, 0] - 0.5 * X[:, 1] + 0.3 * X[:, 2] + 0.9 * X[:, 4]
+    y = (lin + rng.logistic(size=n) > 0).astype(int)
+    passes = []
+    original = propensity._gradient_and_hessian
+
+    def recording(*args, single=False, **kwargs):
+        passes.append((args[0].shape[0], single))
+        return original(*args, single=single, **kwargs)
+
+    monkeypatch.setattr(propensity, "_gradient_and_hessian", recording)
+    model = NewtonLogisticRegression().fit(X, y)
+    full = [single for rows, single in passes if rows == n]
+    assert full[0] and not full[-1]  # float32 at the start, double at the end
+    assert full == sorted(full, reverse=True)  # once double, always double
+    exact, _ = _plain_newton(X, y)
+    beta = np.append(model.coef_[0], model.intercept_[0])
+    assert np.max(np.abs(beta - exact)) <= 1e-8 * (1 + np.max(np.abs(exact)))
