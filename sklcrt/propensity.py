@@ -39,7 +39,9 @@ _SUBSAMPLE_MIN_SAMPLES = 50_000
 # Fits on at least this many samples take their Newton directions from single-precision
 # Hessians (3x faster at 40,000 x 7); smaller ones keep double precision throughout.
 _FLOAT32_MIN_SAMPLES = 8192
-_SUBSAMPLE_PER_RARE = 16
+# (8 per rare sample: W1's subsample fits cost half of 16's, and the full fits still take three
+# iterations from their starts.)
+_SUBSAMPLE_PER_RARE = 8
 _SUBSAMPLE_MIN_COMMON = 8192
 _SUBSAMPLE_TOL = 1e-5
 # A full Newton step that changes no linear predictor by more than this lets the next iteration
