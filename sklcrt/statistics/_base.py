@@ -457,6 +457,11 @@ class BaseStatistic(BaseEstimator):
         """Schedule the gather: blocks of responses x chunks of resamples, into ``out``."""
         G = self.n_responses_
         n_cells = self.n_cells_
+        if R.format == "csr" and R.shape[0] * G * self._gathered_per_response * 8 <= _OUTPUT_BYTES:
+            # Every block of responses gathers all resamples in one chunk, from the CSC form:
+            # convert now, and the touched cells are its nonempty columns (no scatter over the
+            # entries to find them).
+            R = R.tocsc()
         if memo is not None:
             cells = None  # pieces of all cells, to serve every block of resamples
         elif R.format == "csc":
