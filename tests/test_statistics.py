@@ -796,3 +796,20 @@ def test_progress_bar_does_not_change_the_fit(capsys):
     loud = NBScoreStatistic(progress=True).fit(Y, C)
     np.testing.assert_array_equal(quiet.coef_, loud.coef_)
     assert NBScoreStatistic().get_params()["progress"] is False
+
+
+@pytest.mark.parametrize("dtype, ulps", [(np.float32, 4), (np.float64, 2)])
+def test_log1p_from_log_is_within_a_few_ulps(dtype, ulps):
+    # The float32 passes' log1p (np.log with Goldberg's correction) against np.log1p in double.
+    from sklcrt.statistics._nb_fit import _log1p
+
+    rng = np.random.default_rng(0)
+    u = np.concatenate(
+        [10.0 ** rng.uniform(-30, 6, 20_000), rng.uniform(-0.999, 0.0, 2_000), [0.0, 1e-300]]
+    ).astype(dtype)
+    got = _log1p(u)
+    assert got.dtype == dtype
+    ref = np.log1p(u.astype(np.float64))
+    err = np.abs(got.astype(np.float64) - ref) / np.spacing(np.abs(ref).astype(dtype))
+    assert np.max(err[ref != 0]) <= ulps
+    assert np.all(got[ref == 0] == 0)

@@ -154,6 +154,24 @@ def _linear_predictor(Q: np.ndarray, coef: np.ndarray, out=None, term=None):
     return out
 
 
+def _log1p(u: np.ndarray, out=None) -> np.ndarray:
+    """``log(1 + u)`` for ``u > -1``, to a few ulps, from numpy's vectorised ``log``.
+
+    ``np.log1p`` has no SIMD loop: in single precision it costs about 5x ``np.log`` (and
+    ``_nb_point``'s float32 passes 22 % more on Gasperini). With ``w = 1 + u`` (rounded),
+    ``log1p(u) = log(w) - ((w - 1) - u) / w`` to first order in the rounding error of ``w``
+    (Goldberg's correction; it returns ``u`` where ``w == 1``): within 3 float32 ulps of
+    ``log1p`` and 1 ulp in double.
+    """
+    w = u + 1.0
+    out = np.log(w, out=out)
+    rounding = w - 1.0
+    rounding -= u
+    rounding /= w
+    out -= rounding
+    return out
+
+
 def _glm_loglik(Y, eta, mu, theta) -> np.ndarray:
     """NB (Poisson where ``theta`` is inf) log-likelihood per response, up to terms free of mu.
 
@@ -457,7 +475,9 @@ def _cell_terms(Y, eta, mu, theta):
     sum, so that few (responses x cells) temporaries pass through memory."""
     thc = theta[:, None]
     u = np.divide(mu, thc)
-    l1p = np.log1p(u)
+    # (float32 passes: np.log1p has no SIMD loop and costs 5x np.log there; in double the
+    # means are mostly small, where the two cost about the same.)
+    l1p = _log1p(u) if u.dtype == np.float32 else np.log1p(u)
     u += 1.0
     np.reciprocal(u, out=u)
     s = np.subtract(1.0, u)
