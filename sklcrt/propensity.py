@@ -502,8 +502,9 @@ def _newton(X, target, w, penalty, beta, fit_intercept, tol, max_iter, design32=
         beta, z, f = beta_new, z_new, f_new
         size = t * np.max(np.abs(step))
         bound = tol * (1.0 + np.max(np.abs(beta)))
-        # (a step no larger than a hundredth of what the last one predicts: last_step < inf)
-        predicted = t == 1.0 and size * size <= 0.01 * bound * last_step < np.inf
+        # The next step predicted from this full one's contraction, size * (size / last_step),
+        # at most a hundredth of the bound (no prediction after the first step).
+        predicted = t == 1.0 and last_step < np.inf and size * size <= 0.01 * bound * last_step
         if not single and (size <= bound or predicted):
             return beta, it, True
         contracting = not reuse or size <= 0.25 * last_step

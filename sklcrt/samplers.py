@@ -443,7 +443,6 @@ class _WithinStrataPermutation(BaseSampler):
         self._dense_strata = np.flatnonzero(dense)
         sparse = np.flatnonzero(treated & ~dense)
         self._sparse_strata = sparse
-        self._sparse_slot_strata = np.repeat(sparse, m[sparse])
 
     def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
         keys = self._sample_keys(n_resamples, rng)
@@ -461,7 +460,7 @@ class _WithinStrataPermutation(BaseSampler):
         dense, sparse = self._dense_strata, self._sparse_strata
         # Every resample treats m_s cells of every stratum: one row of slots per resample, the
         # dense strata's first, sorted row by row at the end (cheaper than one global sort).
-        width = int(m[dense].sum()) + self._sparse_slot_strata.size
+        width = int(m[dense].sum() + m[sparse].sum())
         keys = np.empty((n_resamples, width), dtype=np.int64)
         col = 0
         for s in dense:

@@ -625,3 +625,23 @@ def test_results_do_not_depend_on_the_memory_budget(monkeypatch, method, statist
     for other in results[1:]:
         np.testing.assert_array_equal(other.null_distribution_, first.null_distribution_)
         np.testing.assert_array_equal(other.pvalue_, first.pvalue_)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_covariates_are_rejected(bad):
+    C, batch, burden, Y, rng = _confounded_null(n=300, g=2)
+    x = _unit(C, rng)
+    C = C.copy()
+    C[7, 2] = bad
+    with pytest.raises(ValueError, match="X \\(covariates\\) contains NaN or infinite"):
+        CRTTest(n_resamples=19, n_resamples_adaptive=0).fit(C, x, responses=Y)
+
+
+def test_finite_covariates_whose_sum_overflows_pass_the_check():
+    # The check sums the covariates first; an overflowing sum falls back to the elementwise test.
+    from sklcrt.crt import _check_covariates
+
+    C = np.array([[1.0, 1e308], [1.0, 1e308], [1.0, -1.0]])
+    assert _check_covariates(C) is C
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        _check_covariates(np.array([[1.0, 1e308], [1.0, np.inf]]))

@@ -457,10 +457,10 @@ class BaseStatistic(BaseEstimator):
         """Schedule the gather: blocks of responses x chunks of resamples, into ``out``."""
         G = self.n_responses_
         n_cells = self.n_cells_
-        if R.format == "csr" and R.shape[0] * G * self._gathered_per_response * 8 <= _OUTPUT_BYTES:
-            # Every block of responses gathers all resamples in one chunk, from the CSC form:
-            # convert now, and the touched cells are its nonempty columns (no scatter over the
-            # entries to find them).
+        if R.format == "csr" and self._chunk_rows(G) >= R.shape[0]:
+            # Every block of responses (at most G wide) gathers all resamples in one chunk, from
+            # the CSC form: convert now, and the touched cells are its nonempty columns (no
+            # scatter over the entries to find them).
             R = R.tocsc()
         if memo is not None:
             cells = None  # pieces of all cells, to serve every block of resamples
@@ -496,9 +496,7 @@ class BaseStatistic(BaseEstimator):
         else:
             k = max(1, _BLOCK_BYTES // (n_rows * per_response * 8))
         k = min(k, targets.size)
-        chunks = self._chunks(
-            R, cells, _OUTPUT_BYTES // (k * self._gathered_per_response * 8), plan
-        )
+        chunks = self._chunks(R, cells, self._chunk_rows(k), plan)
         if k < targets.size:
             # Several blocks reuse the prepared chunks; a single block prepares them lazily, so
             # only one chunk's per-resample terms are alive at a time.
@@ -625,6 +623,10 @@ class BaseStatistic(BaseEstimator):
                 f"to {cols.max()}."
             )
         return cols
+
+    def _chunk_rows(self, k: int) -> int:
+        """Resamples per chunk for a block of ``k`` responses: the output stays in cache."""
+        return _OUTPUT_BYTES // (k * self._gathered_per_response * 8)
 
     def _chunks(self, R: sp.csr_matrix, cells, chunk_rows: int, plan=None):
         """Split the resamples into runs whose gather output stays in cache (a generator)."""
