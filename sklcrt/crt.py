@@ -32,7 +32,7 @@ from sklcrt.pvalues import (
     empirical_pvalues,
 )
 from sklcrt.resampling import SAMPLERS, resolve_resampling
-from sklcrt.saddlepoint import FALLBACK, _reading_order, saddlepoint_pvalues
+from sklcrt.saddlepoint import FALLBACK, _compact, _law_setup, _saddlepoint_pvalues
 from sklcrt.samplers import BaseSampler, BernoulliSampler
 from sklcrt.statistics import OLSStatistic
 from sklcrt.strata import StratumEncoder
@@ -720,12 +720,17 @@ class CRTTest(BaseEstimator):
         # Only the cells whose treatment can change under the null (and, for the CRT, those
         # always treated) are read: the others add the same constant to S and to its null.
         # They are taken in the order the saddlepoint reads them (no second copy).
-        order = _reading_order(**laws)
+        order, compact = _compact(_law_setup(**laws))
         if order.size == rows.size:
+            # The setup re-indexed on the reading order is the setup of the reordered laws.
             rows, laws = rows[order], {key: value[order] for key, value in laws.items()}
+        else:
+            compact = None
         a = statistic.score_pieces(columns, cells=rows)
         observed = x[rows].astype(np.float64) @ a
-        pvalue, methods = saddlepoint_pvalues(a, observed, alternative=self.alternative, **laws)
+        pvalue, methods = _saddlepoint_pvalues(
+            a, observed, alternative=self.alternative, compact_setup=compact, **laws
+        )
         methods = np.asarray(methods, dtype=object)
         n_used = np.zeros(pvalue.shape, dtype=np.int64)
         fallback = np.flatnonzero(

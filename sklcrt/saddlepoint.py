@@ -39,6 +39,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 from scipy import special
 
 from sklcrt.pvalues import ALTERNATIVES
@@ -152,6 +153,26 @@ def saddlepoint_pvalues(
     >>> bool(abs(p[0] / exact - 1) < 0.1), methods.tolist()
     (True, ['saddlepoint'])
     """
+    return _saddlepoint_pvalues(
+        a, observed, p_hat=p_hat, strata=strata, x=x, alternative=alternative, lattice=lattice
+    )
+
+
+def _saddlepoint_pvalues(
+    a,
+    observed,
+    *,
+    p_hat=None,
+    strata=None,
+    x=None,
+    alternative="two-sided",
+    lattice="auto",
+    compact_setup=None,
+):
+    """:func:`saddlepoint_pvalues`; ``compact_setup``: the second value of
+    ``_compact(_law_setup(p_hat, strata, x))`` where ``a`` and the laws are already in the
+    reading order (its first value), so that a caller which needed that order does not make
+    the setup twice."""
     A, s_obs, kind, codes, p, lattice = _check_inputs(
         a, observed, p_hat, strata, x, lattice, alternative
     )
@@ -159,12 +180,13 @@ def saddlepoint_pvalues(
     pvalues = np.full(G, np.nan)
     methods = np.full(G, "saddlepoint", dtype=object)
     cols = np.arange(G)
-    if kind == "bernoulli":
-        model_cls, setup = _Bernoulli, _bernoulli_setup(p)
+    model_cls = _Bernoulli if kind == "bernoulli" else _Conditional
+    if compact_setup is None:
+        setup = _bernoulli_setup(p) if kind == "bernoulli" else _conditional_setup(codes, x)
+        # Only the cells that can change, or that add a constant, are read again: one gather.
+        rows, setup = _compact(setup)
     else:
-        model_cls, setup = _Conditional, _conditional_setup(codes, x)
-    # Only the cells that can change, or that add a constant, are read again: one row gather.
-    rows, setup = _compact(setup)
+        rows, setup = np.arange(A.shape[0]), compact_setup
     if not (rows.size == A.shape[0] and isinstance(_consecutive(rows), slice)):
         A = A[rows]  # else the pieces are already in this order: no copy
     # One pass over the cells for every response: exact null cumulants, lattice spans and the
@@ -414,13 +436,19 @@ def _screen(kind, setup, A, s_obs, lattice):
             lo, hi = np.searchsorted(segments, [r0 + 1, r1])  # the strata starting inside
             starts = np.concatenate(([0], segments[lo:hi] - r0))
             ids = codes[r0 + starts]
+            # Sums over each stratum's rows as a product with their 0/1 indicator matrix:
+            # 3-4x faster than np.add.reduceat along the rows (the same sums, added in order).
+            one = sp.csr_matrix(
+                (np.ones(r1 - r0), np.arange(r1 - r0), np.append(starts, r1 - r0)),
+                shape=(starts.size, r1 - r0),
+            )
             X2 = np.multiply(X, X, out=buf2[: r1 - r0])
-            P1[ids] += np.add.reduceat(X, starts, axis=0)
-            P2[ids] += np.add.reduceat(X2, starts, axis=0)
+            P1[ids] += one @ X
+            P2[ids] += one @ X2
             X3 = np.multiply(X2, X, out=buf3[: r1 - r0])
-            P3[ids] += np.add.reduceat(X3, starts, axis=0)
+            P3[ids] += one @ X3
             X2 *= X2
-            P4[ids] += np.add.reduceat(X2, starts, axis=0)
+            P4[ids] += one @ X2
             X3 = np.abs(X, out=X3)
             Pabs[ids] = np.maximum(Pabs[ids], np.maximum.reduceat(X3, starts, axis=0))
         mean = A[setup["full_cells"]].sum(axis=0)
@@ -678,11 +706,13 @@ def _conditional_setup(codes, x):
     cls[active & (k_min > 1) & (sizes > _SMALL_STRATUM)] = 2
     cell_cls = np.where(inside, cls[np.where(inside, codes, 0)], -1)
     out = {"full_cells": np.flatnonzero(np.isin(codes, full) & inside)}
+    # Stable sorts of 16-bit codes are radix sorts (O(n)); the same order as of the codes.
+    sort_codes = codes.astype(np.int16) if n_strata <= np.iinfo(np.int16).max else codes
     n_used = 0
     for c, name in ((0, "one"), (1, "dp"), (2, "big")):
         strata_c = np.flatnonzero(cls == c)
         cells = np.flatnonzero(cell_cls == c)
-        cells = cells[np.argsort(codes[cells], kind="stable")]
+        cells = cells[np.argsort(sort_codes[cells], kind="stable")]
         n_s, m_s = sizes[strata_c], treated[strata_c]
         out[name] = {
             "cells": cells,
@@ -696,9 +726,21 @@ def _conditional_setup(codes, x):
     # The active cells in the order of the parts (each stratum's cells contiguous), which
     # _compact places first: the screen reads them as slices.
     act = np.concatenate([out[name]["cells"] for name in ("one", "dp", "big")])
-    ids, act_codes = np.unique(codes[act], return_inverse=True)
-    out["active"] = {"cells": act, "codes": act_codes, "m": treated[ids]}
+    # np.unique(codes[act], return_inverse=True) without its sort (the codes are small).
+    present = np.zeros(max(n_strata, 1), dtype=bool)
+    present[codes[act]] = True
+    rank = np.cumsum(present) - 1
+    out["active"] = {"cells": act, "codes": rank[codes[act]], "m": treated[present]}
     return out
+
+
+def _law_setup(p_hat=None, strata=None, x=None) -> dict:
+    """The setup :func:`saddlepoint_pvalues` makes of these laws (unchecked)."""
+    if p_hat is not None:
+        return _bernoulli_setup(np.asarray(p_hat, dtype=np.float64))
+    x = np.asarray(x, dtype=np.float64)
+    codes = np.zeros(x.size, np.int64) if strata is None else np.asarray(strata, np.int64)
+    return _conditional_setup(codes, x)
 
 
 def _reading_order(p_hat=None, strata=None, x=None) -> np.ndarray:
@@ -707,13 +749,7 @@ def _reading_order(p_hat=None, strata=None, x=None) -> np.ndarray:
     Pieces (and laws) given in this order and restricted to these rows are read in place, with
     no copy; the p-values are the same up to the rounding of sums in another order.
     """
-    if p_hat is not None:
-        setup = _bernoulli_setup(np.asarray(p_hat, dtype=np.float64))
-    else:
-        x = np.asarray(x, dtype=np.float64)
-        codes = np.zeros(x.size, np.int64) if strata is None else np.asarray(strata, np.int64)
-        setup = _conditional_setup(codes, x)
-    return _compact(setup)[0]
+    return _compact(_law_setup(p_hat, strata, x))[0]
 
 
 def _compact(setup):

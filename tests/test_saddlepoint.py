@@ -560,6 +560,27 @@ def test_pieces_in_the_reading_order_give_the_same_pvalues():
     assert np.array_equal(order, np.r_[np.arange(30, codes.size), np.arange(20, 30)])
 
 
+def test_the_setup_of_the_reading_order_is_reused_exactly():
+    # CRTTest makes each unit's setup once: re-indexed on the reading order, it is the setup of
+    # the reordered laws, so the p-values are those of a fresh call, bit for bit.
+    from sklcrt.saddlepoint import _compact, _law_setup, _saddlepoint_pvalues
+
+    rng = np.random.default_rng(23)
+    codes, x = _mixed_strata(rng)
+    a = rng.gamma(0.5, size=(codes.size, 6))
+    p_hat = rng.uniform(0.01, 0.3, codes.size)
+    p_hat[:20], p_hat[20:30] = 0.0, 1.0
+    for laws in ({"x": x, "strata": codes}, {"x": x}, {"p_hat": p_hat}):
+        order, compact = _compact(_law_setup(**laws))
+        ordered = {key: value[order] for key, value in laws.items()}
+        A = a[order]
+        s = (x[order] @ A) + np.linspace(-5, 5, A.shape[1])
+        p, m = saddlepoint_pvalues(A, s, **ordered)
+        p2, m2 = _saddlepoint_pvalues(A, s, compact_setup=compact, **ordered)
+        assert m2.tolist() == m.tolist()
+        assert np.array_equal(p2, p, equal_nan=True)
+
+
 def test_support_edges_of_interleaved_strata():
     from sklcrt.saddlepoint import _compact, _Conditional, _conditional_setup
 
