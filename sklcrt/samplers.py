@@ -323,7 +323,7 @@ def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int) -> sp.spm
     indices = np.empty(nnz, dtype=index_dtype)
     indices[dest] = rows.astype(index_dtype, copy=False)
     out = sp.csc_matrix(
-        (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
+        (_ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
     out.has_sorted_indices = True
     out.has_canonical_format = True
@@ -368,11 +368,28 @@ def _runs_to_sparse(runs, n_resamples: int, n_cells: int, order) -> sp.spmatrix:
         dest += ramp[: local.size]
         indices[dest] = rows.astype(index_dtype, copy=False)
     out = sp.csc_matrix(
-        (np.ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
+        (_ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out
+
+
+# A read-only float64 array of ones, shared as the data of the CSC resamples of every draw
+# (which only the gather reads; sample() converts them to CSR with data of its own): a fresh
+# array per draw costs a pass and page faults over 8 bytes per entry. It holds as many ones as
+# the largest draw so far (plus 1/8), memory that draw needed anyway. (scipy copies a view of
+# less than half of it: draws that small own their data, as before.)
+_ONES = np.ones(0)
+
+
+def _ones(n: int) -> np.ndarray:
+    """A read-only view of ``n`` ones, from one shared buffer grown as needed."""
+    global _ONES
+    if _ONES.size < n:
+        _ONES = np.ones(n + n // 8)
+        _ONES.flags.writeable = False
+    return _ONES[:n]
 
 
 def _cell_major_to_csr(cells, rows, n_resamples: int, n_cells: int) -> sp.csr_matrix:

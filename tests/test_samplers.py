@@ -395,6 +395,24 @@ def test_runs_to_sparse_is_canonical(n_cells):
     np.testing.assert_array_equal(R.toarray(), dense.astype(float))
 
 
+def test_draws_share_read_only_ones_and_samples_own_their_data(monkeypatch):
+    """The CSC draws the gather reads share one read-only buffer of ones as their data (no
+    fresh array per draw); what ``sample`` hands out owns writable data. (scipy copies a view
+    of less than half its buffer: those draws own their data, as before.)"""
+    monkeypatch.setattr(samplers_module, "_ONES", np.ones(0))  # as in a fresh process
+    x = np.arange(2_000) < 400
+    sampler = BernoulliSampler().fit(x, p_hat=np.full(x.size, 0.2))
+    second, first = sampler._draw(45, 1), sampler._draw(30, 0)  # the larger one first
+    assert first.format == second.format == "csc"
+    assert not first.data.flags.writeable and np.all(first.data == 1.0)
+    assert np.shares_memory(first.data, second.data)
+    R = sampler.sample(30, 0)
+    assert R.data.flags.writeable and not np.shares_memory(R.data, first.data)
+    np.testing.assert_array_equal(R.toarray(), first.toarray())
+    R.data[:] = 2.0  # the user's copy: the shared ones are untouched
+    assert np.all(sampler._draw(30, 0).data == 1.0)
+
+
 @pytest.mark.parametrize("n_cells", [50, 5_000])
 def test_cell_major_to_csr_is_canonical(n_cells):
     rng = np.random.default_rng(1)
