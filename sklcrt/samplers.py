@@ -60,6 +60,8 @@ _BUCKETS_PER_OCTAVE = 4
 _BLOCK_ELEMENTS = 1 << 22
 # Expected candidates per geometric walk of a sparse Bernoulli bucket (see _sample_any).
 _WALK_DRAWS = 1 << 19
+# _in_rows searches blocks of rows of about this many keys (1 MB: cache-resident).
+_DISTINCT_BLOCK = 1 << 17
 
 
 class BaseSampler(BaseEstimator, metaclass=ABCMeta):
@@ -157,7 +159,10 @@ class BaseSampler(BaseEstimator, metaclass=ABCMeta):
             Row ``b`` holds ones at the cells treated in resample ``b``; column indices are sorted
             within each row (canonical format).
         """
-        return _as_csr(self._draw(n_resamples, random_state))
+        R = _as_csr(self._draw(n_resamples, random_state))
+        if not R.data.flags.writeable:  # the draws' shared ones: the caller gets its own
+            R.data = np.ones(R.nnz)
+        return R
 
     def _draw(self, n_resamples: int, random_state=None) -> sp.csr_matrix | sp.csc_matrix:
         """The resamples of :meth:`sample` (the same draws), as canonical CSR or CSC.
@@ -228,44 +233,89 @@ class _Groups:
         return self.members[starts + rng.integers(0, sizes)]
 
 
-def _draw_distinct(
-    rng: np.random.Generator,
-    keys: np.ndarray,
-    n_cells: int,
-    grp: _Groups,
-    row_width: int | None = None,
-) -> np.ndarray:
-    """Make the drawn keys ``row * n_cells + cell`` distinct within every row.
+def _redraw_repeats(rng: np.random.Generator, cells: np.ndarray, grp: _Groups) -> None:
+    """Make the cells of every row of ``cells`` distinct, in place; the rows stay increasing.
 
-    ``keys`` holds, for every slot (a row and a group), a uniform draw from the group. Returns the
-    sorted unique keys: within every (row, group) the cells form a uniform subset of the slot
-    count, since duplicates are redrawn uniformly from the group until none is left, a rule that
-    ignores the labels of the cells. Needs ``slots <= size`` per (row, group); it is fast when
-    slots are at most a fraction of the group. ``row_width`` says that every row has that many
-    slots, in row order, so sorting each row sorts the keys (cheaper than one global sort).
+    ``cells`` (resamples x slots, each row sorted) holds, for every slot (a row and a group), a
+    uniform draw from the group. Every repeat of a value within its row is redrawn uniformly
+    from its group until none is left, a rule that ignores the labels of the cells, so within
+    every (row, group) the cells form a uniform subset of the slot count. Needs
+    ``slots <= size`` per (row, group); it is fast when slots are at most a fraction of the
+    group.
+
+    The redraws are drawn in the order of the keys ``row * n_cells + cell`` of the repeats, and
+    accepted where neither the row's first draws nor an earlier redraw holds the cell (binary
+    searches within the sorted rows: no array of keys over all draws); the accepted ones fill
+    the repeats' slots and the rows that got any are sorted again.
     """
-    if row_width:
-        keys.reshape(-1, row_width).sort(axis=1)
-    else:
-        keys.sort()
-    dup = keys[1:] == keys[:-1]
-    if not dup.any():
-        return keys
-    pending = keys[1:][dup]
-    kept = keys[np.concatenate(([True], ~dup))]
-    # Accepted redraws are kept apart (few, sorted) and merged once at the end: inserting them
-    # into the large array every round would copy it every round.
-    extra = np.empty(0, dtype=keys.dtype)
+    repeat = cells[:, 1:] == cells[:, :-1]
+    if not repeat.any():
+        return
+    n_cells = grp.group_of_cell.size
+    slot_row, slot_col = np.nonzero(repeat)
+    slot_col += 1
+    pending = slot_row * n_cells + cells[slot_row, slot_col]
+    # Accepted redraws are kept apart (few, sorted) and placed once at the end.
+    extra = np.empty(0, dtype=np.int64)
     while pending.size:
         prow = pending // n_cells
         new = prow * n_cells + grp.draw(rng, grp.group_of_cell[pending - prow * n_cells])
         new.sort()
         first = np.ones(new.size, dtype=bool)
         first[1:] = new[1:] != new[:-1]
-        ok = first & ~_in_sorted(kept, new) & ~_in_sorted(extra, new)
+        row = new // n_cells
+        ok = first & ~_in_rows(cells, row, new - row * n_cells) & ~_in_sorted(extra, new)
         extra = np.insert(extra, np.searchsorted(extra, new[ok]), new[ok])
         pending = new[~ok]
-    return np.insert(kept, np.searchsorted(kept, extra), extra)
+    # A row has as many accepted redraws as repeats, both in row order.
+    cells[slot_row, slot_col] = extra - (extra // n_cells) * n_cells
+    rows = np.unique(slot_row)
+    if rows.size == cells.shape[0]:
+        cells.sort(axis=1)
+    else:
+        block = cells[rows]
+        block.sort(axis=1)
+        cells[rows] = block
+
+
+def _in_rows(cells: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Whether ``values[i]`` occurs in the sorted row ``cells[rows[i]]``; ``(rows, values)``
+    sorted (by row, then value).
+
+    Many values: their rows' keys ``row * n + cell`` (globally sorted) a cache-sized block of
+    rows at a time, searched with ``np.searchsorted``; few: a vectorised binary search of each
+    value within its row (about 30 ns per value and halving, against 2-3 ns per key of a block).
+    """
+    n_rows, width = cells.shape
+    if rows.size == 0 or width == 0:
+        return np.zeros(rows.size, dtype=bool)
+    halvings = width.bit_length()
+    touched = np.flatnonzero(np.diff(rows, prepend=-1))  # each row's first value
+    if 10 * rows.size * halvings > touched.size * width:
+        found = np.empty(rows.size, dtype=bool)
+        step = max(1, _DISTINCT_BLOCK // width)
+        # Rows as keys: (row, value) -> row * span + value, sorted as (row, value) is.
+        span = int(max(int(cells.max()), int(values.max()))) + 1
+        keys = rows * span + values
+        for k0 in range(0, touched.size, step):
+            first = touched[k0]
+            stop = touched[k0 + step] if k0 + step < touched.size else rows.size
+            block_rows = rows[touched[k0 : k0 + step]]
+            block = cells[block_rows].astype(np.int64)
+            block += block_rows[:, None] * span
+            found[first:stop] = _in_sorted(block.ravel(), keys[first:stop])
+        return found
+    flat = cells.ravel()
+    base = rows * width
+    lo = np.zeros(rows.size, dtype=np.int64)
+    hi = np.full(rows.size, width, dtype=np.int64)
+    for _ in range(halvings):
+        mid = (lo + hi) >> 1
+        right = flat[base + np.minimum(mid, width - 1)] < values
+        right &= mid < hi
+        lo = np.where(right, mid + 1, lo)
+        hi = np.where(right, hi, mid)
+    return (lo < width) & (flat[base + np.minimum(lo, width - 1)] == values)
 
 
 def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -375,8 +425,8 @@ def _runs_to_sparse(runs, n_resamples: int, n_cells: int, order) -> sp.spmatrix:
     return out
 
 
-# A read-only float64 array of ones, shared as the data of the CSC resamples of every draw
-# (which only the gather reads; sample() converts them to CSR with data of its own): a fresh
+# A read-only float64 array of ones, shared as the data of the resamples of every draw (which
+# only the gather reads; sample() hands out resamples with data of their own): a fresh
 # array per draw costs a pass and page faults over 8 bytes per entry. It holds as many ones as
 # the largest draw so far (plus 1/8), memory that draw needed anyway. (scipy copies a view of
 # less than half of it: draws that small own their data, as before.)
@@ -462,9 +512,18 @@ class _WithinStrataPermutation(BaseSampler):
         self._sparse_strata = sparse
 
     def _sample_matrix(self, n_resamples: int, rng: np.random.Generator) -> sp.csr_matrix:
-        keys = self._sample_keys(n_resamples, rng)
-        # Every resample treats the observed count: rows of equal width, no division needed.
-        return _keys_to_csr(keys, n_resamples, self.n_cells_, row_width=self.n_treated_)
+        cells = self._sample_cells(n_resamples, rng)
+        # Every resample treats the observed count: the sorted rows are the CSR's indices.
+        width = cells.shape[1]
+        index_dtype = np.int32 if max(self.n_cells_, cells.size) < 2**31 - 1 else np.int64
+        indptr = np.arange(n_resamples + 1, dtype=index_dtype) * width
+        out = sp.csr_matrix(
+            (_ones(cells.size), cells.astype(index_dtype, copy=False).ravel(), indptr),
+            shape=(n_resamples, self.n_cells_),
+        )
+        out.has_sorted_indices = True
+        out.has_canonical_format = True
+        return out
 
     def inclusion_probabilities(self) -> np.ndarray:
         """``m_s / n_s`` for every cell of stratum ``s``, shape (n_cells,)."""
@@ -473,21 +532,29 @@ class _WithinStrataPermutation(BaseSampler):
         return frac[self.strata_]
 
     def _sample_keys(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+        cells = self._sample_cells(n_resamples, rng).astype(np.int64)
+        cells += np.arange(n_resamples, dtype=np.int64)[:, None] * self.n_cells_
+        return cells.ravel()
+
+    def _sample_cells(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+        """The treated cells of every resample, shape (n_resamples, n_treated), rows increasing
+        (int32 below 2**31 cells)."""
         n_cells, grp, m = self.n_cells_, self._groups, self.n_treated_per_stratum_
         dense, sparse = self._dense_strata, self._sparse_strata
         # Every resample treats m_s cells of every stratum: one row of slots per resample, the
         # dense strata's first, sorted row by row at the end (cheaper than one global sort).
         width = int(m[dense].sum() + m[sparse].sum())
-        keys = np.empty((n_resamples, width), dtype=np.int64)
+        dtype = np.int32 if n_cells < 2**31 - 1 else np.int64
+        cells = np.empty((n_resamples, width), dtype=dtype)
         col = 0
         for s in dense:
-            cells, m_s = grp.cells(s), int(m[s])
-            for r0, r1 in _row_blocks(n_resamples, cells.size):
-                if m_s == cells.size:
-                    keys[r0:r1, col : col + m_s] = cells
+            members, m_s = grp.cells(s), int(m[s])
+            for r0, r1 in _row_blocks(n_resamples, members.size):
+                if m_s == members.size:
+                    cells[r0:r1, col : col + m_s] = members
                 else:
-                    u = rng.random((r1 - r0, cells.size))
-                    keys[r0:r1, col : col + m_s] = cells[
+                    u = rng.random((r1 - r0, members.size))
+                    cells[r0:r1, col : col + m_s] = members[
                         np.argpartition(u, m_s - 1, axis=1)[:, :m_s]
                     ]
             col += m_s
@@ -497,14 +564,15 @@ class _WithinStrataPermutation(BaseSampler):
             m_s = int(m[s])
             pos = rng.integers(0, int(grp.sizes[s]), size=(n_resamples, m_s))
             pos += int(grp.starts[s])
-            keys[:, col : col + m_s] = grp.members[pos]
+            cells[:, col : col + m_s] = grp.members[pos]
             col += m_s
         if width == 0:
-            return np.empty(0, dtype=np.int64)
-        keys += np.arange(n_resamples, dtype=np.int64)[:, None] * n_cells
+            return cells
+        cells.sort(axis=1)
         # A dense stratum's cells are distinct and no stratum shares a cell with another, so
         # every duplicate is one of a sparse stratum: the redraws are those of its slots alone.
-        return _draw_distinct(rng, keys.ravel(), n_cells, grp, row_width=width)
+        _redraw_repeats(rng, cells, grp)
+        return cells
 
 
 class StratifiedPermutationSampler(_WithinStrataPermutation):

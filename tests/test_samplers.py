@@ -62,18 +62,18 @@ def test_check_sampler_on_other_data(sampler):
 class _FixedSampler(StratifiedPermutationSampler):
     """Broken: ignores the seed and returns the same resamples every time."""
 
-    def _sample_keys(self, n_resamples, rng):
-        return super()._sample_keys(n_resamples, np.random.default_rng(0))
+    def _sample_cells(self, n_resamples, rng):
+        return super()._sample_cells(n_resamples, np.random.default_rng(0))
 
 
 class _DensifyingSampler(PermutationSampler):
     """Broken: builds a dense B x N array."""
 
-    def _sample_keys(self, n_resamples, rng):
+    def _sample_cells(self, n_resamples, rng):
         dense = np.zeros((n_resamples, self.n_cells_))
-        keys = super()._sample_keys(n_resamples, rng)
-        dense.ravel()[keys] = 1.0
-        return np.flatnonzero(dense)
+        cells = super()._sample_cells(n_resamples, rng)
+        dense[np.arange(n_resamples)[:, None], cells] = 1.0
+        return np.nonzero(dense)[1].reshape(n_resamples, -1)
 
 
 def test_check_suite_catches_broken_samplers():
@@ -393,6 +393,60 @@ def test_runs_to_sparse_is_canonical(n_cells):
         for a, b in zip(R.indptr[:-1], R.indptr[1:], strict=True)
     )
     np.testing.assert_array_equal(R.toarray(), dense.astype(float))
+
+
+def _reference_distinct(rng, keys, n_cells, grp):
+    """The redraw rule on global keys ``row * n_cells + cell`` (sort, redraw the repeats in key
+    order, accept a redraw new to its row): the oracle of ``_redraw_repeats``."""
+    keys = np.sort(keys)
+    dup = keys[1:] == keys[:-1]
+    pending, kept = keys[1:][dup], keys[np.r_[True, ~dup]]
+    extra = np.empty(0, dtype=np.int64)
+    while pending.size:
+        prow = pending // n_cells
+        new = np.sort(prow * n_cells + grp.draw(rng, grp.group_of_cell[pending - prow * n_cells]))
+        first = np.r_[True, new[1:] != new[:-1]]
+        ok = first & ~np.isin(new, kept) & ~np.isin(new, extra)
+        extra, pending = np.sort(np.r_[extra, new[ok]]), new[~ok]
+    return np.sort(np.r_[kept, extra])
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "n_groups", "fraction", "n_rows"),
+    [
+        (3_000, 4, 0.2, 300),  # many repeats: _in_rows searches blocks of rows
+        (20_000, 40, 0.01, 50),  # few: binary searches within rows
+        (500, 1, 0.25, 7),
+    ],
+)
+def test_redraw_repeats_matches_the_rule_on_global_keys(n_cells, n_groups, fraction, n_rows):
+    rng = np.random.default_rng(8)
+    grp = samplers_module._Groups(rng.integers(0, n_groups, n_cells), n_groups)
+    slots = np.repeat(np.arange(n_groups), (fraction * grp.sizes).astype(int))
+    cells = grp.draw(rng, slots, repeat=n_rows).reshape(n_rows, slots.size).astype(np.int32)
+    cells.sort(axis=1)
+    keys = (cells + np.arange(n_rows)[:, None] * n_cells).ravel().astype(np.int64)
+    expected = _reference_distinct(np.random.default_rng(3), keys, n_cells, grp)
+    samplers_module._redraw_repeats(np.random.default_rng(3), cells, grp)
+    assert np.all(np.diff(cells, axis=1) > 0)  # distinct, increasing rows
+    got = (cells + np.arange(n_rows)[:, None] * n_cells).ravel()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_in_rows_agrees_with_a_global_search():
+    rng = np.random.default_rng(9)
+    n_rows, width, n_cells = 200, 300, 5_000
+    cells = np.sort(rng.integers(0, n_cells, (n_rows, width)), axis=1).astype(np.int32)
+    keys = (cells + np.arange(n_rows)[:, None] * n_cells).ravel().astype(np.int64)
+    for size in (50_000, 20):  # a block search, a binary search
+        rows = rng.integers(0, n_rows, size)
+        values = rng.integers(0, n_cells, size)
+        values[::2] = cells[rows[::2], rng.integers(0, width, values[::2].size)]
+        order = np.lexsort((values, rows))
+        rows, values = rows[order], values[order]
+        found = samplers_module._in_rows(cells, rows, values)
+        np.testing.assert_array_equal(found, np.isin(rows * n_cells + values, keys))
+        assert 0.4 < found.mean() < 0.7
 
 
 def test_draws_share_read_only_ones_and_samples_own_their_data(monkeypatch):
