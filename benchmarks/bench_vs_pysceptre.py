@@ -3,9 +3,9 @@
 Run ``python benchmarks/bench_vs_pysceptre.py`` (needs ``../shared/data`` and, for the
 comparison, ``pip install pysceptre numba``; neither is a dependency of sklcrt). ``--pairs N``
 runs only the first N discovery pairs, ``--skip-pysceptre`` only the sklcrt rows, ``--repeats R``
-keeps the best of R timed runs per tool, ``--rounds N`` runs the tools one after the other N
-times (interleaved, so that on a shared machine they see the same load) and keeps each tool's
-best round.
+keeps the best of R timed runs per tool, ``--rounds N`` (default 3) runs the tools one after the
+other N times (interleaved, so that on a shared machine they see the same load) and keeps each
+tool's best round.
 
 The work, the same for both tools (SCEPTRE's high-MOI discovery analysis):
 
@@ -576,8 +576,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="run the tools one after the other N times (interleaved), best round per tool",
+        default=3,
+        help="run the tools one after the other N times (interleaved), best round per tool "
+        "(default 3: on a shared machine one round can be 20-40%% off)",
     )
     parser.add_argument(
         "--pysceptre-n-jobs",
