@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from sklcrt._binary import shared_ones
 from sklcrt._random import as_generator
 from sklcrt._validation import (
     check_1d_numeric,
@@ -373,7 +374,7 @@ def _cell_major_to_sparse(cells, rows, n_resamples: int, n_cells: int) -> sp.spm
     indices = np.empty(nnz, dtype=index_dtype)
     indices[dest] = rows.astype(index_dtype, copy=False)
     out = sp.csc_matrix(
-        (_ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
+        (shared_ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
     out.has_sorted_indices = True
     out.has_canonical_format = True
@@ -418,28 +419,11 @@ def _runs_to_sparse(runs, n_resamples: int, n_cells: int, order) -> sp.spmatrix:
         dest += ramp[: local.size]
         indices[dest] = rows.astype(index_dtype, copy=False)
     out = sp.csc_matrix(
-        (_ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
+        (shared_ones(nnz), indices, indptr.astype(index_dtype)), shape=(n_resamples, n_cells)
     )
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out
-
-
-# A read-only float64 array of ones, shared as the data of the resamples of every draw (which
-# only the gather reads; sample() hands out resamples with data of their own): a fresh
-# array per draw costs a pass and page faults over 8 bytes per entry. It holds as many ones as
-# the largest draw so far (plus 1/8), memory that draw needed anyway. (scipy copies a view of
-# less than half of it: draws that small own their data, as before.)
-_ONES = np.ones(0)
-
-
-def _ones(n: int) -> np.ndarray:
-    """A read-only view of ``n`` ones, from one shared buffer grown as needed."""
-    global _ONES
-    if _ONES.size < n:
-        _ONES = np.ones(n + n // 8)
-        _ONES.flags.writeable = False
-    return _ONES[:n]
 
 
 def _cell_major_to_csr(cells, rows, n_resamples: int, n_cells: int) -> sp.csr_matrix:
@@ -518,7 +502,7 @@ class _WithinStrataPermutation(BaseSampler):
         index_dtype = np.int32 if max(self.n_cells_, cells.size) < 2**31 - 1 else np.int64
         indptr = np.arange(n_resamples + 1, dtype=index_dtype) * width
         out = sp.csr_matrix(
-            (_ones(cells.size), cells.astype(index_dtype, copy=False).ravel(), indptr),
+            (shared_ones(cells.size), cells.astype(index_dtype, copy=False).ravel(), indptr),
             shape=(n_resamples, self.n_cells_),
         )
         out.has_sorted_indices = True

@@ -12,6 +12,7 @@ from scipy import stats
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+import sklcrt._binary
 import sklcrt.samplers as samplers_module
 from sklcrt.samplers import (
     BaseSampler,
@@ -453,7 +454,7 @@ def test_draws_share_read_only_ones_and_samples_own_their_data(monkeypatch):
     """The CSC draws the gather reads share one read-only buffer of ones as their data (no
     fresh array per draw); what ``sample`` hands out owns writable data. (scipy copies a view
     of less than half its buffer: those draws own their data, as before.)"""
-    monkeypatch.setattr(samplers_module, "_ONES", np.ones(0))  # as in a fresh process
+    monkeypatch.setattr(sklcrt._binary, "_ONES", np.ones(0))  # as in a fresh process
     x = np.arange(2_000) < 400
     sampler = BernoulliSampler().fit(x, p_hat=np.full(x.size, 0.2))
     second, first = sampler._draw(45, 1), sampler._draw(30, 0)  # the larger one first

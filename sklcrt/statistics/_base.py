@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from sklcrt._binary import binary_tocsc
 from sklcrt._fingerprint import content_fingerprint
 from sklcrt._threads import single_threaded_blas
 from sklcrt._validation import check_binary_treatment, check_has_both_arms, check_same_length
@@ -101,7 +102,7 @@ class _Chunk:
     def csc(self):
         """The chunk as CSC (converted on first use)."""
         if self._csc is None:
-            self._csc = self._csr.tocsc()
+            self._csc = binary_tocsc(self._csr)
         return self._csc
 
     def gather(self, pieces: np.ndarray) -> np.ndarray:
@@ -460,8 +461,9 @@ class BaseStatistic(BaseEstimator):
         if R.format == "csr" and self._chunk_rows(G) >= R.shape[0]:
             # Every block of responses (at most G wide) gathers all resamples in one chunk, from
             # the CSC form: convert now, and the touched cells are its nonempty columns (no
-            # scatter over the entries to find them).
-            R = R.tocsc()
+            # scatter over the entries to find them). Its values are 1 (checked): only the pattern
+            # is converted.
+            R = binary_tocsc(R)
         if memo is not None:
             cells = None  # pieces of all cells, to serve every block of resamples
         elif R.format == "csc":
