@@ -449,17 +449,8 @@ def _row_blocks(n_resamples: int, width: int):
         yield r0, min(n_resamples, r0 + step)
 
 
-def _keys_to_csr(
-    keys: np.ndarray, n_resamples: int, n_cells: int, row_width: int | None = None
-) -> sp.csr_matrix:
-    """CSR of the sorted keys; ``row_width``: every row may hold that many (checked)."""
-    if row_width is not None and keys.size == n_resamples * row_width:
-        offsets = np.arange(n_resamples, dtype=np.int64) * n_cells
-        cols = (keys.reshape(n_resamples, row_width) - offsets[:, None]).ravel()
-        # Sorted unique keys with exactly row_width per row lie within their rows.
-        if cols.size == 0 or (cols.min() >= 0 and cols.max() < n_cells):
-            indptr = np.arange(n_resamples + 1, dtype=np.int64) * row_width
-            return _csr(cols, indptr, n_resamples, n_cells)
+def _keys_to_csr(keys: np.ndarray, n_resamples: int, n_cells: int) -> sp.csr_matrix:
+    """CSR of the sorted keys ``row * n_cells + cell``."""
     rows = keys // n_cells
     cols = keys - rows * n_cells
     indptr = np.searchsorted(rows, np.arange(n_resamples + 1))
