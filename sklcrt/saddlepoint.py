@@ -735,21 +735,16 @@ def _conditional_setup(codes, x):
 
 
 def _law_setup(p_hat=None, strata=None, x=None) -> dict:
-    """The setup :func:`saddlepoint_pvalues` makes of these laws (unchecked)."""
+    """The setup :func:`saddlepoint_pvalues` makes of these laws (unchecked).
+
+    ``_compact(setup)[0]`` are the rows it reads, in the order it reads them: pieces (and laws)
+    given in this order and restricted to these rows are read in place, with no copy.
+    """
     if p_hat is not None:
         return _bernoulli_setup(np.asarray(p_hat, dtype=np.float64))
     x = np.asarray(x, dtype=np.float64)
     codes = np.zeros(x.size, np.int64) if strata is None else np.asarray(strata, np.int64)
     return _conditional_setup(codes, x)
-
-
-def _reading_order(p_hat=None, strata=None, x=None) -> np.ndarray:
-    """The rows :func:`saddlepoint_pvalues` reads for these laws, in the order it reads them.
-
-    Pieces (and laws) given in this order and restricted to these rows are read in place, with
-    no copy; the p-values are the same up to the rounding of sums in another order.
-    """
-    return _compact(_law_setup(p_hat, strata, x))[0]
 
 
 def _compact(setup):

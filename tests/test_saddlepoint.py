@@ -537,7 +537,10 @@ def _mixed_strata(rng, n_cells=900):
 
 
 def test_pieces_in_the_reading_order_give_the_same_pvalues():
-    from sklcrt.saddlepoint import _reading_order
+    from sklcrt.saddlepoint import _compact, _law_setup
+
+    def _reading_order(**laws):
+        return _compact(_law_setup(**laws))[0]
 
     rng = np.random.default_rng(21)
     codes, x = _mixed_strata(rng)
